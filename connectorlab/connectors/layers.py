@@ -1,0 +1,89 @@
+"""Building blocks that several connectors share."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+
+
+def activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def build_mlp(in_dim: int, out_dim: int, depth: int = 2, act: str = "gelu") -> nn.Sequential:
+    """LLaVA's `mlp{depth}x_{act}`: Linear(in->out), then (depth-1) x [act, Linear(out->out)]."""
+    if depth < 1:
+        raise ValueError(f"mlp depth must be >= 1, got {depth}")
+    layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
+    for _ in range(depth - 1):
+        layers += [activation(act), nn.Linear(out_dim, out_dim)]
+    return nn.Sequential(*layers)
+
+
+class LayerNorm2d(nn.LayerNorm):
+    """LayerNorm over channels at every position of a [B, C, H, W] map."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, reduced: int):
+        super().__init__()
+        self.down = nn.Conv2d(channels, reduced, 1)
+        self.up = nn.Conv2d(reduced, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate = self.up(F.silu(self.down(x.mean((2, 3), keepdim=True))))
+        return x * gate.sigmoid()
+
+
+class RegNetBottleneck(nn.Module):
+    """timm's RegNet bottleneck as Honeybee configures it: bottle ratio 1, depthwise 3x3, SE 0.25, SiLU, LN2d."""
+
+    def __init__(self, c_in: int, c_out: int, se_ratio: float = 0.25):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.norm1 = LayerNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, groups=c_out, bias=False)
+        self.norm2 = LayerNorm2d(c_out)
+        self.se = SqueezeExcite(c_out, max(1, round(c_in * se_ratio)))
+        self.conv3 = nn.Conv2d(c_out, c_out, 1, bias=False)
+        self.norm3 = LayerNorm2d(c_out)
+        self.shortcut = (
+            nn.Identity() if c_in == c_out else nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), LayerNorm2d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.silu(self.norm1(self.conv1(x)))
+        y = F.silu(self.norm2(self.conv2(y)))
+        y = self.norm3(self.conv3(self.se(y)))
+        return F.silu(y + self.shortcut(x))
+
+
+def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64) / (dim / 2))
+    out = pos.reshape(-1).double()[:, None] * omega[None]
+    return torch.cat([out.sin(), out.cos()], dim=1)
+
+
+def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """MAE-convention 2-D sin-cos table [h*w, dim]: first half encodes the column, second half the row."""
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
+    rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
+
+
+def resize_table(table: torch.Tensor, src: tuple[int, int], dst: tuple[int, int]) -> torch.Tensor:
+    """Bicubic resize of a row-major [h*w, C] table to another grid."""
+    if tuple(src) == tuple(dst):
+        return table
+    c = table.shape[-1]
+    grid = table.reshape(1, *src, c).permute(0, 3, 1, 2)
+    out = F.interpolate(grid.float(), size=dst, mode="bicubic", align_corners=False)
+    return out.permute(0, 2, 3, 1).reshape(dst[0] * dst[1], c).to(table.dtype)

@@ -1,0 +1,128 @@
+"""Conversation templates as lists of typed parts.
+
+A template never writes special tokens as text: `Bos` and `Stop` parts become token ids, so a
+tokenizer that would split "</s>" into characters cannot turn the end of every answer into garbage.
+`Text(supervised=True)` marks what the model is trained to produce.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from ..registry import Registry
+
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    supervised: bool = False
+
+
+@dataclass(frozen=True)
+class Image:
+    """Where the image placeholder stood; it expands to the connector's token count."""
+
+
+@dataclass(frozen=True)
+class Bos:
+    """The tokenizer's BOS id (omitted when the tokenizer has none)."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """The template's end-of-turn token; supervised after an assistant turn."""
+
+    supervised: bool = False
+
+
+Part = Union[Text, Image, Bos, Stop]
+IMAGE_PLACEHOLDER = "<image>"
+
+
+def split_image(text: str, supervised: bool = False) -> list[Part]:
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    parts: list[Part] = []
+    for i, piece in enumerate(pieces):
+        if i:
+            parts.append(Image())
+        if piece:
+            parts.append(Text(piece, supervised))
+    return parts
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    system: str
+    stop_token: str | None  # None: the tokenizer's EOS
+
+    def render(self, turns: list[tuple[str, str]], add_generation_prompt: bool = False) -> list[Part]:
+        """turns: alternating ("user", text), ("assistant", text), starting with the user."""
+        for i, (role, _) in enumerate(turns):
+            want = "user" if i % 2 == 0 else "assistant"
+            if role != want:
+                raise ValueError(f"turn {i} is from {role!r}; turns must alternate user/assistant starting with user")
+        if add_generation_prompt and turns and turns[-1][0] != "user":
+            raise ValueError("a generation prompt must end with a user turn")
+        return self._render(turns, add_generation_prompt)
+
+    def _render(self, turns, add_generation_prompt):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class VicunaV1(Template):
+    """LLaVA-1.5: 'SYSTEM USER: q ASSISTANT: a</s>USER: ...'."""
+
+    def _render(self, turns, add_generation_prompt):
+        parts: list[Part] = [Bos(), Text(self.system + " ")]
+        for role, msg in turns:
+            if role == "user":
+                parts += [Text("USER: "), *split_image(msg), Text(" ASSISTANT:")]
+            else:
+                parts += [Text(" " + msg, supervised=True), Stop(supervised=True)]
+        return parts
+
+
+class Llama2(Template):
+    """LLaVA's llama_2: '<s>[INST] <<SYS>>...<</SYS>>\\n\\nq [/INST] a </s><s>[INST] q2 [/INST] ...'."""
+
+    def _render(self, turns, add_generation_prompt):
+        parts: list[Part] = []
+        for i, (role, msg) in enumerate(turns):
+            if role == "user":
+                head = f"[INST] <<SYS>>\n{self.system}\n<</SYS>>\n\n" if i == 0 else "[INST] "
+                parts += [Bos(), Text(head), *split_image(msg), Text(" [/INST]")]
+            else:
+                parts += [Text(" " + msg + " ", supervised=True), Stop(supervised=True)]
+        return parts
+
+
+class ChatML(Template):
+    """Qwen's ChatML: '<|im_start|>user\\nq<|im_end|>\\n<|im_start|>assistant\\na<|im_end|>\\n'."""
+
+    def _render(self, turns, add_generation_prompt):
+        parts: list[Part] = [Text(f"<|im_start|>system\n{self.system}"), Stop(), Text("\n")]
+        for role, msg in turns:
+            if role == "user":
+                parts += [Text("<|im_start|>user\n"), *split_image(msg), Stop(), Text("\n<|im_start|>assistant\n")]
+            else:
+                parts += [Text(msg, supervised=True), Stop(supervised=True), Text("\n")]
+        return parts
+
+
+VICUNA_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+LLAMA2_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+
+TEMPLATES: Registry[Template] = Registry("conversation template", {
+    "vicuna_v1": VicunaV1("vicuna_v1", VICUNA_SYSTEM, None),
+    "llama_2": Llama2("llama_2", LLAMA2_SYSTEM, None),
+    "chatml": ChatML("chatml", "You are a helpful assistant.", "<|im_end|>"),
+    # No system prompt and the same layout as vicuna_v1: the probe's tiny word-level LM.
+    "plain_v1": VicunaV1("plain_v1", "", None),
+})
