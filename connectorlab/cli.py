@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build, train, evaluate and study MLLM connectors.")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Build, train, evaluate and study MLLM connectors.")
 console = Console()
 
 
@@ -45,6 +46,80 @@ def connectors(
             table.add_row(r["name"], r["family"], r["mechanism"], str(r["output_tokens"]),
                           f"{r['parameters'] / 1e6:.2f}", f"{r['flops'] / 1e9:.1f}")
     console.print(table)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(
+    ctx: typer.Context,
+    config: Path = typer.Option(..., exists=True, dir_okay=False, help="training YAML"),
+    stage: str = typer.Option("both", help="pretrain | finetune | both"),
+    resume: bool = typer.Option(False, help="continue from the newest complete checkpoint"),
+):
+    """Train with LLaVA's two stages. Extra `key=value` arguments override the YAML (e.g. pretrain.lr=1e-4)."""
+    from .training.config import STAGES, TrainConfig
+    from .training.trainer import train as run
+
+    setup_logging()
+    stages = list(STAGES) if stage == "both" else [stage]
+    if any(s not in STAGES for s in stages):
+        raise typer.BadParameter(f"--stage must be pretrain, finetune or both, got {stage!r}")
+    cfg = TrainConfig.from_file(config, ctx.args)
+    summaries = run(cfg, stages, resume=resume)
+    for name, summary in summaries.items():
+        console.print(f"[bold]{name}[/bold]: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, "
+                      f"loss {summary['first_loss']} -> {summary['final_loss']}; "
+                      f"summary: {Path(cfg.output_dir) / name / 'summary.json'}")
+
+
+probe_app = typer.Typer(no_args_is_help=True, help="The generated granularity probe.")
+app.add_typer(probe_app, name="probe")
+
+
+@probe_app.command("generate")
+def probe_generate(
+    out: Path = typer.Option(..., help="output folder"),
+    seed: int = 0,
+    image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
+    object_scale: float = typer.Option(0.1, help="side of a small shape as a fraction of the image"),
+    clutter: int = typer.Option(4, help="at most this many small shapes per image (1-4)"),
+    n_train: int = 2000,
+    n_test: int = 150,
+):
+    """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
+    from .probe.generate import ProbeParams, generate
+    from .utils.progress import progress_bar
+
+    with progress_bar(True) as bar:
+        meta = generate(out, ProbeParams(seed, image_size, object_scale, clutter, n_train, n_test), progress=bar)
+    console.print(f"wrote {meta['train_images']} training images and {meta['test_questions']} test questions "
+                  f"({meta['test_rows']} rows with circular copies) to {out}")
+
+
+@probe_app.command("models")
+def probe_models(
+    probe: Path = typer.Option(..., exists=True, file_okay=False, help="a folder from `probe generate`"),
+    out: Path = typer.Option(..., help="where to save vision/ and llm/"),
+    image_size: int = 64,
+    seed: int = 0,
+):
+    """Tiny randomly initialised CLIP tower and Llama LM with a word-level tokenizer over the probe's words."""
+    from .probe.presets import make_random_presets
+
+    paths = make_random_presets(probe, out, image_size=image_size, seed=seed)
+    console.print(f"vision: {paths['vision']}\nllm: {paths['llm']}")
+
+
+def setup_logging() -> None:
+    import logging
+
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)])
+    for noisy in ("transformers", "accelerate", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def main():  # pragma: no cover

@@ -110,6 +110,19 @@ class ChatML(Template):
         return parts
 
 
+class Plain(Template):
+    """LLaVA's pre-training format: the image, then the caption; the user's words are dropped."""
+
+    def _render(self, turns, add_generation_prompt):
+        parts: list[Part] = [Bos()]
+        for role, msg in turns:
+            if role == "user":
+                parts += [p for p in split_image(msg) if isinstance(p, Image)]
+            else:
+                parts += [Text(msg, supervised=True), Stop(supervised=True)]
+        return parts
+
+
 VICUNA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
@@ -123,6 +136,7 @@ TEMPLATES: Registry[Template] = Registry("conversation template", {
     "vicuna_v1": VicunaV1("vicuna_v1", VICUNA_SYSTEM, None),
     "llama_2": Llama2("llama_2", LLAMA2_SYSTEM, None),
     "chatml": ChatML("chatml", "You are a helpful assistant.", "<|im_end|>"),
+    "plain": Plain("plain", "", None),
     # No system prompt and the same layout as vicuna_v1: the probe's tiny word-level LM.
     "plain_v1": VicunaV1("plain_v1", "", None),
 })

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,13 +12,35 @@ from typing import Any
 import yaml
 
 
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """YAML 1.1 reads `5e-4` as a string; numbers and booleans are converted to the declared type."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None or any(isinstance(value, t) and not (t is int and isinstance(value, bool))
+                            for t in options if isinstance(t, type)):
+        return value
+    for t in (bool, int, float):
+        if t in options:
+            try:
+                if t is bool:
+                    if str(value).lower() in ("true", "false"):
+                        return str(value).lower() == "true"
+                    continue
+                return t(value) if t is float or float(value) == int(float(value)) else value
+            except (TypeError, ValueError):
+                continue
+    if any(t in options for t in (bool, int, float)):
+        raise ValueError(f"{where}: {value!r} is not a valid {hint}")
+    return value
+
+
 def from_mapping(cls, data: dict[str, Any], where: str = "config"):
     """Build a dataclass from a mapping, naming any unknown key and the valid ones."""
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return cls(**data)
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
 
 @dataclass

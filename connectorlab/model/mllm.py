@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers.utils import ModelOutput
 
 from ..connectors import CONNECTORS, Connector, build_connector
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
@@ -31,10 +32,12 @@ CONFIG_NAME, CONNECTOR_WEIGHTS = "connectorlab_config.json", "connector.safetens
 
 
 @dataclass
-class LMOutput:
-    loss: torch.Tensor  # sum or mean over supervised tokens (see `reduction`)
-    logits: torch.Tensor  # [num_supervised, vocab]: logits only where a label exists
-    num_supervised: int
+class LMOutput(ModelOutput):
+    """A ModelOutput (a dict) so that DDP can trace which parameters the loss used."""
+
+    loss: torch.Tensor | None = None  # sum or mean over supervised tokens (see `reduction`)
+    logits: torch.Tensor | None = None  # [num_supervised, vocab]: logits only where a label exists
+    num_supervised: int | None = None
 
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -114,8 +117,10 @@ class MultimodalLM(nn.Module):
     def lm_head(self) -> nn.Module:
         return self.llm.get_output_embeddings()
 
-    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        features, levels = self.vision(pixel_values)
+    def encode_images(self, pixel_values: torch.Tensor | None = None,
+                      vision_features: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Connector outputs from pixels, or from tower outputs computed earlier (a frozen-feature cache)."""
+        features, levels = vision_features if vision_features is not None else self.vision(pixel_values)
         return self.connector(features.to(self.connector_dtype), None if levels is None else levels.to(self.connector_dtype))
 
     @property
@@ -123,13 +128,13 @@ class MultimodalLM(nn.Module):
         return next(self.connector.parameters()).dtype
 
     def embed(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
-              image_features: torch.Tensor | None = None) -> torch.Tensor:
+              image_features: torch.Tensor | None = None, vision_features=None) -> torch.Tensor:
         """Token embeddings with connector outputs spliced in at the image sentinel positions."""
         is_image = input_ids == IMAGE_TOKEN_ID
         embeds = self.llm.get_input_embeddings()(input_ids.clamp(min=0))
         n_slots = int(is_image.sum())
-        if image_features is None and pixel_values is not None:
-            image_features = self.encode_images(pixel_values)
+        if image_features is None and (pixel_values is not None or vision_features is not None):
+            image_features = self.encode_images(pixel_values, vision_features)
         n_given = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
         if n_slots != n_given:
             raise ValueError(f"{n_slots} image positions in the input but {n_given} image features "
@@ -139,9 +144,9 @@ class MultimodalLM(nn.Module):
             embeds = embeds.masked_scatter(is_image.unsqueeze(-1), image_features.to(embeds.dtype))
         return embeds
 
-    def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_features=None,
+    def forward(self, input_ids, attention_mask, labels, pixel_values=None, image_features=None, vision_features=None,
                 reduction: str = "mean") -> LMOutput:
-        embeds = self.embed(input_ids, pixel_values, image_features)
+        embeds = self.embed(input_ids, pixel_values, image_features, vision_features)
         hidden = self.decoder(inputs_embeds=embeds, attention_mask=attention_mask,
                               position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state
         targets = labels[:, 1:]
@@ -151,7 +156,7 @@ class MultimodalLM(nn.Module):
         n = int(keep.sum())
         if reduction == "mean":
             loss = loss / max(n, 1)
-        return LMOutput(loss, logits, n)
+        return LMOutput(loss=loss, logits=logits, num_supervised=n)
 
     # ---- generation -----------------------------------------------------------------------------
     def pad_left(self, sequences: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,172 @@
+"""`connectorlab probe generate`: a seeded visual QA benchmark that isolates perception granularity.
+
+Outputs the formats the real pipeline reads, so probe runs use the same code as real runs:
+`pretrain.json` (LLaVA captions), `finetune.json` (LLaVA instructions), `test.tsv` (MMBench layout
+with circular copies; category = sub-task, l2-category = task type) and `probe.json` (parameters
+and counts).
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..utils.io import atomic_write_json, atomic_write_text
+from .scene import COLOURS, QUALITIES, RELATIONS, SCENES, SHAPES, TEXTURES, QUADRANTS, SceneSpec, render, sample_scene
+
+MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."  # LLaVA's MMBench prompt
+NUMBERS = ("one", "two", "three", "four", "five", "six")
+TASK_TYPES = {"scene": "coarse", "texture": "coarse", "quality": "coarse",
+              "colour": "fine", "location": "fine", "count": "fine",
+              "relation": "reasoning", "size": "reasoning"}
+L2_NAMES = {"coarse": "coarse_perception", "fine": "finegrained_perception", "reasoning": "reasoning"}
+
+
+@dataclass
+class ProbeParams:
+    seed: int = 0
+    image_size: int = 64
+    object_scale: float = 0.1  # side of a small shape, as a fraction of the image side
+    clutter: int = 4  # at most this many small shapes per image
+    n_train: int = 2000
+    n_test: int = 150
+
+
+@dataclass
+class Question:
+    subtask: str
+    question: str
+    options: list[str]
+    answer: str
+
+    @property
+    def task_type(self) -> str:
+        return TASK_TYPES[self.subtask]
+
+
+def _options(rng: random.Random, answer: str, pool) -> list[str]:
+    others = [o for o in pool if o != answer]
+    opts = [answer, *rng.sample(others, min(3, len(others)))]
+    rng.shuffle(opts)
+    return opts
+
+
+def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
+    a, b = spec.big
+    larger = a if a.size > b.size else b
+    target = rng.choice(spec.small)
+    return [
+        Question("scene", "What kind of scene is this?", _options(rng, spec.scene, SCENES), spec.scene),
+        Question("texture", "What pattern covers the background?", _options(rng, spec.texture, TEXTURES), spec.texture),
+        Question("quality", "What is the quality of the image?", _options(rng, spec.quality, QUALITIES), spec.quality),
+        Question("colour", f"What colour is the small {target.shape}?", _options(rng, target.colour, COLOURS), target.colour),
+        Question("location", f"Where is the small {target.shape}?", _options(rng, target.quadrant, QUADRANTS), target.quadrant),
+        Question("count", "How many small shapes are there?",
+                 _options(rng, NUMBERS[len(spec.small) - 1], NUMBERS[:4]), NUMBERS[len(spec.small) - 1]),
+        Question("relation", f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?",
+                 _options(rng, spec.relation, RELATIONS), spec.relation),
+        Question("size", "Which shape is the largest?", _options(rng, larger.shape, SHAPES), larger.shape),
+    ]
+
+
+def mc_prompt(question: str, options: list[str], hint: str = "") -> str:
+    """LLaVA's MMBench single-prediction prompt (the eval runner builds the same text)."""
+    text = (hint + "\n" if hint else "") + question
+    for letter, opt in zip("ABCD", options):
+        text += f"\n{letter}. {opt}"
+    return text + "\n" + MC_INSTRUCTION
+
+
+def caption(spec: SceneSpec) -> str:
+    a, b = spec.big
+    larger = a if a.size > b.size else b
+    small = " , ".join(f"small {s.colour} {s.shape} {s.quadrant}" for s in spec.small)
+    return (f"a {spec.quality} {spec.scene} scene with {spec.texture} . the {a.colour} {a.shape} is {spec.relation} "
+            f"the {b.colour} {b.shape} and the {larger.shape} is larger . {NUMBERS[len(spec.small) - 1]} small shapes : "
+            f"{small} .")
+
+
+def _png_b64(image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None) -> dict:
+    """Write the probe to `out`; the same params always give byte-identical files."""
+    out = Path(out)
+    if params.clutter < 1 or params.clutter > 4:
+        raise ValueError(f"clutter must be between 1 and 4 (the count options), got {params.clutter}")
+    if not 0.02 <= params.object_scale <= 0.2:
+        raise ValueError(f"object_scale must lie in [0.02, 0.2], got {params.object_scale}")
+    (out / "images" / "train").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(params.seed)
+    pretrain, finetune, rows = [], [], []
+    task = progress.add_task("drawing probe", total=params.n_train + params.n_test) if progress else None
+    for i in range(params.n_train):
+        spec = sample_scene(rng, params.object_scale, params.clutter)
+        rel = f"images/train/{i:06d}.png"
+        render(spec, params.image_size, rng).save(out / rel)
+        pretrain.append({"id": f"train-{i}", "image": rel, "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(spec)}]})
+        qs = questions_for(spec, rng)
+        picked = [rng.choice([q for q in qs if q.task_type == t]) for t in ("coarse", "fine", "reasoning")]
+        rng.shuffle(picked)
+        conv = []
+        for k, q in enumerate(picked):
+            conv += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + mc_prompt(q.question, q.options)},
+                     {"from": "gpt", "value": q.answer}]
+        finetune.append({"id": f"train-{i}", "image": rel, "conversations": conv})
+        if progress:
+            progress.advance(task)
+    index = 0
+    for i in range(params.n_test):
+        spec = sample_scene(rng, params.object_scale, params.clutter)
+        image = _png_b64(render(spec, params.image_size, rng))
+        for q in questions_for(spec, rng):
+            n = len(q.options)
+            for k in range(n):  # circular copies: options rotate, the gold letter moves
+                opts = q.options[k:] + q.options[:k]
+                rows.append({"index": index + k * 1_000_000, "question": q.question, "hint": "",
+                             **{letter: (opts[j] if j < n else "") for j, letter in enumerate("ABCD")},
+                             "answer": "ABCD"[opts.index(q.answer)], "category": q.subtask, "image": image,
+                             "source": f"probe-test-{i}", "l2-category": L2_NAMES[q.task_type], "comment": "",
+                             "split": "dev"})
+            index += 1
+        if progress:
+            progress.advance(task)
+    atomic_write_json(out / "pretrain.json", pretrain)
+    atomic_write_json(out / "finetune.json", finetune)
+    atomic_write_text(out / "test.tsv", pd.DataFrame(rows).to_csv(sep="\t", index=False))
+    counts = pd.DataFrame([r for r in rows if r["index"] < 1_000_000]).groupby("category").size().to_dict()
+    meta = {"params": asdict(params), "task_types": TASK_TYPES, "test_questions": index,
+            "test_rows": len(rows), "test_questions_per_subtask": counts, "train_images": params.n_train}
+    atomic_write_json(out / "probe.json", meta)
+    return meta
+
+
+def vocabulary(texts: list[str]) -> list[str]:
+    """Every word the probe and the templates use, split as the word-level tokenizer splits."""
+    from tokenizers import pre_tokenizers
+
+    pre = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    words: dict[str, None] = {}
+    for text in texts:
+        for w, _ in pre.pre_tokenize_str(text):
+            words.setdefault(w, None)
+    return list(words)
+
+
+def probe_texts(out: str | Path) -> list[str]:
+    out = Path(out)
+    texts = []
+    for name in ("pretrain.json", "finetune.json"):
+        for rec in json.loads((out / name).read_text()):
+            texts += [t["value"] for t in rec["conversations"]]
+    texts += [" ".join(COLOURS) + " " + " ".join(SHAPES) + " " + " ".join(NUMBERS), "USER : ASSISTANT :"]
+    return texts

@@ -1,0 +1,106 @@
+"""Typed training configuration: LLaVA-1.5's recipe as defaults, overridable from YAML and `key=value`."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..model.config import ModelConfig, from_mapping
+
+STAGES = ("pretrain", "finetune")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 128
+    alpha: int = 256
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+
+@dataclass
+class StageConfig:
+    data: str | None = None  # LLaVA JSON / JSONL
+    image_folder: str | None = None  # default: the data file's folder
+    template: str | None = None  # default: plain for pretrain, the model's for finetune
+    lr: float = 1e-3
+    global_batch: int = 256
+    micro_batch: int = 16  # per process; accumulation makes up the rest of the global batch
+    epochs: int = 1
+    max_steps: int | None = None  # stop early (for quick runs); None = full epochs
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    group_by_length: bool = True
+    train_vision: bool = False
+    lora: LoraConfig | None = None
+    init_connector: str | None = None  # finetune: default is this run's pretrain output
+
+
+def pretrain_defaults() -> StageConfig:
+    return StageConfig(lr=1e-3, global_batch=256, template="plain")
+
+
+def finetune_defaults() -> StageConfig:
+    return StageConfig(lr=2e-5, global_batch=128)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig
+    output_dir: str = "runs/train"
+    seed: int = 0
+    pretrain: StageConfig = field(default_factory=pretrain_defaults)
+    finetune: StageConfig = field(default_factory=finetune_defaults)
+    checkpoint_every: int = 500  # optimizer steps; a checkpoint is also written at the end of each stage
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    strict: bool = False  # raise on the first bad record instead of skipping it
+    cache_features: bool = False  # compute frozen-tower features once per stage
+    bf16: bool = False
+
+    def stage(self, name: str) -> StageConfig:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; valid: {', '.join(STAGES)}")
+        return getattr(self, name)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        data = dict(data)
+        if "model" not in data:
+            raise ValueError("training config: missing required key 'model'")
+        data["model"] = ModelConfig.from_dict(data["model"])
+        for name, defaults in (("pretrain", pretrain_defaults), ("finetune", finetune_defaults)):
+            stage = dataclasses.asdict(defaults())
+            stage.update(data.get(name) or {})
+            if isinstance(stage.get("lora"), dict):
+                stage["lora"] = from_mapping(LoraConfig, stage["lora"], f"{name}.lora")
+            data[name] = from_mapping(StageConfig, stage, name)
+        return from_mapping(cls, data, "training config")
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        for item in overrides:  # relative paths stay relative to the working directory, as in LLaVA's scripts
+            apply_override(data, item)
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def apply_override(data: dict, item: str) -> None:
+    """`pretrain.lr=1e-4` -> data['pretrain']['lr'] = 0.0001 (values parsed as YAML)."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} must look like key.sub=value")
+    key, value = item.split("=", 1)
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value)

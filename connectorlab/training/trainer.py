@@ -1,0 +1,239 @@
+"""LLaVA's two-stage recipe on one CPU or many GPUs through Accelerate.
+
+Stage `pretrain` trains the connector alone; `finetune` trains connector + LM (optionally LoRA,
+optionally the tower) from the pre-trained connector. Gradients are normalised by the number of
+supervised tokens in the whole global batch, so any split over processes and micro-batches gives
+the same update (up to float summation order).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from transformers import get_cosine_schedule_with_warmup
+
+from ..data.batching import accumulation_steps, collate, epoch_order, split_global_batch
+from ..data.llava import load_samples
+from ..data.skips import SkipReport
+from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
+from ..model.mllm import MultimodalLM
+from ..utils.io import atomic_write_json
+from ..utils.progress import progress_bar
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from .config import STAGES, StageConfig, TrainConfig
+from .metrics import StepLog, peak_memory_mb
+
+log = logging.getLogger("connectorlab.train")
+
+
+def make_accelerator() -> Accelerator:
+    # Text-only batches leave the connector unused; DDP must tolerate that. Without a GPU, `cpu=True`
+    # lets a multi-process launch (`accelerate launch --multi_gpu`, torchrun) use gloo on the CPU.
+    return Accelerator(cpu=not torch.cuda.is_available(),
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
+def stage_dir(cfg: TrainConfig, stage: str) -> Path:
+    return Path(cfg.output_dir) / stage
+
+
+def build_stage_model(cfg: TrainConfig, stage: str, sc: StageConfig) -> MultimodalLM:
+    set_seed(cfg.seed)  # identical connector initialisation on every process
+    model = MultimodalLM.build(cfg.model)
+    if stage == "pretrain":
+        model.set_trainable(vision=False, connector=True, llm=False)
+        return model
+    init = Path(sc.init_connector) if sc.init_connector else stage_dir(cfg, "pretrain") / "connector.safetensors"
+    if init.exists():
+        model.load_connector(init)
+    elif sc.init_connector:
+        raise FileNotFoundError(f"finetune.init_connector {init} does not exist")
+    else:
+        log.warning("no pre-trained connector at %s; fine-tuning starts from a random connector", init)
+    model.set_trainable(vision=sc.train_vision, connector=True, llm=sc.lora is None)
+    if sc.lora is not None:
+        from peft import LoraConfig, get_peft_model
+
+        model.llm = get_peft_model(model.llm, LoraConfig(r=sc.lora.r, lora_alpha=sc.lora.alpha, lora_dropout=sc.lora.dropout,
+                                                         target_modules=sc.lora.target_modules, task_type="CAUSAL_LM"))
+    return model
+
+
+class FeatureCache:
+    """Frozen-tower features computed once per stage (keyed by image path)."""
+
+    def __init__(self, model: MultimodalLM, paths: list[Path], chunk: int = 16, progress=None):
+        self.store: dict[Path, tuple] = {}
+        unique = sorted(set(paths))
+        task = progress.add_task("caching features", total=len(unique)) if progress else None
+        with torch.no_grad():
+            for i in range(0, len(unique), chunk):
+                part = unique[i:i + chunk]
+                pixels = torch.stack([model.image_transform(_open(p)) for p in part]).to(model.lm_head.weight.device)
+                feats, levels = model.vision(pixels)
+                for j, p in enumerate(part):
+                    self.store[p] = (feats[j].cpu(), None if levels is None else levels[j].cpu())
+                if progress:
+                    progress.advance(task, len(part))
+
+    def get(self, paths: list[Path]):
+        feats = torch.stack([self.store[p][0] for p in paths])
+        levels = None if self.store[paths[0]][1] is None else torch.stack([self.store[p][1] for p in paths])
+        return feats, levels
+
+
+def _open(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: Accelerator | None = None) -> dict:
+    accelerator = accelerator or make_accelerator()
+    sc = cfg.stage(stage)
+    out = stage_dir(cfg, stage)
+    summary_path = out / "summary.json"
+    if resume and summary_path.exists():
+        import json
+
+        log.info("%s already finished (%s); skipping", stage, summary_path)
+        return json.loads(summary_path.read_text())
+    if not sc.data:
+        raise ValueError(f"{stage}.data is not set")
+    main = accelerator.is_main_process
+    model = build_stage_model(cfg, stage, sc)
+    processor = MultimodalProcessor(model.tokenizer, sc.template or cfg.model.template, model.connector.num_output_tokens,
+                                    cfg.model.max_length)
+    report = SkipReport(strict=cfg.strict)
+    samples = load_samples(sc.data, sc.image_folder, processor, report)
+    if main:
+        log.info("%s: %d usable records from %s; %s", stage, len(samples), sc.data, report.summary())
+    world, rank = accelerator.num_processes, accelerator.process_index
+    accum = accumulation_steps(sc.global_batch, world, sc.micro_batch)
+    lengths = [s.length for s in samples]
+    has_image = [s.image is not None for s in samples]
+    steps_per_epoch = len(samples) // sc.global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
+    total = steps_per_epoch * sc.epochs if sc.max_steps is None else min(sc.max_steps, steps_per_epoch * sc.epochs)
+    supervised = [sum(label != IGNORE_INDEX for label in s.labels[1:]) for s in samples]
+
+    ds = accelerator.state.deepspeed_plugin
+    if ds is not None:  # DeepSpeed steps its optimizer inside every backward, so it cannot accumulate for us
+        if accum != 1:
+            raise ValueError(f"with DeepSpeed, set micro_batch = global_batch / processes "
+                             f"({sc.global_batch} / {world}); accumulation would step the optimizer every micro-batch")
+        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = sc.micro_batch
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(sc.warmup_ratio * total), total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    inner: MultimodalLM = accelerator.unwrap_model(model)
+    device = accelerator.device
+
+    ckpt_dir = out / "checkpoints"
+    start, elapsed_before, resumed_from = 0, 0.0, None
+    if resume and list_checkpoints(ckpt_dir):
+        latest = list_checkpoints(ckpt_dir)[-1]
+        state = load_checkpoint(accelerator, latest, model, optimizer, scheduler)
+        start, elapsed_before, resumed_from = state["step"], state["elapsed_s"], str(latest)
+        if main:
+            log.info("%s: resumed from %s (step %d)", stage, latest, start)
+    else:
+        set_seed(cfg.seed + 1000 * (1 + STAGES.index(stage)) + rank)
+    steplog = StepLog(out / "log.jsonl", start if resumed_from else None) if main else None
+
+    q = inner.connector.num_output_tokens
+    bar = progress_bar(main)
+    cache = None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
+    model.train()
+    t_stage = time.perf_counter()
+    orders: dict[int, list[list[int]]] = {}
+    with bar:
+        if cfg.cache_features and inner.vision.frozen:
+            cache = FeatureCache(inner, [s.image for s in samples if s.image is not None], progress=bar)
+        task = bar.add_task(stage, total=total, completed=start, info="")
+        for step in range(start, total):
+            t0 = time.perf_counter()
+            epoch, k = divmod(step, steps_per_epoch)
+            if epoch not in orders:
+                orders = {epoch: epoch_order(lengths, has_image, sc.global_batch, cfg.seed, epoch, sc.group_by_length)}
+            gbatch = orders[epoch][k]
+            global_sup = sum(supervised[i] for i in gbatch)
+            micro = split_global_batch(gbatch, world, rank, sc.micro_batch)
+            loss_sum = torch.zeros((), device=device)
+            for j, idx in enumerate(micro):
+                batch = collate([samples[i] for i in idx], processor.pad_id)
+                paths = [samples[idx[i]].image for i in batch.image_index]
+                kwargs = {}
+                if paths and cache is not None:
+                    feats, levels = cache.get(paths)
+                    kwargs["vision_features"] = (feats.to(device), None if levels is None else levels.to(device))
+                elif paths:
+                    kwargs["pixel_values"] = torch.stack([inner.image_transform(_open(p)) for p in paths]).to(device)
+                sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
+                with sync, autocast:
+                    result = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                                   labels=batch.labels.to(device), reduction="sum", **kwargs)
+                    accelerator.backward(result.loss * world / global_sup)
+                loss_sum += result.loss.detach().float()
+            grad_norm = accelerator.clip_grad_norm_(params, sc.max_grad_norm) if sc.max_grad_norm else None
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss = (accelerator.reduce(loss_sum, "sum") / global_sup).item()
+            dt = time.perf_counter() - t0
+            n_img = sum(has_image[i] for i in gbatch)
+            n_text = sum(samples[i].length - samples[i].input_ids.count(IMAGE_TOKEN_ID) for i in gbatch)
+            if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+                row = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                       "grad_norm": None if grad_norm is None else float(grad_norm), "step_time_s": dt,
+                       "samples_per_s": len(gbatch) / dt, "visual_tokens_per_s": n_img * q / dt,
+                       "text_tokens_per_s": n_text / dt}
+                if steplog:
+                    steplog.write(row)
+            bar.update(task, advance=1, info=f"loss {loss:.4f}")
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done == total:
+                elapsed = elapsed_before + time.perf_counter() - t_stage
+                save_checkpoint(accelerator, ckpt_dir, done, model, optimizer, scheduler,
+                                {"stage": stage, "elapsed_s": elapsed, "samples": done * sc.global_batch},
+                                cfg.keep_checkpoints)
+    wall = elapsed_before + time.perf_counter() - t_stage
+    summary = {
+        "stage": stage, "wall_clock_s": wall, "steps": total, "samples": total * sc.global_batch,
+        "records": {"usable": len(samples), "dropped_tail_per_epoch": len(samples) - steps_per_epoch * sc.global_batch},
+        "skipped": report.to_dict(), "global_batch": sc.global_batch, "micro_batch": sc.micro_batch,
+        "gradient_accumulation": accum, "processes": world, "trainable_parameters": n_trainable,
+        "visual_tokens_per_image": q, "connector": cfg.model.connector, "connector_options": cfg.model.connector_options,
+        "image_size": inner.vision.image_size, "peak_memory_mb": peak_memory_mb(device),
+        "final_loss": steplog.losses[-1] if steplog and steplog.losses else None,
+        "first_loss": steplog.losses[0] if steplog and steplog.losses else None,
+        "resumed_from": resumed_from, "feature_cache": cache is not None, "bf16": cfg.bf16,
+    }
+    if main:
+        if stage == "pretrain":
+            inner.save_connector(out / "connector.safetensors")
+        else:
+            inner.save_pretrained(out / "model", source_config=cfg.model)
+        atomic_write_json(summary_path, summary)
+        log.info("%s done in %.1fs: %s", stage, wall, summary_path)
+    accelerator.wait_for_everyone()
+    return summary
+
+
+def train(cfg: TrainConfig, stages: list[str], resume: bool = False) -> dict[str, dict]:
+    accelerator = make_accelerator()
+    if accelerator.is_main_process:
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(cfg.output_dir) / "train_config.json", cfg.to_dict())
+    return {stage: run_stage(cfg, stage, resume, accelerator) for stage in stages}
