@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -65,6 +66,8 @@ def train(
         raise typer.BadParameter(f"--stage must be pretrain, finetune or both, got {stage!r}")
     cfg = TrainConfig.from_file(config, ctx.args)
     summaries = run(cfg, stages, resume=resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # one report per launch, from the main process
+        return
     for name, summary in summaries.items():
         console.print(f"[bold]{name}[/bold]: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, "
                       f"loss {summary['first_loss']} -> {summary['final_loss']}; "
