@@ -1,0 +1,45 @@
+"""`connectorlab probe ...`: the generated granularity probe."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app, console
+
+probe_app = typer.Typer(no_args_is_help=True, help="The generated granularity probe.")
+app.add_typer(probe_app, name="probe")
+
+
+@probe_app.command("generate")
+def probe_generate(
+    out: Path = typer.Option(..., help="output folder"),
+    seed: int = 0,
+    image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
+    object_scale: float = typer.Option(0.1, help="side of a small shape as a fraction of the image"),
+    clutter: int = typer.Option(4, help="at most this many small shapes per image (1-4)"),
+    n_train: int = 2000,
+    n_test: int = 150,
+):
+    """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
+    from ..probe.generate import ProbeParams, generate
+    from ..utils.progress import progress_bar
+
+    with progress_bar(True) as bar:
+        meta = generate(out, ProbeParams(seed, image_size, object_scale, clutter, n_train, n_test), progress=bar)
+    console.print(f"wrote {meta['train_images']} training images and {meta['test_questions']} test questions "
+                  f"({meta['test_rows']} rows with circular copies) to {out}")
+
+
+@probe_app.command("models")
+def probe_models(
+    probe: Path = typer.Option(..., exists=True, file_okay=False, help="a folder from `probe generate`"),
+    out: Path = typer.Option(..., help="where to save vision/ and llm/"),
+    image_size: int = 64,
+    seed: int = 0,
+):
+    """Tiny randomly initialised CLIP tower and Llama LM with a word-level tokenizer over the probe's words."""
+    from ..probe.presets import make_random_presets
+
+    paths = make_random_presets(probe, out, image_size=image_size, seed=seed)
+    console.print(f"vision: {paths['vision']}\nllm: {paths['llm']}")

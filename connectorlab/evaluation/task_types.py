@@ -1,0 +1,48 @@
+"""Aggregation of sub-task results into the paper's task types, with counts and 95% intervals.
+
+A task-type score is reported two ways: macro (unweighted mean of its sub-task scores, as the
+paper combines sub-task scores) and micro (question-pooled accuracy, with n and a Wilson interval).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from .stats import wilson
+
+TYPES = ("coarse", "fine", "reasoning")
+DEFAULT_FILE = Path(__file__).with_name("task_types.yaml")
+
+
+def load_mapping(section: str, path: str | Path | None = None) -> dict[str, dict]:
+    data = yaml.safe_load(Path(path or DEFAULT_FILE).read_text())
+    if section not in data:
+        raise KeyError(f"{path or DEFAULT_FILE}: no task-type section {section!r}; sections: {', '.join(data)}")
+    mapping = {str(k): v for k, v in data[section].items()}
+    for key, entry in mapping.items():
+        if entry.get("type") not in TYPES:
+            raise ValueError(f"{path or DEFAULT_FILE}: {section}.{key}: type must be one of {TYPES}")
+    return mapping
+
+
+def aggregate(units: list[tuple[str, bool]], subtask_scores: dict[str, float], mapping: dict[str, dict],
+              sources: tuple[str, ...] = ("paper", "default")) -> dict:
+    """units: (subtask, correct) per scoring unit (question, or circular group); subtask_scores: the
+    benchmark's own per-sub-task score (accuracy, or MME's 0-200 score) for the macro average."""
+    report: dict = {}
+    unmapped = sorted({s for s, _ in units} - set(mapping))
+    for ttype in TYPES:
+        subs = [s for s, e in mapping.items() if e["type"] == ttype and e.get("source", "default") in sources]
+        present = [s for s in subs if s in subtask_scores]
+        hits = [c for s, c in units if s in present]
+        n, k = len(hits), sum(hits)
+        lo, hi = wilson(k, n)
+        report[ttype] = {
+            "subtasks": present, "n": n, "correct": k,
+            "accuracy": k / n if n else None, "ci_low": lo if n else None, "ci_high": hi if n else None,
+            "macro": sum(subtask_scores[s] for s in present) / len(present) if present else None,
+        }
+    if unmapped:
+        report["unmapped_subtasks"] = unmapped
+    return report
