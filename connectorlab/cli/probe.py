@@ -16,8 +16,8 @@ def probe_generate(
     out: Path = typer.Option(..., help="output folder"),
     seed: int = 0,
     image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
-    object_scale: float = typer.Option(0.1, help="side of a small shape as a fraction of the image"),
-    clutter: int = typer.Option(4, help="at most this many small shapes per image (1-4)"),
+    object_scale: float = typer.Option(0.12, help="side of a small shape as a fraction of the image"),
+    clutter: int = typer.Option(8, help="specks of colour per image (distractors for pooled tokens)"),
     n_train: int = 2000,
     n_test: int = 150,
 ):

@@ -22,7 +22,7 @@ from .scene import COLOURS, QUALITIES, RELATIONS, SCENES, SHAPES, TEXTURES, QUAD
 MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."  # LLaVA's MMBench prompt
 NUMBERS = ("one", "two", "three", "four", "five", "six")
 TASK_TYPES = {"scene": "coarse", "texture": "coarse", "quality": "coarse",
-              "colour": "fine", "location": "fine", "count": "fine",
+              "colour": "fine", "location": "fine",
               "relation": "reasoning", "size": "reasoning"}
 L2_NAMES = {"coarse": "coarse_perception", "fine": "finegrained_perception", "reasoning": "reasoning"}
 
@@ -31,8 +31,8 @@ L2_NAMES = {"coarse": "coarse_perception", "fine": "finegrained_perception", "re
 class ProbeParams:
     seed: int = 0
     image_size: int = 64
-    object_scale: float = 0.1  # side of a small shape, as a fraction of the image side
-    clutter: int = 4  # at most this many small shapes per image
+    object_scale: float = 0.12  # side of a small shape, as a fraction of the image side
+    clutter: int = 8  # specks of colour per image
     n_train: int = 2000
     n_test: int = 150
 
@@ -57,20 +57,21 @@ def _options(rng: random.Random, answer: str, pool) -> list[str]:
 
 
 def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
+    """Coarse: whole-image properties. Fine: the small shape's colour and place (instance detail).
+    Reasoning: relations between the two big shapes (place, size)."""
     a, b = spec.big
     larger = a if a.size > b.size else b
-    target = rng.choice(spec.small)
+    target = spec.small[0]
     return [
         Question("scene", "What kind of scene is this?", _options(rng, spec.scene, SCENES), spec.scene),
         Question("texture", "What pattern covers the background?", _options(rng, spec.texture, TEXTURES), spec.texture),
         Question("quality", "What is the quality of the image?", _options(rng, spec.quality, QUALITIES), spec.quality),
-        Question("colour", f"What colour is the small {target.shape}?", _options(rng, target.colour, COLOURS), target.colour),
-        Question("location", f"Where is the small {target.shape}?", _options(rng, target.quadrant, QUADRANTS), target.quadrant),
-        Question("count", "How many small shapes are there?",
-                 _options(rng, NUMBERS[len(spec.small) - 1], NUMBERS[:4]), NUMBERS[len(spec.small) - 1]),
+        Question("colour", "What colour is the small shape?", _options(rng, target.colour, COLOURS), target.colour),
+        Question("location", "Where is the small shape?", _options(rng, target.quadrant, QUADRANTS), target.quadrant),
         Question("relation", f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?",
                  _options(rng, spec.relation, RELATIONS), spec.relation),
-        Question("size", "Which shape is the largest?", _options(rng, larger.shape, SHAPES), larger.shape),
+        Question("size", "What colour is the larger of the two big shapes?",
+                 _options(rng, larger.colour, COLOURS), larger.colour),
     ]
 
 
@@ -85,10 +86,10 @@ def mc_prompt(question: str, options: list[str], hint: str = "") -> str:
 def caption(spec: SceneSpec) -> str:
     a, b = spec.big
     larger = a if a.size > b.size else b
-    small = " , ".join(f"small {s.colour} {s.shape} {s.quadrant}" for s in spec.small)
+    s = spec.small[0]
     return (f"a {spec.quality} {spec.scene} scene with {spec.texture} . the {a.colour} {a.shape} is {spec.relation} "
-            f"the {b.colour} {b.shape} and the {larger.shape} is larger . {NUMBERS[len(spec.small) - 1]} small shapes : "
-            f"{small} .")
+            f"the {b.colour} {b.shape} and the {larger.colour} one is larger . a small {s.colour} {s.shape} is in the "
+            f"{s.quadrant} .")
 
 
 def _png_b64(image) -> str:
@@ -100,22 +101,25 @@ def _png_b64(image) -> str:
 def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None) -> dict:
     """Write the probe to `out`; the same params always give byte-identical files."""
     out = Path(out)
-    if params.clutter < 1 or params.clutter > 4:
-        raise ValueError(f"clutter must be between 1 and 4 (the count options), got {params.clutter}")
+    if params.clutter < 0:
+        raise ValueError(f"clutter (specks per image) must be >= 0, got {params.clutter}")
     if not 0.02 <= params.object_scale <= 0.2:
         raise ValueError(f"object_scale must lie in [0.02, 0.2], got {params.object_scale}")
     (out / "images" / "train").mkdir(parents=True, exist_ok=True)
     rng = random.Random(params.seed)
-    pretrain, finetune, rows = [], [], []
+    pretrain, finetune, rows, annotations = [], [], [], []
     task = progress.add_task("drawing probe", total=params.n_train + params.n_test) if progress else None
     for i in range(params.n_train):
         spec = sample_scene(rng, params.object_scale, params.clutter)
         rel = f"images/train/{i:06d}.png"
         render(spec, params.image_size, rng).save(out / rel)
+        annotations.append({"image": rel, **asdict(spec)})
         pretrain.append({"id": f"train-{i}", "image": rel, "conversations": [
             {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(spec)}]})
         qs = questions_for(spec, rng)
-        picked = [rng.choice([q for q in qs if q.task_type == t]) for t in ("coarse", "fine", "reasoning")]
+        # One fine and one reasoning question per image, plus one of any kind: the coarse ones are learnt first.
+        fine, reasoning = (rng.choice([q for q in qs if q.task_type == t]) for t in ("fine", "reasoning"))
+        picked = [fine, reasoning, rng.choice([q for q in qs if q not in (fine, reasoning)])]
         rng.shuffle(picked)
         conv = []
         for k, q in enumerate(picked):
@@ -140,6 +144,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
             index += 1
         if progress:
             progress.advance(task)
+    atomic_write_json(out / "annotations.json", annotations)  # dense targets for the tower's pre-training
     atomic_write_json(out / "pretrain.json", pretrain)
     atomic_write_json(out / "finetune.json", finetune)
     atomic_write_text(out / "test.tsv", pd.DataFrame(rows).to_csv(sep="\t", index=False))

@@ -1,9 +1,10 @@
 """Procedural probe images: what is drawn, and the facts each question is asked about.
 
 Every image has whole-image properties (scene, texture, quality), two big shapes in a clear
-spatial relation and of different sizes, and a few small shapes (the clutter). Coarse questions
+spatial relation and of different sizes, one small shape, and specks of colour (the clutter). Coarse questions
 ask about the whole image, fine-grained ones about a small shape, reasoning ones relate the big
-shapes. `object_scale` and `clutter` set how hard the fine-grained questions are.
+shapes. `object_scale` (the small shape's size) and `clutter` (how many specks) set how hard the
+fine-grained questions are.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class SceneSpec:
     big: list[Shape]  # [A, B]; A relates to B by `relation`
     relation: str
     small: list[Shape] = field(default_factory=list)
+    specks: list[tuple[float, float, str]] = field(default_factory=list)  # (x, y, colour) distractor dots
 
 
 def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> SceneSpec:
@@ -56,7 +58,7 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
     relation = rng.choice(RELATIONS)
     shapes = rng.sample(SHAPES, 2)
     colours = rng.sample(list(COLOURS), 2)
-    sizes = rng.sample([0.2, 0.3], 2)  # one clearly larger
+    sizes = rng.sample([0.18, 0.34], 2)  # one clearly larger (3.6x the area)
     along, across = rng.uniform(0.25, 0.33), rng.uniform(0.3, 0.7)
     a_first = relation in ("left of", "above")
     p_a, p_b = (0.5 - along, 0.5 + along) if a_first else (0.5 + along, 0.5 - along)
@@ -65,17 +67,20 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
     else:
         pos = [(across + rng.uniform(-0.08, 0.08), p_a), (across + rng.uniform(-0.08, 0.08), p_b)]
     big = [Shape(shapes[i], colours[i], *pos[i], sizes[i]) for i in range(2)]
+    # One small shape (the instance whose detail fine-grained questions ask about) and `clutter` specks:
+    # tiny dots of any colour, too small to be shapes, that a pooled token mixes into the small shape's.
+    half = object_scale / 2 + 0.01
     small: list[Shape] = []
-    count = rng.randint(1, clutter)
-    small_shapes = rng.sample(SHAPES, count) if count <= len(SHAPES) else [rng.choice(SHAPES) for _ in range(count)]
-    for s in small_shapes:
-        for _ in range(200):
-            half = object_scale / 2 + 0.01
-            cand = Shape(s, rng.choice(list(COLOURS)), rng.uniform(half, 1 - half), rng.uniform(half, 1 - half), object_scale)
-            if not any(cand.overlaps(o, 0.02) for o in big + small):
-                small.append(cand)
-                break
-    return SceneSpec(scene, rng.choice(TEXTURES), rng.choice(QUALITIES), big, relation, small)
+    for _ in range(200):
+        cand = Shape(rng.choice(SHAPES), rng.choice([c for c in COLOURS if c not in (big[0].colour, big[1].colour)]),
+                     rng.uniform(half, 1 - half), rng.uniform(half, 1 - half), object_scale)
+        if not any(cand.overlaps(o, 0.03) for o in big):
+            small.append(cand)
+            break
+    if not small:  # the big shapes left no room: draw again
+        return sample_scene(rng, object_scale, clutter)
+    specks = [(rng.uniform(0.03, 0.97), rng.uniform(0.03, 0.97), rng.choice(list(COLOURS))) for _ in range(clutter)]
+    return SceneSpec(scene, rng.choice(TEXTURES), rng.choice(QUALITIES), big, relation, small, specks)
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, side: int) -> None:
@@ -91,7 +96,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, side: int) -> None:
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
 
 
-def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4) -> Image.Image:
+def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4, speck_scale: float = 0.035) -> Image.Image:
     """Draw at `supersample` x the size and downsample, so edges are anti-aliased at any `side`."""
     big_side = side * supersample
     top, bottom = np.array(SCENES[spec.scene][0], float), np.array(SCENES[spec.scene][1], float)
@@ -108,6 +113,9 @@ def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4)
         canvas *= np.where(((xx // period) + (yy // period)) % 2 == 0, 0.8, 1.0)[..., None]
     image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
+    for x, y, colour in spec.specks:
+        r = big_side * speck_scale / 2
+        draw.ellipse([x * big_side - r, y * big_side - r, x * big_side + r, y * big_side + r], fill=COLOURS[colour])
     for s in spec.big + spec.small:
         _draw_shape(draw, s, big_side)
     image = image.resize((side, side), Image.LANCZOS)

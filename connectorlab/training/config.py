@@ -27,6 +27,7 @@ class StageConfig:
     image_folder: str | None = None  # default: the data file's folder
     template: str | None = None  # default: plain for pretrain, the model's for finetune
     lr: float = 1e-3
+    connector_lr: float | None = None  # a separate rate for the connector (LLaVA's mm_projector_lr); None = lr
     global_batch: int = 256
     micro_batch: int = 16  # per process; accumulation makes up the rest of the global batch
     epochs: int = 1
@@ -37,7 +38,7 @@ class StageConfig:
     group_by_length: bool = True
     train_vision: bool = False
     lora: LoraConfig | None = None
-    init_connector: str | None = None  # finetune: default is this run's pretrain output
+    init_connector: str | None = None  # finetune: default is this run's pretrain output; "random" = none
 
 
 def pretrain_defaults() -> StageConfig:

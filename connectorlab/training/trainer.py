@@ -50,7 +50,9 @@ def build_stage_model(cfg: TrainConfig, stage: str, sc: StageConfig) -> Multimod
         model.set_trainable(vision=False, connector=True, llm=False)
         return model
     init = Path(sc.init_connector) if sc.init_connector else stage_dir(cfg, "pretrain") / "connector.safetensors"
-    if init.exists():
+    if sc.init_connector == "random":
+        pass  # an explicit choice (e.g. a text-only LM warm-up), not a missing file
+    elif init.exists():
         model.load_connector(init)
     elif sc.init_connector:
         raise FileNotFoundError(f"finetune.init_connector {init} does not exist")
@@ -66,20 +68,30 @@ def build_stage_model(cfg: TrainConfig, stage: str, sc: StageConfig) -> Multimod
 
 
 class FeatureCache:
-    """Frozen-tower features computed once per stage (keyed by image path)."""
+    """Frozen-tower features computed once (keyed by image path); a study may share one across runs
+    that use the same frozen tower at the same resolution."""
 
-    def __init__(self, model: MultimodalLM, paths: list[Path], chunk: int = 16, progress=None):
+    def __init__(self, vision, transform, paths: list[Path] = (), chunk: int = 16, progress=None):
+        self.vision, self.transform, self.chunk = vision, transform, chunk
         self.store: dict[Path, tuple] = {}
-        unique = sorted(set(paths))
-        task = progress.add_task("caching features", total=len(unique)) if progress else None
+        self.add(paths, progress)
+
+    def compatible(self, model: MultimodalLM) -> bool:
+        a, b = model.vision, self.vision
+        return (a.image_size, a.select_layer, a.level_layers) == (b.image_size, b.select_layer, b.level_layers) \
+            and all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+
+    def add(self, paths: list[Path], progress=None) -> None:
+        unique = sorted(set(paths) - set(self.store))
+        task = progress.add_task("caching features", total=len(unique)) if progress and unique else None
+        device = next(self.vision.parameters()).device
         with torch.no_grad():
-            for i in range(0, len(unique), chunk):
-                part = unique[i:i + chunk]
-                pixels = torch.stack([model.image_transform(_open(p)) for p in part]).to(model.lm_head.weight.device)
-                feats, levels = model.vision(pixels)
+            for i in range(0, len(unique), self.chunk):
+                part = unique[i:i + self.chunk]
+                feats, levels = self.vision(torch.stack([self.transform(_open(p)) for p in part]).to(device))
                 for j, p in enumerate(part):
                     self.store[p] = (feats[j].cpu(), None if levels is None else levels[j].cpu())
-                if progress:
+                if task is not None:
                     progress.advance(task, len(part))
 
     def get(self, paths: list[Path]):
@@ -95,7 +107,8 @@ def _open(path: Path):
         return im.convert("RGB")
 
 
-def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: Accelerator | None = None) -> dict:
+def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: Accelerator | None = None,
+              feature_cache: FeatureCache | None = None) -> dict:
     accelerator = accelerator or make_accelerator()
     sc = cfg.stage(stage)
     out = stage_dir(cfg, stage)
@@ -133,7 +146,10 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
         ds.deepspeed_config["train_micro_batch_size_per_gpu"] = sc.micro_batch
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
-    optimizer = torch.optim.AdamW(params, lr=sc.lr, weight_decay=sc.weight_decay)
+    connector_ids = {id(p) for p in model.connector.parameters()}
+    groups = [{"params": [p for p in params if id(p) in connector_ids], "lr": sc.connector_lr or sc.lr},
+              {"params": [p for p in params if id(p) not in connector_ids], "lr": sc.lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=sc.lr, weight_decay=sc.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(sc.warmup_ratio * total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner: MultimodalLM = accelerator.unwrap_model(model)
@@ -156,11 +172,18 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     cache = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
     model.train()
-    t_stage = time.perf_counter()
     orders: dict[int, list[list[int]]] = {}
     with bar:
+        t_cache = time.perf_counter()
         if cfg.cache_features and inner.vision.frozen:
-            cache = FeatureCache(inner, [s.image for s in samples if s.image is not None], progress=bar)
+            image_paths = [s.image for s in samples if s.image is not None]
+            if feature_cache is not None and feature_cache.compatible(inner):
+                cache = feature_cache
+                cache.add(image_paths, progress=bar)
+            else:
+                cache = FeatureCache(inner.vision, inner.image_transform, image_paths, progress=bar)
+        cache_s = time.perf_counter() - t_cache
+        t_stage = time.perf_counter()  # training time excludes feature caching (reported apart)
         task = bar.add_task(stage, total=total, completed=start, info="")
         for step in range(start, total):
             t0 = time.perf_counter()
@@ -218,7 +241,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
         "image_size": inner.vision.image_size, "peak_memory_mb": peak_memory_mb(device),
         "final_loss": steplog.losses[-1] if steplog and steplog.losses else None,
         "first_loss": steplog.losses[0] if steplog and steplog.losses else None,
-        "resumed_from": resumed_from, "feature_cache": cache is not None, "bf16": cfg.bf16,
+        "resumed_from": resumed_from, "feature_cache": cache is not None, "feature_cache_s": cache_s, "bf16": cfg.bf16,
     }
     if main:
         if stage == "pretrain":
@@ -231,9 +254,10 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     return summary
 
 
-def train(cfg: TrainConfig, stages: list[str], resume: bool = False) -> dict[str, dict]:
-    accelerator = make_accelerator()
+def train(cfg: TrainConfig, stages: list[str], resume: bool = False, accelerator: Accelerator | None = None,
+          feature_cache: FeatureCache | None = None) -> dict[str, dict]:
+    accelerator = accelerator or make_accelerator()
     if accelerator.is_main_process:
         Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_json(Path(cfg.output_dir) / "train_config.json", cfg.to_dict())
-    return {stage: run_stage(cfg, stage, resume, accelerator) for stage in stages}
+    return {stage: run_stage(cfg, stage, resume, accelerator, feature_cache) for stage in stages}

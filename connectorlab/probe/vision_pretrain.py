@@ -1,0 +1,162 @@
+"""Pre-training the probe's small ViT with dense attribute supervision, once, then freezing it.
+
+CLIP is frozen in the paper, so every connector reads the same features; here the tower learns
+what is where on probe images (colour, shape and size of the object under each patch, plus the
+scene, texture and quality of the whole image) at every study resolution, so that its patch
+tokens carry instance detail the connector may keep or pool away.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from transformers import CLIPVisionModel
+
+from ..utils.io import atomic_dir, atomic_write_json
+from ..utils.progress import progress_bar
+from ..vision.transforms import ImageTransform
+from .scene import COLOURS, QUALITIES, SCENES, SHAPES, TEXTURES
+
+COLOUR_IDS = {c: i + 1 for i, c in enumerate(COLOURS)}
+SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}
+
+
+def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
+    """Per-patch colour / shape / size class (0 = background) and the global labels of one image.
+
+    Every patch also learns where it is (a 4 x 4 layout), so patch tokens carry their position the way
+    CLIP's do. Big shapes label every patch whose centre they cover; a small shape labels the patch holding
+    its centre (it may cover no patch centre at a coarse grid), drawn last, as in the image.
+    """
+    colour, shape, size, small_colour = (np.zeros(grid * grid, np.int64) for _ in range(4))
+    centres = (np.arange(grid) + 0.5) / grid
+    for obj in ann["big"]:
+        half = obj["size"] / 2
+        rows = np.abs(centres - obj["cy"]) < half
+        cols = np.abs(centres - obj["cx"]) < half
+        cells = (rows[:, None] & cols[None, :]).reshape(-1)
+        if not cells.any():
+            cells[min(int(obj["cy"] * grid), grid - 1) * grid + min(int(obj["cx"] * grid), grid - 1)] = True
+        colour[cells], shape[cells], size[cells] = COLOUR_IDS[obj["colour"]], SHAPE_IDS[obj["shape"]], 1
+    for obj in ann["small"]:
+        cell = min(int(obj["cy"] * grid), grid - 1) * grid + min(int(obj["cx"] * grid), grid - 1)
+        colour[cell], shape[cell], size[cell] = COLOUR_IDS[obj["colour"]], SHAPE_IDS[obj["shape"]], 2
+        small_colour[cell] = COLOUR_IDS[obj["colour"]]
+    rows, cols = np.divmod(np.arange(grid * grid), grid)
+    position = (rows * 4 // grid) * 4 + cols * 4 // grid  # which cell of a 4 x 4 layout the patch lies in
+    return {"colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "position": position, "scene": list(SCENES).index(ann["scene"]),
+            "texture": TEXTURES.index(ann["texture"]), "quality": QUALITIES.index(ann["quality"])}
+
+
+class DenseHeads(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.colour = nn.Linear(width, len(COLOURS) + 1)
+        self.shape = nn.Linear(width, len(SHAPES) + 1)
+        self.size = nn.Linear(width, 3)
+        self.small_colour = nn.Linear(width, len(COLOURS) + 1)  # its own direction: "a small red thing is here"
+        self.position = nn.Linear(width, 16)
+        self.scene = nn.Linear(width, len(SCENES))
+        self.texture = nn.Linear(width, len(TEXTURES))
+        self.quality = nn.Linear(width, len(QUALITIES))
+
+    def loss(self, patches: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        pooled = patches.mean(1)
+
+        def dense(head, target, object_weight):
+            # One small shape covers about 1 patch in 64: without up-weighting, "background" wins everywhere.
+            weight = torch.full((head.out_features,), float(object_weight))
+            weight[0] = 1.0
+            return F.cross_entropy(head(patches).flatten(0, 1), target.flatten(), weight=weight)
+
+        terms = {
+            "colour": dense(self.colour, t["colour"], 4),
+            "shape": dense(self.shape, t["shape"], 4),
+            "size": dense(self.size, t["size"], 8),
+            "small_colour": dense(self.small_colour, t["small_colour"], 16),
+            "position": F.cross_entropy(self.position(patches).flatten(0, 1), t["position"].flatten()),
+            "scene": F.cross_entropy(self.scene(pooled), t["scene"]),
+            "texture": F.cross_entropy(self.texture(pooled), t["texture"]),
+            "quality": F.cross_entropy(self.quality(pooled), t["quality"]),
+        }
+        return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
+
+
+def pretrain_vision(probe_dir: str | Path, init: str | Path, out: str | Path, resolutions: tuple[int, ...],
+                    steps: int = 600, batch: int = 64, lr: float = 2e-3, seed: int = 0, progress=None) -> dict:
+    """Train `init` (a CLIP vision folder at the largest resolution) and save it to `out`."""
+    probe_dir = Path(probe_dir)
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    anns = json.loads((probe_dir / "annotations.json").read_text())
+    model = CLIPVisionModel.from_pretrained(str(init))
+    patch = model.config.patch_size
+    heads = DenseHeads(model.config.hidden_size)
+    images = {res: [] for res in resolutions}
+    targets = {res: [] for res in resolutions}
+    for ann in anns:
+        with Image.open(probe_dir / ann["image"]) as im:
+            im = im.convert("RGB")
+            for res in resolutions:
+                images[res].append(ImageTransform(res, "resize")(im))
+                targets[res].append(dense_targets(ann, res // patch))
+    stacked = {res: torch.stack(images[res]) for res in resolutions}
+    tensors = {res: {k: torch.as_tensor(np.stack([t[k] for t in targets[res]])) for k in targets[res][0]}
+               for res in resolutions}
+    held_out = max(1, len(anns) // 10)  # the tower's own check: accuracy on images it never trained on
+    train_ids = list(range(len(anns) - held_out))
+    params = list(model.parameters()) + list(heads.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    model.train()
+    task = progress.add_task("vision tower pre-training", total=steps) if progress else None
+    t0, log = time.perf_counter(), []
+    for step in range(steps):
+        res = resolutions[step % len(resolutions)]
+        idx = torch.tensor(rng.sample(train_ids, batch))
+        out_h = model(pixel_values=stacked[res][idx], output_hidden_states=True, interpolate_pos_encoding=True)
+        patches = out_h.hidden_states[-1][:, 1:]
+        loss, terms = heads.loss(patches, {k: v[idx] for k, v in tensors[res].items()})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        log.append({"step": step + 1, "resolution": res, "loss": float(loss), **terms})
+        if progress:
+            progress.update(task, advance=1, info=f"loss {float(loss):.3f}")
+    seconds = time.perf_counter() - t0
+    checks = {res: held_out_accuracy(model, heads, stacked[res][-held_out:],
+                                     {k: v[-held_out:] for k, v in tensors[res].items()}) for res in resolutions}
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        atomic_write_json(tmp / "pretrain_log.json", {"seconds": seconds, "steps": steps, "resolutions": list(resolutions),
+                                                      "held_out_accuracy": checks, "log": log[-20:]})
+    return {"seconds": seconds, "final": log[-1], "held_out_accuracy": checks}
+
+
+@torch.no_grad()
+def held_out_accuracy(model, heads: DenseHeads, pixels: torch.Tensor, t: dict[str, torch.Tensor]) -> dict[str, float]:
+    model.eval()
+    patches = model(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states[-1][:, 1:]
+    small, big = t["size"] == 2, t["size"] == 1
+    acc = lambda logits, target, where: float((logits.argmax(-1)[where] == target[where]).float().mean())  # noqa: E731
+    pooled = patches.mean(1)
+    return {
+        "small_colour": acc(heads.small_colour(patches), t["small_colour"], small),
+        "small_found": float((heads.size(patches).argmax(-1)[small] == 2).float().mean()),
+        "small_shape": acc(heads.shape(patches), t["shape"], small),
+        "big_colour": acc(heads.colour(patches), t["colour"], big),
+        "size": acc(heads.size(patches), t["size"], torch.ones_like(small)),
+        "position": acc(heads.position(patches), t["position"], torch.ones_like(small)),
+        "scene": acc(heads.scene(pooled), t["scene"], torch.ones_like(t["scene"], dtype=torch.bool)),
+        "quality": acc(heads.quality(pooled), t["quality"], torch.ones_like(t["quality"], dtype=torch.bool)),
+    }
