@@ -17,9 +17,9 @@ def probe_generate(
     seed: int = 0,
     image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
     object_scale: float = typer.Option(0.12, help="side of a small shape as a fraction of the image"),
-    clutter: int = typer.Option(8, help="specks of colour per image (distractors for pooled tokens)"),
+    clutter: int = typer.Option(8, help="at most this many specks per image (decoys for pooled tokens)"),
     n_train: int = 2000,
-    n_test: int = 150,
+    n_test: int = 200,
 ):
     """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
     from ..probe.generate import ProbeParams, generate
@@ -43,3 +43,21 @@ def probe_models(
 
     paths = make_random_presets(probe, out, image_size=image_size, seed=seed)
     console.print(f"vision: {paths['vision']}\nllm: {paths['llm']}")
+
+
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="output folder (re-running skips finished cells)"),
+    seed: int = 0,
+):
+    """The whole study on a laptop CPU: probe, tiny MLLMs with five connectors at two resolutions, report."""
+    from ..probe.generate import ProbeParams
+    from ..probe.quickstart import QuickstartConfig, quickstart as run
+    from . import setup_logging
+
+    setup_logging()
+    import logging
+
+    logging.getLogger("connectorlab").setLevel(logging.WARNING)  # the progress bars tell the story
+    run(QuickstartConfig(out=str(out), seed=seed, probe=ProbeParams(seed=seed)))
+    console.print(f"report: {out / 'report.md'}\nresults: {out / 'results.csv'}")

@@ -56,13 +56,13 @@ class QuickstartConfig:
     resolutions: tuple[int, ...] = (48, 64)
     connectors: list[CellSpec] = field(default_factory=lambda: list(DEFAULT_CONNECTORS))
     sizes: TinySizes = field(default_factory=TinySizes)
-    vision_steps: int = 600
+    vision_steps: int = 800
     warmup_epochs: int = 1
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-3, global_batch=32, micro_batch=32,
                                                                       epochs=1, template="plain"))
     finetune: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-3, global_batch=32, micro_batch=32,
-                                                                      epochs=5))
-    eval_batch: int = 64
+                                                                      epochs=8))
+    eval_batch: int = 128
     max_new_tokens: int = 6
 
 

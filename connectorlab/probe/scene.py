@@ -19,10 +19,14 @@ SCENES = {"sky": ((110, 170, 235), (200, 225, 250)), "grass": ((40, 120, 40), (9
 TEXTURES = ("plain", "stripes", "dots", "checks")
 QUALITIES = ("sharp", "blurry", "noisy", "faded")
 SHAPES = ("circle", "square", "triangle", "diamond")
-COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "yellow": (240, 220, 20), "white": (250, 250, 250),
-           "purple": (150, 40, 190), "orange": (245, 130, 20)}
+# Big shapes and small things (the small shape and the specks) draw from separate palettes, so a
+# colour alone never says which object it belongs to within its palette, but the palettes never mix.
+BIG_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "yellow": (240, 220, 20), "cyan": (20, 210, 210)}
+SMALL_COLOURS = {"white": (250, 250, 250), "purple": (150, 40, 190), "orange": (245, 130, 20), "pink": (255, 110, 190)}
+COLOURS = {**BIG_COLOURS, **SMALL_COLOURS}
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 RELATIONS = ("left of", "right of", "above", "below")
+SPECK_RATIO = 0.375  # a speck's diameter relative to the small shape's side (about 1/7 of its area)
 
 
 @dataclass
@@ -57,7 +61,7 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
     scene = rng.choice(list(SCENES))
     relation = rng.choice(RELATIONS)
     shapes = rng.sample(SHAPES, 2)
-    colours = rng.sample(list(COLOURS), 2)
+    colours = rng.sample(list(BIG_COLOURS), 2)
     sizes = rng.sample([0.18, 0.34], 2)  # one clearly larger (3.6x the area)
     along, across = rng.uniform(0.25, 0.33), rng.uniform(0.3, 0.7)
     a_first = relation in ("left of", "above")
@@ -72,14 +76,19 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
     half = object_scale / 2 + 0.01
     small: list[Shape] = []
     for _ in range(200):
-        cand = Shape(rng.choice(SHAPES), rng.choice([c for c in COLOURS if c not in (big[0].colour, big[1].colour)]),
+        cand = Shape(rng.choice(SHAPES), rng.choice(list(SMALL_COLOURS)),
                      rng.uniform(half, 1 - half), rng.uniform(half, 1 - half), object_scale)
         if not any(cand.overlaps(o, 0.03) for o in big):
             small.append(cand)
             break
     if not small:  # the big shapes left no room: draw again
         return sample_scene(rng, object_scale, clutter)
-    specks = [(rng.uniform(0.03, 0.97), rng.uniform(0.03, 0.97), rng.choice(list(COLOURS))) for _ in range(clutter)]
+    # Specks share one other colour of the small palette and, together, about the small shape's area
+    # (between half and all of `clutter`): how much of each small colour an image holds does not say
+    # which is the shape's; only a token that keeps the shape apart from the specks does.
+    decoy = rng.choice([c for c in SMALL_COLOURS if c != small[0].colour])
+    n_specks = rng.randint((clutter + 1) // 2, clutter)
+    specks = [(rng.uniform(0.03, 0.97), rng.uniform(0.03, 0.97), decoy) for _ in range(n_specks)]
     return SceneSpec(scene, rng.choice(TEXTURES), rng.choice(QUALITIES), big, relation, small, specks)
 
 
@@ -96,7 +105,7 @@ def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, side: int) -> None:
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
 
 
-def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4, speck_scale: float = 0.035) -> Image.Image:
+def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4) -> Image.Image:
     """Draw at `supersample` x the size and downsample, so edges are anti-aliased at any `side`."""
     big_side = side * supersample
     top, bottom = np.array(SCENES[spec.scene][0], float), np.array(SCENES[spec.scene][1], float)
@@ -113,6 +122,7 @@ def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4,
         canvas *= np.where(((xx // period) + (yy // period)) % 2 == 0, 0.8, 1.0)[..., None]
     image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
+    speck_scale = SPECK_RATIO * (spec.small[0].size if spec.small else 0.12)
     for x, y, colour in spec.specks:
         r = big_side * speck_scale / 2
         draw.ellipse([x * big_side - r, y * big_side - r, x * big_side + r, y * big_side + r], fill=COLOURS[colour])

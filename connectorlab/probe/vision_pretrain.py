@@ -32,7 +32,7 @@ SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}
 def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     """Per-patch colour / shape / size class (0 = background) and the global labels of one image.
 
-    Every patch also learns where it is (a 4 x 4 layout), so patch tokens carry their position the way
+    Specks mark their patch with their colour and a size class of their own. Every patch also learns where it is (a 4 x 4 layout), so patch tokens carry their position the way
     CLIP's do. Big shapes label every patch whose centre they cover; a small shape labels the patch holding
     its centre (it may cover no patch centre at a coarse grid), drawn last, as in the image.
     """
@@ -50,6 +50,10 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
         cell = min(int(obj["cy"] * grid), grid - 1) * grid + min(int(obj["cx"] * grid), grid - 1)
         colour[cell], shape[cell], size[cell] = COLOUR_IDS[obj["colour"]], SHAPE_IDS[obj["shape"]], 2
         small_colour[cell] = COLOUR_IDS[obj["colour"]]
+    for x, y, c in ann.get("specks", []):  # a speck marks its patch unless a shape already does
+        cell = min(int(y * grid), grid - 1) * grid + min(int(x * grid), grid - 1)
+        if size[cell] == 0:
+            colour[cell], size[cell] = COLOUR_IDS[c], 3
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     position = (rows * 4 // grid) * 4 + cols * 4 // grid  # which cell of a 4 x 4 layout the patch lies in
     return {"colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "position": position, "scene": list(SCENES).index(ann["scene"]),
@@ -61,8 +65,8 @@ class DenseHeads(nn.Module):
         super().__init__()
         self.colour = nn.Linear(width, len(COLOURS) + 1)
         self.shape = nn.Linear(width, len(SHAPES) + 1)
-        self.size = nn.Linear(width, 3)
-        self.small_colour = nn.Linear(width, len(COLOURS) + 1)  # its own direction: "a small red thing is here"
+        self.size = nn.Linear(width, 4)  # background, big, small shape, speck
+        self.small_colour = nn.Linear(width, len(COLOURS) + 1)  # the small shape's colour, bound to it
         self.position = nn.Linear(width, 16)
         self.scene = nn.Linear(width, len(SCENES))
         self.texture = nn.Linear(width, len(TEXTURES))
@@ -80,7 +84,7 @@ class DenseHeads(nn.Module):
         terms = {
             "colour": dense(self.colour, t["colour"], 4),
             "shape": dense(self.shape, t["shape"], 4),
-            "size": dense(self.size, t["size"], 8),
+            "size": dense(self.size, t["size"], 16),
             "small_colour": dense(self.small_colour, t["small_colour"], 16),
             "position": F.cross_entropy(self.position(patches).flatten(0, 1), t["position"].flatten()),
             "scene": F.cross_entropy(self.scene(pooled), t["scene"]),

@@ -1,0 +1,72 @@
+"""Wall-clock time of `connectorlab quickstart` from an empty output folder, plus its acceptance checks.
+
+Runs the CLI exactly as a user would (a fresh process, nothing cached), checks that every figure
+is a readable PNG, and reads results.csv for: the MLP scoring at least twice chance on every task
+type, and the fine-grained gap between mlp and avgpool at each resolution lying outside their 95%
+intervals. Prints and saves JSON.
+
+    python benchmarks/quickstart_time.py [--out runs/quickstart_bench] [--json benchmarks/results/quickstart_time.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from connectorlab.utils.io import atomic_write_json  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=str(ROOT / "runs" / "quickstart_bench"))
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "quickstart_time.json"))
+    ap.add_argument("--limit-s", type=float, default=600.0)
+    args = ap.parse_args()
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, "-m", "connectorlab", "quickstart", "--out", str(out)], cwd=ROOT,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    wall = time.perf_counter() - t0
+    if res.returncode:
+        raise SystemExit(f"quickstart failed with exit code {res.returncode}")
+    figures = {}
+    for png in sorted(out.glob("*.png")):
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            figures[png.name] = list(im.size)
+    df = pd.read_csv(out / "results.csv")
+    mlp = df[df.connector == "mlp"]
+    twice = {f"{r.task_type}@{r.resolution}": round(r.accuracy / r.chance, 2) for r in mlp.itertuples()}
+    gaps = {}
+    for res_px in sorted(df.resolution.unique()):
+        m = df[(df.connector == "mlp") & (df.resolution == res_px) & (df.task_type == "fine")].iloc[0]
+        a = df[(df.connector == "avgpool") & (df.resolution == res_px) & (df.task_type == "fine")].iloc[0]
+        gaps[str(res_px)] = {"mlp": [m.accuracy, m.ci_low, m.ci_high], "avgpool": [a.accuracy, a.ci_low, a.ci_high],
+                             "outside_intervals": bool(m.ci_low > a.ci_high or a.ci_low > m.ci_high)}
+    result = {
+        "benchmark": "connectorlab quickstart, fresh output folder, one process",
+        "wall_clock_s": wall, "limit_s": args.limit_s, "within_limit": wall <= args.limit_s,
+        "figures": figures, "mlp_accuracy_over_chance": twice,
+        "mlp_at_least_twice_chance_everywhere": all(v >= 2 for v in twice.values()),
+        "fine_gap_mlp_vs_avgpool": gaps, "cells": int(len(df) / 3),
+        "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+    }
+    atomic_write_json(args.json, result)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
