@@ -81,10 +81,10 @@ def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
 def caption(spec: SceneSpec) -> str:
     a, b = spec.big
     larger = a if a.size > b.size else b
-    s = spec.small[0]
-    return (f"a {spec.quality} {spec.scene} scene with {spec.texture} . the {a.colour} {a.shape} is {spec.relation} "
-            f"the {b.colour} {b.shape} and the {larger.colour} one is larger . a small {s.colour} {s.shape} is in the "
-            f"{s.quadrant} .")
+    s = spec.small[0]  # first, so stage 1 already asks the connector to keep the small shape apart
+    return (f"a small {s.colour} {s.shape} is in the {s.quadrant} of a {spec.quality} {spec.scene} scene with "
+            f"{spec.texture} . the {a.colour} {a.shape} is {spec.relation} the {b.colour} {b.shape} and the "
+            f"{larger.colour} one is larger .")
 
 
 def _png_b64(image) -> str:

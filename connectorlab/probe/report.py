@@ -213,13 +213,14 @@ def write_report(out: Path, cells: list[dict], qc) -> Path:
                       .to_csv(index=False))
     pngs = figures(df, out)
     p = qc.probe
+    first = df[(df.connector == df.connector.iloc[0]) & (df.resolution == df.resolution.iloc[0])]
+    questions = int(first.n.sum())
     lines = [
         "# Quick-start study on the granularity probe", "",
         "## What was measured", "",
-        f"- Probe: {p.n_train} training images, {p.n_test} test images ({int(df[df.connector == df.connector.iloc[0]]"
-        f".drop_duplicates('task_type').n.sum() / len(df.resolution.unique()))} questions, each asked in every rotation of "
-        f"its options), drawn at {p.image_size} px, small shapes {p.object_scale:.2f} of the side, at most {p.clutter} "
-        f"small shapes per image, seed {p.seed}.",
+        f"- Probe: {p.n_train} training images, {p.n_test} test images ({questions} questions, each asked in every "
+        f"rotation of its options), drawn at {p.image_size} px; the small shape is {p.object_scale:.2f} of the side, "
+        f"with up to {p.clutter} decoy specks per image; seed {p.seed}.",
         f"- Model: a {qc.sizes.vision_layers}-layer ViT (width {qc.sizes.vision_hidden}, patch {qc.sizes.patch_size}) "
         f"pre-trained once on probe images and frozen; a {qc.sizes.llm_layers}-layer Llama (width {qc.sizes.llm_hidden}) "
         "warmed up on the probe's text; LLaVA's two stages per connector "

@@ -1,0 +1,126 @@
+"""The granularity probe, its tower pre-training targets, the quick start and its report."""
+import hashlib
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
+from connectorlab.probe.generate import TASK_TYPES, ProbeParams, generate
+from connectorlab.probe.presets import TinySizes
+from connectorlab.probe.quickstart import CellSpec, QuickstartConfig, quickstart
+from connectorlab.probe.report import findings, results_frame
+from connectorlab.probe.vision_pretrain import dense_targets
+from connectorlab.training.config import StageConfig
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_probe_is_deterministic_and_seeded(tmp_path):
+    params = ProbeParams(seed=3, image_size=48, n_train=12, n_test=3)
+    generate(tmp_path / "a", params)
+    generate(tmp_path / "b", params)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    generate(tmp_path / "c", ProbeParams(seed=4, image_size=48, n_train=12, n_test=3))
+    assert digest(tmp_path / "a")["test.tsv"] != digest(tmp_path / "c")["test.tsv"]
+
+
+def test_probe_test_set_is_mmbench_layout_with_circular_copies(tmp_path):
+    meta = generate(tmp_path, ProbeParams(n_train=4, n_test=5))
+    bench = load_mmbench(tmp_path / "test.tsv", mapping_section="probe")
+    assert len(bench.items) == meta["test_rows"] == 4 * meta["test_questions"]
+    df = pd.read_csv(tmp_path / "test.tsv", sep="\t", keep_default_na=False)
+    assert set(df["l2-category"]) == {"coarse_perception", "finegrained_perception", "reasoning"}
+    assert set(df.category) == set(TASK_TYPES)
+    for _, group in df.groupby(df["index"] % 1_000_000):
+        texts = {row[row.answer] for _, row in group.iterrows()}
+        assert len(group) == 4 and len(texts) == 1  # the gold text is the same in every rotation
+        assert len(set(group.answer)) == 4  # while its letter moves
+    perfect = bench.score({it.key: it.meta["options"][it.meta["answer"]] for it in bench.items})
+    assert perfect["circular"] == 1.0
+    assert {t: v["n"] for t, v in perfect["task_types"].items()} == {"coarse": 15, "fine": 5, "reasoning": 10}
+
+
+def test_training_records_hold_the_image_once(tmp_path):
+    generate(tmp_path, ProbeParams(n_train=6, n_test=1))
+    for name in ("pretrain.json", "finetune.json"):
+        for rec in json.loads((tmp_path / name).read_text()):
+            assert (tmp_path / rec["image"]).exists()
+            assert sum(t["value"].count("<image>") for t in rec["conversations"]) == 1
+
+
+def test_dense_targets_mark_the_small_shape_and_specks():
+    ann = {"scene": "sky", "texture": "plain", "quality": "sharp",
+           "big": [{"shape": "circle", "colour": "red", "cx": 0.25, "cy": 0.25, "size": 0.3},
+                   {"shape": "square", "colour": "blue", "cx": 0.75, "cy": 0.75, "size": 0.2}],
+           "small": [{"shape": "triangle", "colour": "white", "cx": 0.8, "cy": 0.2, "size": 0.1}],
+           "specks": [[0.1, 0.9, "pink"]]}
+    t = dense_targets(ann, 8)
+    small_cell, speck_cell = 1 * 8 + 6, 7 * 8 + 0
+    assert t["size"][small_cell] == 2 and t["small_colour"][small_cell] > 0
+    assert t["size"][speck_cell] == 3 and t["small_colour"][speck_cell] == 0
+    assert t["size"][2 * 8 + 2] == 1  # under the big circle
+    assert t["position"][0] == 0 and t["position"][63] == 15
+
+
+def cell(conn, family, res, fine, coarse=0.9, reasoning=0.8, tokens=64, pre=10.0, ft=20.0):
+    def tt(fine_acc, coarse_acc, reasoning_acc):
+        return {t: {"n": 200, "accuracy": a, "ci_low": a - 0.06, "ci_high": min(1, a + 0.06), "macro": a}
+                for t, a in (("coarse", coarse_acc), ("fine", fine_acc), ("reasoning", reasoning_acc))}
+    return {"connector": conn, "family": family, "mechanism": "x", "resolution": res, "visual_tokens": tokens,
+            "pretrain_s": pre, "finetune_s": ft, "scores": {"task_types": tt(fine, coarse, reasoning),
+                                                               "extraction_failures": 0},
+            "blind": {"task_types": tt(0.25, 0.25, 0.25)}, "chance": {"coarse": 0.25, "fine": 0.25, "reasoning": 0.25}}
+
+
+def test_report_findings_follow_the_numbers():
+    holds = [cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=4, ft=10)]
+    text = " ".join(findings(results_frame(holds)))
+    assert "fine-grained perception: holds" in text and "do not overlap" in text
+    assert "train faster: holds" in text and "+60% less" in text
+    flipped = [cell("mlp", "preserving", 64, 0.3), cell("avgpool", "compressing", 64, 0.9, tokens=9, pre=40, ft=80)]
+    text = " ".join(findings(results_frame(flipped)))
+    assert "fine-grained perception: does not hold" in text and "train faster: does not hold" in text
+    noisy = [cell("mlp", "preserving", 64, 0.9, coarse=0.9), cell("avgpool", "compressing", 64, 0.3, coarse=0.5, tokens=9)]
+    assert "within noise of mlp on coarse perception and reasoning: partly holds" in " ".join(findings(results_frame(noisy)))
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qs")
+    qc = QuickstartConfig(
+        out=str(out), probe=ProbeParams(image_size=48, n_train=64, n_test=3), resolutions=(32, 48),
+        sizes=TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=1, llm_heads=2),
+        vision_steps=4, connectors=[CellSpec("linear"), CellSpec("mlp"), CellSpec("avgpool", {"num_tokens": 4}),
+                                    CellSpec("perceiver", {"num_tokens": 4, "layers": 1, "heads": 2, "dim_head": 8}),
+                                    CellSpec("c_abstractor", {"num_tokens": 4, "hidden": 16, "depth": 1})],
+        pretrain=StageConfig(lr=1e-3, global_batch=32, micro_batch=32, template="plain"),
+        finetune=StageConfig(lr=1e-3, global_batch=32, micro_batch=32), eval_batch=64, max_new_tokens=3)
+    cells = quickstart(qc, show_progress=False)
+    return out, qc, cells
+
+
+def test_quickstart_writes_results_figures_and_report(tiny_study):
+    out, _, cells = tiny_study
+    df = pd.read_csv(out / "results.csv")
+    assert list(df.columns[:11]) == ["connector", "family", "resolution", "visual_tokens", "task_type", "n", "accuracy",
+                                     "ci_low", "ci_high", "pretrain_s", "finetune_s"]
+    assert len(df) == 5 * 2 * 3 and set(df.family) == {"preserving", "compressing"}
+    assert set(df[df.connector == "mlp"].visual_tokens) == {16, 36}
+    for png in ("task_type_accuracy.png", "accuracy_vs_tokens.png", "accuracy_vs_time.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "Preserving beats compressing on fine-grained perception:" in report and "task_type_accuracy.png" in report
+    assert all("blind" in c and c["pretrain_s"] > 0 for c in cells)
+
+
+def test_quickstart_rerun_skips_finished_cells(tiny_study):
+    out, qc, cells = tiny_study
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/cell.json")}
+    again = quickstart(qc, show_progress=False)
+    assert [c["scores"] for c in again] == [c["scores"] for c in cells]
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/cell.json")}
