@@ -81,7 +81,7 @@ def test_report_findings_follow_the_numbers():
     holds = [cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=4, ft=10)]
     text = " ".join(findings(results_frame(holds)))
     assert "fine-grained perception: holds" in text and "do not overlap" in text
-    assert "train faster: holds" in text and "+60% less" in text
+    assert "train faster: holds" in text and "60% less time" in text
     flipped = [cell("mlp", "preserving", 64, 0.3), cell("avgpool", "compressing", 64, 0.9, tokens=9, pre=40, ft=80)]
     text = " ".join(findings(results_frame(flipped)))
     assert "fine-grained perception: does not hold" in text and "train faster: does not hold" in text

@@ -47,29 +47,36 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+def change(value: float, base: float) -> str:
+    d = 1 - value / base
+    return f"{100 * abs(d):.0f}% {'less' if d >= 0 else 'more'} time"
+
+
 def findings(df: pd.DataFrame) -> list[str]:
     out = []
     get = lambda conn, res, t: df[(df.connector == conn) & (df.resolution == res) & (df.task_type == t)].iloc[0]  # noqa: E731
     resolutions = sorted(df.resolution.unique())
     # 1. preserving beats compressing on fine-grained perception
-    lines, hits = [], 0
+    lines, hits, judged = [], 0, 0
     for res in resolutions:
         fine = df[(df.resolution == res) & (df.task_type == "fine")]
         pres, comp = fine[fine.family == "preserving"], fine[fine.family == "compressing"]
         if pres.empty or comp.empty:
             continue
-        ok = pres.accuracy.min() > comp.accuracy.max()
-        hits += ok
+        pairs = [(p, c) for _, p in pres.iterrows() for _, c in comp.iterrows()]
+        above = sum(p.accuracy > c.accuracy and not within_noise(p, c) for p, c in pairs)
+        judged += len(pairs)
+        hits += above
         lines.append(f"at {res} px the preserving connectors score {', '.join(pct(a) for a in pres.accuracy)} and the "
-                     f"compressing ones {', '.join(pct(a) for a in comp.accuracy)} "
-                     f"({'every' if ok else 'not every'} preserving connector is above every compressing one)")
+                     f"compressing ones {', '.join(pct(a) for a in comp.accuracy)}; {above} of {len(pairs)} "
+                     "preserving-compressing pairs differ beyond the 95% margin in favour of preserving")
         if {"mlp", "avgpool"} <= set(fine.connector):
             m, a = get("mlp", res, "fine"), get("avgpool", res, "fine")
             apart = m.ci_low > a.ci_high or a.ci_low > m.ci_high
             lines.append(f"mlp {pct(m.accuracy)} [{pct(m.ci_low)}, {pct(m.ci_high)}] vs avgpool {pct(a.accuracy)} "
                          f"[{pct(a.ci_low)}, {pct(a.ci_high)}] at {res} px: the intervals "
                          f"{'do not overlap' if apart else 'overlap'}")
-    out.append(f"**Preserving beats compressing on fine-grained perception: {verdict(hits, len(resolutions))}.** "
+    out.append(f"**Preserving beats compressing on fine-grained perception: {verdict(hits, judged)}.** "
                + "; ".join(lines) + ".")
     # 2. compressing stays within noise on coarse perception and reasoning (against mlp, same resolution)
     pairs, close, far = 0, 0, []
@@ -99,8 +106,8 @@ def findings(df: pd.DataFrame) -> list[str]:
             total += 1
             quicker = row.pretrain_s + row.finetune_s < b.pretrain_s + b.finetune_s
             faster += quicker
-            parts.append(f"{row.connector} at {res} px: pre-training {100 * (1 - row.pretrain_s / b.pretrain_s):+.0f}% "
-                         f"less, fine-tuning {100 * (1 - row.finetune_s / b.finetune_s):+.0f}% less time than mlp")
+            parts.append(f"{row.connector} at {res} px: pre-training {change(row.pretrain_s, b.pretrain_s)}, "
+                         f"fine-tuning {change(row.finetune_s, b.finetune_s)} than mlp")
     out.append(f"**Compressing connectors train faster: {verdict(faster, total)}.** " + "; ".join(parts) + ".")
     # 4. higher resolution helps fine-grained perception most
     if len(resolutions) >= 2:
@@ -175,9 +182,10 @@ def figures(df: pd.DataFrame, out: Path) -> list[str]:
         ax.set_title(f"{res} px")
         ax.set_ylim(0, 1.05)
     axes[0][0].set_ylabel("circular accuracy (95% CI)")
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+    handles, labels = axes[0][-1].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels), frameon=False)
     fig.suptitle("Probe accuracy per task type, connector and resolution")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(out / "task_type_accuracy.png", dpi=120)
     plt.close(fig)
     names.append("task_type_accuracy.png")
