@@ -171,7 +171,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[str]:
             rows = [sub[(sub.connector == c) & (sub.task_type == t)].iloc[0] for c in conns]
             xs = [j + (i - 1) * width for j in range(len(conns))]
             ax.bar(xs, [r.accuracy for r in rows], width, label=TYPE_NAMES[t],
-                   yerr=[[r.accuracy - r.ci_low for r in rows], [r.ci_high - r.accuracy for r in rows]], capsize=2)
+                   yerr=[[max(0.0, r.accuracy - r.ci_low) for r in rows], [max(0.0, r.ci_high - r.accuracy) for r in rows]],
+                   capsize=2)
             ax.scatter(xs, [r.blind_accuracy for r in rows], marker="_", color="black", s=60,
                        label="no image" if i == 0 else None, zorder=3)
         chance = sub.chance.dropna()
@@ -197,7 +198,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[str]:
             sub = d[d.task_type == t]
             for fam, marker in (("preserving", "o"), ("compressing", "^")):
                 f = sub[sub.family == fam]
-                ax.errorbar(f[xcol], f.accuracy, yerr=[f.accuracy - f.ci_low, f.ci_high - f.accuracy], fmt=marker,
+                ax.errorbar(f[xcol], f.accuracy, yerr=[(f.accuracy - f.ci_low).clip(lower=0), (f.ci_high - f.accuracy).clip(lower=0)], fmt=marker,
                             capsize=2, label=fam)
             for r in sub.itertuples():
                 ax.annotate(f"{r.connector}@{r.resolution}", (getattr(r, xcol), r.accuracy), fontsize=6,

@@ -125,7 +125,7 @@ def pretrain_vision(probe_dir: str | Path, init: str | Path, out: str | Path, re
     t0, log = time.perf_counter(), []
     for step in range(steps):
         res = resolutions[step % len(resolutions)]
-        idx = torch.tensor(rng.sample(train_ids, batch))
+        idx = torch.tensor(rng.sample(train_ids, min(batch, len(train_ids))))
         out_h = model(pixel_values=stacked[res][idx], output_hidden_states=True, interpolate_pos_encoding=True)
         patches = out_h.hidden_states[-1][:, 1:]
         loss, terms = heads.loss(patches, {k: v[idx] for k, v in tensors[res].items()})
@@ -134,9 +134,9 @@ def pretrain_vision(probe_dir: str | Path, init: str | Path, out: str | Path, re
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        log.append({"step": step + 1, "resolution": res, "loss": float(loss), **terms})
+        log.append({"step": step + 1, "resolution": res, "loss": float(loss.detach()), **terms})
         if progress:
-            progress.update(task, advance=1, info=f"loss {float(loss):.3f}")
+            progress.update(task, advance=1, info=f"loss {float(loss.detach()):.3f}")
     seconds = time.perf_counter() - t0
     checks = {res: held_out_accuracy(model, heads, stacked[res][-held_out:],
                                      {k: v[-held_out:] for k, v in tensors[res].items()}) for res in resolutions}
