@@ -9,6 +9,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from ...data.llava import parse_jsonl
 from ...data.skips import DataError, SkipReport
 from ..base import Benchmark, EvalItem, image_from_path, mc_prompt
 from ..extraction import extract_choice
@@ -105,13 +106,7 @@ def predictions_rows(path: str | Path, questions: str | Path | None = None) -> t
     if isinstance(whole, dict) and "logs" in whole:  # lmms-eval v0.1.x <task>.json
         logs = whole["logs"]
     else:
-        logs = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    logs.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}: line {n}: invalid JSON ({err.msg})") from None
+        logs = parse_jsonl(text, path)
     if logs and "doc" in logs[0]:  # lmms-eval samples carry the questions
         rows = []
         for log in logs:
