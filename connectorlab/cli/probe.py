@@ -18,8 +18,8 @@ def probe_generate(
     image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
     object_scale: float = typer.Option(0.12, help="side of a small shape as a fraction of the image"),
     clutter: int = typer.Option(8, help="at most this many specks per image (decoys for pooled tokens)"),
-    n_train: int = 1900,
-    n_test: int = 160,
+    n_train: int = 2000,
+    n_test: int = 200,
 ):
     """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
     from ..probe.generate import ProbeParams, generate

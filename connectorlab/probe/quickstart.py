@@ -56,16 +56,16 @@ class QuickstartConfig:
     resolutions: tuple[int, ...] = (48, 64)
     connectors: list[CellSpec] = field(default_factory=lambda: list(DEFAULT_CONNECTORS))
     sizes: TinySizes = field(default_factory=TinySizes)
-    vision_steps: int = 700
+    vision_steps: int = 800
     warmup_epochs: int = 1
     pretrain: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-3, global_batch=32, micro_batch=32,
                                                                       epochs=1, template="plain"))
     # Small batches: binding the small shape's colour is learnt after a plateau that the noise of a small
     # batch escapes sooner (measured: batch 32 did not leave it within 500 steps, batch 8 did).
     finetune: StageConfig = field(default_factory=lambda: StageConfig(lr=1e-3, global_batch=8, micro_batch=8,
-                                                                      epochs=8))
-    eval_batch: int = 256
-    max_new_tokens: int = 4
+                                                                      epochs=6))
+    eval_batch: int = 128
+    max_new_tokens: int = 6
 
 
 def model_config(qc: QuickstartConfig, vision: Path, llm: Path, spec: CellSpec, resolution: int) -> ModelConfig:
