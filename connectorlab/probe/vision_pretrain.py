@@ -21,7 +21,6 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 from ..utils.io import atomic_dir, atomic_write_json
-from ..utils.progress import progress_bar
 from ..vision.transforms import ImageTransform
 from .scene import COLOURS, QUALITIES, SCENES, SHAPES, TEXTURES
 
