@@ -15,7 +15,7 @@ import torch
 from ..data.skips import SkipReport
 from ..language.processor import OverLength
 from ..model.mllm import MultimodalLM
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.progress import progress_bar
 from .base import Benchmark
 from .benchmarks.mmbench import load_mmbench
@@ -99,11 +99,9 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
             bar.advance(task, len(chunk))
     elapsed = time.perf_counter() - t0
     scores = bench.score(preds)
-    with (out / ".records.jsonl.tmp").open("w") as f:
-        for it in bench.items:
-            f.write(json.dumps({"key": it.key, "prompt": it.prompt, "prediction": preds.get(it.key),
-                                **{k: v for k, v in it.meta.items()}}, default=str) + "\n")
-    os.replace(out / ".records.jsonl.tmp", out / "records.jsonl")
+    atomic_write_text(out / "records.jsonl", "".join(
+        json.dumps({"key": it.key, "prompt": it.prompt, "prediction": preds.get(it.key), **it.meta}, default=str) + "\n"
+        for it in bench.items))
     result = {**info, "items": len(bench.items), "answered_now": len(todo), "resumed_predictions": resumed,
               "skipped_items": bench.skips.to_dict(), "skipped_prompts": skips.to_dict(), "eval_seconds": elapsed,
               "scores": scores}

@@ -8,6 +8,7 @@ the same update (up to float summation order).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -114,8 +115,6 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     out = stage_dir(cfg, stage)
     summary_path = out / "summary.json"
     if resume and summary_path.exists():
-        import json
-
         log.info("%s already finished (%s); skipping", stage, summary_path)
         return json.loads(summary_path.read_text())
     if not sc.data:
@@ -137,6 +136,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
         raise ValueError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
     total = steps_per_epoch * sc.epochs if sc.max_steps is None else min(sc.max_steps, steps_per_epoch * sc.epochs)
     supervised = [sum(label != IGNORE_INDEX for label in s.labels[1:]) for s in samples]
+    text_tokens = [s.length - s.input_ids.count(IMAGE_TOKEN_ID) for s in samples]  # counted once, logged every step
 
     ds = accelerator.state.deepspeed_plugin
     if ds is not None:  # DeepSpeed steps its optimizer inside every backward, so it cannot accumulate for us
@@ -216,7 +216,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
             loss = (accelerator.reduce(loss_sum, "sum") / global_sup).item()
             dt = time.perf_counter() - t0
             n_img = sum(has_image[i] for i in gbatch)
-            n_text = sum(samples[i].length - samples[i].input_ids.count(IMAGE_TOKEN_ID) for i in gbatch)
+            n_text = sum(text_tokens[i] for i in gbatch)
             if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
                 row = {"step": step + 1, "epoch": epoch, "loss": loss, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": None if grad_norm is None else float(grad_norm), "step_time_s": dt,
