@@ -17,7 +17,7 @@ def probe_generate(
     seed: int = 0,
     image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
     object_scale: float = typer.Option(0.12, help="side of a small shape as a fraction of the image"),
-    clutter: int = typer.Option(8, help="at most this many specks per image (decoys for pooled tokens)"),
+    clutter: int = typer.Option(2, help="at most this many specks per image (decoys for pooled tokens)"),
     n_train: int = 2000,
     n_test: int = 200,
 ):

@@ -83,9 +83,8 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
             break
     if not small:  # the big shapes left no room: draw again
         return sample_scene(rng, object_scale, clutter)
-    # Specks share one other colour of the small palette and, together, about the small shape's area
-    # (between half and all of `clutter`): how much of each small colour an image holds does not say
-    # which is the shape's; only a token that keeps the shape apart from the specks does.
+    # Specks share one other colour of the small palette, so a pooled token that mixes the shape with a speck
+    # holds two small colours and cannot say which belongs to the shape; a token per patch keeps them apart.
     decoy = rng.choice([c for c in SMALL_COLOURS if c != small[0].colour])
     n_specks = rng.randint((clutter + 1) // 2, clutter)
     specks = [(rng.uniform(0.03, 0.97), rng.uniform(0.03, 0.97), decoy) for _ in range(n_specks)]
