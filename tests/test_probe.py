@@ -1,4 +1,5 @@
 """The granularity probe, its tower pre-training targets, the quick start and its report."""
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -89,6 +90,16 @@ def test_report_findings_follow_the_numbers():
     assert "within noise of mlp on coarse perception and reasoning: partly holds" in " ".join(findings(results_frame(noisy)))
 
 
+def test_resolution_finding_asks_for_a_gain_beyond_noise():
+    def study(fine_lo, fine_hi, coarse_lo=0.9):
+        return [cell("mlp", "preserving", 48, fine_lo, coarse=coarse_lo), cell("mlp", "preserving", 64, fine_hi)]
+    text = " ".join(findings(results_frame(study(0.5, 0.9))))
+    assert "helps fine-grained perception most: holds" in text and "mlp (50.0 -> 90.0)" in text
+    text = " ".join(findings(results_frame(study(0.90, 0.91))))
+    assert "most: not shown" in text and "margin: none" in text
+    assert "most: does not hold" in " ".join(findings(results_frame(study(0.5, 0.6, coarse_lo=0.3))))
+
+
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs")
@@ -124,3 +135,10 @@ def test_quickstart_rerun_skips_finished_cells(tiny_study):
     again = quickstart(qc, show_progress=False)
     assert [c["scores"] for c in again] == [c["scores"] for c in cells]
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/cell.json")}
+
+
+def test_quickstart_refuses_a_folder_made_with_other_settings(tiny_study):
+    out, qc, _ = tiny_study
+    other = dataclasses.replace(qc, probe=dataclasses.replace(qc.probe, clutter=qc.probe.clutter + 1))
+    with pytest.raises(ValueError, match=r"probe\.clutter: 2 -> 3"):
+        quickstart(other, show_progress=False)

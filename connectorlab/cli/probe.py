@@ -49,6 +49,8 @@ def probe_models(
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder (re-running skips finished cells)"),
     seed: int = 0,
+    object_scale: float = typer.Option(0.12, help="probe difficulty: side of the small shape, fraction of the image"),
+    clutter: int = typer.Option(2, help="probe difficulty: at most this many decoy specks per image"),
 ):
     """The whole study on a laptop CPU: probe, tiny MLLMs with five connectors at two resolutions, report."""
     from ..probe.generate import ProbeParams
@@ -59,5 +61,5 @@ def quickstart(
     import logging
 
     logging.getLogger("connectorlab").setLevel(logging.WARNING)  # the progress bars tell the story
-    run(QuickstartConfig(out=str(out), seed=seed, probe=ProbeParams(seed=seed)))
+    run(QuickstartConfig(out=str(out), seed=seed, probe=ProbeParams(seed=seed, object_scale=object_scale, clutter=clutter)))
     console.print(f"report: {out / 'report.md'}\nresults: {out / 'results.csv'}")

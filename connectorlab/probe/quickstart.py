@@ -147,12 +147,32 @@ def run_cell(qc: QuickstartConfig, spec: CellSpec, resolution: int, vision: Path
     return result, cache
 
 
+def _flatten(value, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
+    return {prefix.rstrip("."): value}
+
+
+def check_same_config(path: Path, qc: QuickstartConfig) -> None:
+    """Finished cells are reused on a re-run, so a folder made with other settings would mix two studies."""
+    if not path.exists():
+        return
+    old = _flatten(json.loads(path.read_text()))
+    new = _flatten(json.loads(json.dumps(dataclasses.asdict(qc))))  # tuples become lists, as in the file
+    changed = [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in sorted(old.keys() | new.keys())
+               if k != "out" and old.get(k) != new.get(k)]
+    if changed:
+        raise ValueError(f"{path.parent} holds a quick start made with other settings ({'; '.join(changed)}); "
+                         "use another --out or remove that folder")
+
+
 def quickstart(qc: QuickstartConfig = QuickstartConfig(), show_progress: bool = True) -> list[dict]:
     from .report import write_report
 
     torch.manual_seed(qc.seed)
     out = Path(qc.out)
     out.mkdir(parents=True, exist_ok=True)
+    check_same_config(out / "quickstart_config.json", qc)
     atomic_write_json(out / "quickstart_config.json", dataclasses.asdict(qc))
     accelerator = make_accelerator()
     cells = []
