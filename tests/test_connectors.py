@@ -43,6 +43,32 @@ def test_shape_and_token_count(name):
 
 
 @pytest.mark.parametrize("name", CONNECTORS.names())
+def test_weights_from_another_resolution_load(name):
+    """Stage-1 weights made at one image size must seed a model at another (the tower resizes its table too)."""
+    params = inspect.signature(CONNECTORS[name].__init__).parameters
+    knob = next(({k: 2} for k in ("factor", "scale") if k in params), {"num_tokens": 16} if "num_tokens" in params else {})
+    opts = {**CONNECTORS[name].tiny_options, **knob}  # the same options; a stride keeps its meaning on any grid
+    torch.manual_seed(0)
+    src = build_connector(name, V, L, GRID, **opts)
+    torch.manual_seed(1)
+    dst = build_connector(name, V, L, (12, 12), **opts)
+    dst.load_state_dict(src.state_dict())
+    x, levels = inputs(dst)
+    assert dst(x, levels).shape == (2, dst.num_output_tokens, L)
+    for table in dst.grid_tables:
+        resized = getattr(dst, table)
+        assert resized.shape[1] == 144
+        assert torch.allclose(resized.mean(), getattr(src, table).mean(), atol=0.01)  # the same table, resampled
+
+
+def test_grid_table_of_a_non_square_grid_is_refused():
+    src = build_connector("c_abstractor", V, L, (4, 8), num_tokens=4, **CONNECTORS["c_abstractor"].tiny_options)
+    dst = tiny("c_abstractor")
+    with pytest.raises(ValueError, match="pos of shape \\[1, 32, 32\\]"):
+        dst.load_state_dict(src.state_dict())
+
+
+@pytest.mark.parametrize("name", CONNECTORS.names())
 def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
     conn = tiny(name)

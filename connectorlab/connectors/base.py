@@ -24,6 +24,9 @@ class Connector(nn.Module):
     extra_feature_levels: ClassVar[int] = 0
     # Option overrides that make the network small enough for CPU tests and the probe presets.
     tiny_options: ClassVar[dict[str, Any]] = {}
+    # Learned tables laid out on the patch grid ([1, h*w, C], row-major). Weights trained at another resolution
+    # load with these resized to this grid, as the tower's own position table is, instead of failing on shape.
+    grid_tables: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, vision_dim: int, llm_dim: int, grid: tuple[int, int]):
         super().__init__()
@@ -49,6 +52,21 @@ class Connector(nn.Module):
     @property
     def num_output_tokens(self) -> int:
         raise NotImplementedError
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        from .layers import resize_table  # layers builds on this module
+
+        for name in self.grid_tables:
+            key, here = prefix + name, getattr(self, name)
+            table = state_dict.get(key)
+            if table is None or table.shape == here.shape:
+                continue
+            side = math.isqrt(table.shape[1]) if table.dim() == 3 else 0
+            if table.dim() != 3 or side * side != table.shape[1] or table.shape[2] != here.shape[2]:
+                raise ValueError(f"{type(self).__name__}: cannot resize {key} of shape {list(table.shape)} to "
+                                 f"{list(here.shape)} (grid {self.grid}); only square grids of the same width resize")
+            state_dict[key] = resize_table(table[0], (side, side), self.grid)[None]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_input(self, features: torch.Tensor) -> None:
         if features.dim() != 3 or features.shape[1] != self.num_patches or features.shape[2] != self.vision_dim:

@@ -13,6 +13,7 @@ class CAbstractorConnector(Connector):
     family = "compressing"
     mechanism = "convolutional_mapping"
     tiny_options = {"hidden": 32, "depth": 1}
+    grid_tables = ("pos",)
 
     def __init__(self, vision_dim, llm_dim, grid, num_tokens: int = 144, hidden: int = 1024, depth: int = 3):
         super().__init__(vision_dim, llm_dim, grid)

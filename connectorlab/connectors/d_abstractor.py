@@ -74,6 +74,7 @@ class DAbstractorConnector(Connector):
     family = "compressing"
     mechanism = "attention_pooling"
     tiny_options = {"width": 32, "layers": 2, "heads": 2, "points": 2, "ffn": 64}
+    grid_tables = ("pos",)
 
     def __init__(self, vision_dim, llm_dim, grid, num_tokens: int = 144, width: int = 1024, layers: int = 6,
                  heads: int = 8, points: int = 4, ffn: int = 1024, dropout: float = 0.1):
