@@ -5,7 +5,8 @@ name either matches exactly or the error lists every valid name.
 """
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 

@@ -24,7 +24,8 @@ def tiny(name, **extra):
 def inputs(conn, batch=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, conn.num_patches, V, generator=g)
-    levels = torch.randn(batch, conn.num_patches, conn.extra_feature_levels * V, generator=g) if conn.extra_feature_levels else None
+    n_levels = conn.extra_feature_levels
+    levels = torch.randn(batch, conn.num_patches, n_levels * V, generator=g) if n_levels else None
     return x, levels
 
 

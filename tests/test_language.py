@@ -1,9 +1,8 @@
 import pytest
 from transformers import AutoTokenizer
 
-from connectorlab.language.processor import (IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor, OverLength,
-                                              TokenizationMismatch)
-from connectorlab.language.templates import LLAMA2_SYSTEM, TEMPLATES, VICUNA_SYSTEM, Template, Text, Stop
+from connectorlab.language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor, OverLength, TokenizationMismatch
+from connectorlab.language.templates import LLAMA2_SYSTEM, TEMPLATES, VICUNA_SYSTEM, Stop, Template, Text
 
 CONV = [
     {"from": "human", "value": "<image>\nWhat is in the image?"},

@@ -75,7 +75,7 @@ def test_connector_weights_seed_another_model(tiny_dir, tmp_path):
     torch.manual_seed(99)
     b = build(tiny_dir)
     b.load_connector(tmp_path / "c.safetensors")
-    for (n, p), (_, q) in zip(a.connector.named_parameters(), b.connector.named_parameters()):
+    for (n, p), (_, q) in zip(a.connector.named_parameters(), b.connector.named_parameters(), strict=True):
         assert torch.equal(p, q), n
     c = build(tiny_dir, "avgpool", connector_options={"num_tokens": 4})
     c.load_connector(tmp_path / "c.safetensors")  # same parameter names and shapes: allowed

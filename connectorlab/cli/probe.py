@@ -54,7 +54,8 @@ def quickstart(
 ):
     """The whole study on a laptop CPU: probe, tiny MLLMs with five connectors at two resolutions, report."""
     from ..probe.generate import ProbeParams
-    from ..probe.quickstart import QuickstartConfig, quickstart as run
+    from ..probe.quickstart import QuickstartConfig
+    from ..probe.quickstart import quickstart as run
     from . import setup_logging
 
     setup_logging()

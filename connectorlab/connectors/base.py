@@ -108,11 +108,12 @@ def divisor_from_budget(name: str, grid: tuple[int, int], factor: int | None, nu
     if num_tokens is not None:
         if factor is not None:
             raise ValueError(f"{name}: give either {what} or num_tokens, not both")
+        unreachable = f"{name}: num_tokens={num_tokens} is not reachable from grid {h}x{w} ({what} must divide both sides)"
         if num_tokens < 1 or (h * w) % num_tokens:
-            raise ValueError(f"{name}: num_tokens={num_tokens} is not reachable from grid {h}x{w} ({what} must divide both sides)")
+            raise ValueError(unreachable)
         k = math.isqrt((h * w) // num_tokens)
         if k * k * num_tokens != h * w:
-            raise ValueError(f"{name}: num_tokens={num_tokens} is not reachable from grid {h}x{w} ({what} must divide both sides)")
+            raise ValueError(unreachable)
         factor = k
     factor = 2 if factor is None else int(factor)
     if factor < 1 or h % factor or w % factor:

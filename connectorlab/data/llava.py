@@ -63,7 +63,7 @@ def load_samples(path: str | Path, image_folder: str | Path | None, processor: M
     samples: list[Sample] = []
     for n, rec in enumerate(read_records(path)):
         rid = str(rec.get("id", f"#{n}")) if isinstance(rec, dict) else f"#{n}"
-        skip = lambda reason, detail: report.skip(reason, rid, detail, str(path))  # noqa: E731
+        skip = lambda reason, detail, rid=rid: report.skip(reason, rid, detail, str(path))  # noqa: E731
         if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list) or not rec["conversations"]:
             skip("malformed_conversation", "field 'conversations' must be a non-empty list")
             continue
@@ -78,7 +78,7 @@ def load_samples(path: str | Path, image_folder: str | Path | None, processor: M
                 continue
             try:
                 with Image.open(image) as im:  # reads the header only
-                    im.size
+                    _ = im.size
             except (UnidentifiedImageError, OSError) as err:
                 skip("unreadable_image", f"field 'image': {image}: {err}")
                 continue

@@ -90,7 +90,7 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
             pixels = None if blind else torch.stack([model.image_transform(it.load_image()) for _, it, _ in chunk])
             with torch.inference_mode():
                 outs = model.generate([ids for _, _, ids in chunk], pixels, max_new_tokens)
-            for (_, it, _), new in zip(chunk, outs):
+            for (_, it, _), new in zip(chunk, outs, strict=True):
                 text = model.processor.decode(new)
                 preds[it.key] = text
                 f.write(json.dumps({"key": it.key, "prediction": text}) + "\n")

@@ -121,7 +121,7 @@ class MultimodalProcessor:
             mask.extend([p.supervised] * len(p.text))
         enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         covered = [False] * len(text)
-        for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
             span = mask[start:end]
             if span and any(span) != all(span):
                 raise TokenizationMismatch(

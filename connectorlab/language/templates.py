@@ -7,7 +7,6 @@ tokenizer that would split "</s>" into characters cannot turn the end of every a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from ..registry import Registry
 
@@ -35,7 +34,7 @@ class Stop:
     supervised: bool = False
 
 
-Part = Union[Text, Image, Bos, Stop]
+Part = Text | Image | Bos | Stop
 IMAGE_PLACEHOLDER = "<image>"
 
 

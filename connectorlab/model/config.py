@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +60,11 @@ class ModelConfig:
     freeze_llm: bool = False
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         return from_mapping(cls, data, "model config")
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ModelConfig":
+    def from_file(cls, path: str | Path) -> ModelConfig:
         text = Path(path).read_text()
         data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
         return cls.from_dict(data)

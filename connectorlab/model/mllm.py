@@ -57,7 +57,7 @@ class MultimodalLM(nn.Module):
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
-    def build(cls, config: ModelConfig) -> "MultimodalLM":
+    def build(cls, config: ModelConfig) -> MultimodalLM:
         dtype = DTYPES[config.dtype]
         levels = CONNECTORS[config.connector].extra_feature_levels
         vision = VisionTower.from_pretrained(config.vision, config.image_size, config.select_layer, levels,
@@ -69,7 +69,7 @@ class MultimodalLM(nn.Module):
         return cls(config, vision, connector, llm, tokenizer)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path) -> "MultimodalLM":
+    def from_pretrained(cls, path: str | Path) -> MultimodalLM:
         path = Path(path)
         data = json.loads((path / CONFIG_NAME).read_text())
         config = ModelConfig.from_dict({**data, "vision": str(path / "vision"), "llm": str(path / "llm")})

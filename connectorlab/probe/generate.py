@@ -18,7 +18,19 @@ import pandas as pd
 
 from ..evaluation.base import mc_prompt
 from ..utils.io import atomic_write_json, atomic_write_text
-from .scene import BIG_COLOURS, COLOURS, QUALITIES, RELATIONS, SCENES, SHAPES, SMALL_COLOURS, TEXTURES, SceneSpec, render, sample_scene
+from .scene import (
+    BIG_COLOURS,
+    COLOURS,
+    QUALITIES,
+    RELATIONS,
+    SCENES,
+    SHAPES,
+    SMALL_COLOURS,
+    TEXTURES,
+    SceneSpec,
+    render,
+    sample_scene,
+)
 
 NUMBERS = ("one", "two", "three", "four", "five", "six")
 TASK_TYPES = {"scene": "coarse", "texture": "coarse", "quality": "coarse",
@@ -122,7 +134,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
         rng.shuffle(picked)
         conv = []
         for k, q in enumerate(picked):  # LLaVA's MMBench prompt, as the evaluation runner builds it
-            prompt = mc_prompt(q.question, dict(zip("ABCD", q.options)))
+            prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False)))
             conv += [{"from": "human", "value": prompt if k == 0 else prompt.removeprefix("<image>\n")},
                      {"from": "gpt", "value": q.answer}]
         finetune.append({"id": f"train-{i}", "image": rel, "conversations": conv})

@@ -76,7 +76,8 @@ def model_config(qc: QuickstartConfig, vision: Path, llm: Path, spec: CellSpec, 
 def prepare(qc: QuickstartConfig, bar) -> tuple[Path, Path, Path]:
     out = Path(qc.out)
     probe = out / "probe"
-    if not (probe / "probe.json").exists() or json.loads((probe / "probe.json").read_text())["params"] != dataclasses.asdict(qc.probe):
+    drawn = probe / "probe.json"
+    if not drawn.exists() or json.loads(drawn.read_text())["params"] != dataclasses.asdict(qc.probe):
         generate(probe, qc.probe, progress=bar)
     presets = out / "presets"
     vision, llm = presets / "vision", presets / "llm"

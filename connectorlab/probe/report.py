@@ -114,7 +114,7 @@ def findings(df: pd.DataFrame) -> list[str]:
         lo, hi = resolutions[0], resolutions[-1]
         gains = {t: [] for t in TYPES}
         for conn in df.connector.unique():
-            if df[(df.connector == conn) & (df.resolution == lo)].empty or df[(df.connector == conn) & (df.resolution == hi)].empty:
+            if any(df[(df.connector == conn) & (df.resolution == r)].empty for r in (lo, hi)):
                 continue
             for t in TYPES:
                 gains[t].append(get(conn, hi, t).accuracy - get(conn, lo, t).accuracy)
@@ -177,7 +177,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[str]:
     names = []
     resolutions = sorted(df.resolution.unique())
     fig, axes = plt.subplots(1, len(resolutions), figsize=(6 * len(resolutions), 4), sharey=True, squeeze=False)
-    for ax, res in zip(axes[0], resolutions):
+    for ax, res in zip(axes[0], resolutions, strict=True):
         sub = df[df.resolution == res]
         conns = list(sub.connector.unique())
         width = 0.8 / len(TYPES)
@@ -208,12 +208,12 @@ def figures(df: pd.DataFrame, out: Path) -> list[str]:
                                ("train_s", "accuracy_vs_time.png", "training time, both stages (s)")):
         fig, axes = plt.subplots(1, len(TYPES), figsize=(5 * len(TYPES), 3.8), sharey=True)
         d = df.assign(train_s=df.pretrain_s + df.finetune_s)
-        for ax, t in zip(axes, TYPES):
+        for ax, t in zip(axes, TYPES, strict=True):
             sub = d[d.task_type == t]
             for fam, marker in (("preserving", "o"), ("compressing", "^")):
                 f = sub[sub.family == fam]
-                ax.errorbar(f[xcol], f.accuracy, yerr=[(f.accuracy - f.ci_low).clip(lower=0), (f.ci_high - f.accuracy).clip(lower=0)], fmt=marker,
-                            capsize=2, label=fam)
+                yerr = [(f.accuracy - f.ci_low).clip(lower=0), (f.ci_high - f.accuracy).clip(lower=0)]
+                ax.errorbar(f[xcol], f.accuracy, yerr=yerr, fmt=marker, capsize=2, label=fam)
             for r in sub.itertuples():
                 ax.annotate(f"{r.connector}@{r.resolution}", (getattr(r, xcol), r.accuracy), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")

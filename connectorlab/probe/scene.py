@@ -41,7 +41,7 @@ class Shape:
     def quadrant(self) -> str:
         return QUADRANTS[(2 if self.cy >= 0.5 else 0) + (1 if self.cx >= 0.5 else 0)]
 
-    def overlaps(self, other: "Shape", margin: float) -> bool:
+    def overlaps(self, other: Shape, margin: float) -> bool:
         reach = (self.size + other.size) / 2 + margin
         return abs(self.cx - other.cx) < reach and abs(self.cy - other.cy) < reach
 

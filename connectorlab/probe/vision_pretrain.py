@@ -31,9 +31,10 @@ SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}
 def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     """Per-patch colour / shape / size class (0 = background) and the global labels of one image.
 
-    Specks mark their patch with their colour and a size class of their own. Every patch also learns where it is (a 4 x 4 layout), so patch tokens carry their position the way
-    CLIP's do. Big shapes label every patch whose centre they cover; a small shape labels the patch holding
-    its centre (it may cover no patch centre at a coarse grid), drawn last, as in the image.
+    Specks mark their patch with their colour and a size class of their own. Every patch also learns where it
+    is (a 4 x 4 layout), so patch tokens carry their position the way CLIP's do. Big shapes label every patch
+    whose centre they cover; a small shape labels the patch holding its centre (it may cover no patch centre
+    at a coarse grid), drawn last, as in the image.
     """
     colour, shape, size, small_colour = (np.zeros(grid * grid, np.int64) for _ in range(4))
     centres = (np.arange(grid) + 0.5) / grid
@@ -55,8 +56,9 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
             colour[cell], size[cell] = COLOUR_IDS[c], 3
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     position = (rows * 4 // grid) * 4 + cols * 4 // grid  # which cell of a 4 x 4 layout the patch lies in
-    return {"colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "position": position, "scene": list(SCENES).index(ann["scene"]),
-            "texture": TEXTURES.index(ann["texture"]), "quality": QUALITIES.index(ann["quality"])}
+    return {"colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "position": position,
+            "scene": list(SCENES).index(ann["scene"]), "texture": TEXTURES.index(ann["texture"]),
+            "quality": QUALITIES.index(ann["quality"])}
 
 
 class DenseHeads(nn.Module):

@@ -69,7 +69,7 @@ class TrainConfig:
         return getattr(self, name)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         data = dict(data)
         if "model" not in data:
             raise ValueError("training config: missing required key 'model'")
@@ -83,7 +83,7 @@ class TrainConfig:
         return from_mapping(cls, data, "training config")
 
     @classmethod
-    def from_file(cls, path: str | Path, overrides: list[str] = ()) -> "TrainConfig":
+    def from_file(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
         data = yaml.safe_load(Path(path).read_text()) or {}
         for item in overrides:  # relative paths stay relative to the working directory, as in LLaVA's scripts
             apply_override(data, item)

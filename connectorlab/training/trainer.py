@@ -80,7 +80,8 @@ class FeatureCache:
     def compatible(self, model: MultimodalLM) -> bool:
         a, b = model.vision, self.vision
         return (a.image_size, a.select_layer, a.level_layers) == (b.image_size, b.select_layer, b.level_layers) \
-            and all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+            and len(sa := a.model.state_dict()) == len(sb := b.model.state_dict()) \
+            and all(torch.equal(x, y) for x, y in zip(sa.values(), sb.values(), strict=True))
 
     def add(self, paths: list[Path], progress=None) -> None:
         unique = sorted(set(paths) - set(self.store))

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
 
-from ..registry import Registry
 from ..connectors.layers import resize_table
+from ..registry import Registry
 
 TOWER_CLASSES: Registry[type] = Registry("vision tower model_type", {
     "clip": CLIPVisionModel,
@@ -73,7 +73,7 @@ class VisionTower(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, image_size: int | None = None, select_layer: int = -2,
-                        feature_levels: int = 0, frozen: bool = True, dtype: torch.dtype | None = None) -> "VisionTower":
+                        feature_levels: int = 0, frozen: bool = True, dtype: torch.dtype | None = None) -> VisionTower:
         config = AutoConfig.from_pretrained(str(path))
         model = TOWER_CLASSES[config.model_type].from_pretrained(str(path), dtype=dtype)
         if image_size is not None:
