@@ -46,7 +46,7 @@ class ProbeParams:
     object_scale: float = 0.12  # side of a small shape, as a fraction of the image side
     # At most this many decoy specks per image (at least half as many). Measured on the tiny presets: with up to 8,
     # the MLP connector's fine-grained score stayed near chance in most runs (the binding plateau); with up to 2 it
-    # left the plateau within a quarter of fine-tuning in every run tried, and average pooling stayed at chance.
+    # left the plateau within the first half of fine-tuning in every run tried, and average pooling stayed at chance.
     clutter: int = 2
     n_train: int = 2000
     n_test: int = 200
