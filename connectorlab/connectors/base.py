@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from .layers import resize_table
+
 FAMILIES = ("preserving", "compressing")
 MECHANISMS = ("projection", "average_pooling", "attention_pooling", "convolutional_mapping")
 
@@ -54,8 +56,6 @@ class Connector(nn.Module):
         raise NotImplementedError
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        from .layers import resize_table  # layers builds on this module
-
         for name in self.grid_tables:
             key, here = prefix + name, getattr(self, name)
             table = state_dict.get(key)
