@@ -75,8 +75,9 @@ def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
     """Coarse: whole-image properties. Fine: the colour of the small shape, told apart from specks of
     another colour (instance detail). Reasoning: relations between the two big shapes (place, size).
 
-    "Where is the small shape?" was tried as a second fine-grained question and dropped: no connector
-    learnt it within the CPU budget, so it only added noise to every score."""
+    "Where is the small shape?" was tried as a second fine-grained question and dropped: even asked in every
+    record, the MLP connector learnt it only partly within the CPU budget, and it made fine-tuning a quarter longer.
+    """
     a, b = spec.big
     larger = a if a.size > b.size else b
     target = spec.small[0]
