@@ -201,8 +201,9 @@ def test_eval_end_to_end_batch_invariant_and_resumable(fixtures, tiny_model, tmp
     loaders = {"mmbench": lambda: load_mmbench(fixtures / "mmb.tsv"), "mme": lambda: load_mme(fixtures / "MME"),
                "seedbench": lambda: load_seedbench(fixtures / "seed/seed.json")}
     bench = loaders[name]()
-    one = evaluate(tiny_model, bench, tmp_path / "b1", batch_size=1, max_new_tokens=6, show_progress=False)
-    four = evaluate(tiny_model, bench, tmp_path / "b4", batch_size=4, max_new_tokens=6, show_progress=False)
+    # Batch size and image decoding (inline vs threads a batch ahead) must not change an answer.
+    one = evaluate(tiny_model, bench, tmp_path / "b1", batch_size=1, max_new_tokens=6, show_progress=False, workers=0)
+    four = evaluate(tiny_model, bench, tmp_path / "b4", batch_size=4, max_new_tokens=6, show_progress=False, workers=3)
     p1 = (tmp_path / "b1/predictions.jsonl").read_text().splitlines()
     p4 = (tmp_path / "b4/predictions.jsonl").read_text().splitlines()
     assert sorted(p1) == sorted(p4) and one["scores"] == four["scores"]

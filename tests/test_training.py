@@ -7,19 +7,22 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 from safetensors.torch import load_file
 
-from connectorlab.data.batching import accumulation_steps, epoch_order, split_global_batch
+from connectorlab.data.batching import StepPlan, accumulation_steps, epoch_order, split_global_batch
+from connectorlab.data.images import ImageLoader
 from connectorlab.data.llava import load_samples
 from connectorlab.data.skips import DataError, SkipReport
 from connectorlab.language.processor import MultimodalProcessor
 from connectorlab.probe.generate import ProbeParams, generate
 from connectorlab.probe.presets import TinySizes, make_random_presets
 from connectorlab.training.config import TrainConfig
+from connectorlab.training.trainer import run_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=2, llm_heads=2)
@@ -117,6 +120,45 @@ def test_global_batch_split_covers_each_sample_once():
     assert accumulation_steps(16, 2, 4) == 2
     with pytest.raises(ValueError, match="multiple of processes x micro_batch"):
         accumulation_steps(16, 3, 4)
+
+
+def test_step_plan_is_a_function_of_the_step_even_across_epochs():
+    lengths, has_image = [10 + i % 7 for i in range(24)], [True] * 24
+    plan = StepPlan(lengths, has_image, 8, seed=0, group_by_length=True, world=2, rank=1, micro_batch=2)
+    assert plan.steps_per_epoch == 3
+    looked_ahead = [plan(s + 1) for s in range(7)] + [plan(s) for s in range(8)]  # ahead first, then back
+    for step in range(8):
+        epoch, k = divmod(step, 3)
+        gbatch = epoch_order(lengths, has_image, 8, 0, epoch)[k]
+        assert plan(step) == (epoch, gbatch, split_global_batch(gbatch, 2, 1, 2))
+    assert looked_ahead[7:] == [plan(s) for s in range(8)]
+
+
+def test_image_loader_threads_return_what_inline_decoding_returns(tmp_path):
+    paths = []
+    for i in range(9):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (20 + i, 16), (i * 20, 255 - i * 20, 7 * i)).save(paths[-1])
+    transform = lambda im: torch.from_numpy(np.asarray(im.resize((8, 8)), dtype=np.float32))  # noqa: E731
+    with ImageLoader(transform, 0) as inline, ImageLoader(transform, 3) as threads:
+        expected = inline.load(paths)
+        pending = [threads.submit(paths[:4]), threads.submit(paths[4:])]
+        assert torch.equal(torch.cat([p() for p in pending]), expected)
+        assert torch.equal(threads.load([lambda p=p: Image.open(p).convert("RGB") for p in paths]), expected)
+        assert threads.load([]) is None
+    with pytest.raises(ValueError, match="image workers must be >= 0"):
+        ImageLoader(transform, -1)
+
+
+def test_decoding_images_ahead_changes_no_loss(toy, tmp_path):
+    logs = {}
+    for workers in (0, 3):
+        out = tmp_path / f"w{workers}"
+        cfg = TrainConfig.from_dict(yaml.safe_load(write_config(toy, out, **{"pretrain.image_workers": workers,
+                                                                             "pretrain.epochs": 2}).read_text()))
+        run_stage(cfg, "pretrain")
+        logs[workers] = losses(out / "pretrain/log.jsonl")
+    assert len(logs[0]) == 16 and logs[0] == logs[3]
 
 
 def test_config_overrides_and_unknown_keys(toy, tmp_path):

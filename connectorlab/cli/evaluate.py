@@ -27,6 +27,7 @@ def eval_command(
     task_section: str = typer.Option(None, help="mapping section for MMBench-layout data (e.g. probe)"),
     blind: bool = typer.Option(False, help="no-image baseline: the same prompts without the image"),
     strict: bool = typer.Option(False, help="raise on the first malformed row instead of skipping it"),
+    image_workers: int = typer.Option(4, help="threads decoding the next batch's images (0: inline)"),
 ):
     """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped."""
     from ..evaluation.runner import evaluate, load_benchmark
@@ -39,7 +40,8 @@ def eval_command(
     if template:
         mllm.processor = MultimodalProcessor(mllm.tokenizer, template, mllm.connector.num_output_tokens,
                                              mllm.config.max_length)
-    result = evaluate(mllm, bench, out, batch_size, max_new_tokens, blind, {"model": str(model)})
+    result = evaluate(mllm, bench, out, batch_size, max_new_tokens, blind, {"model": str(model)},
+                      workers=image_workers)
     if bench.skips.total:
         console.print(f"[yellow]{bench.skips.summary()}[/yellow]")
     show(benchmark, result["scores"])

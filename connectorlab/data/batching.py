@@ -48,6 +48,29 @@ def split_global_batch(batch: list[int], world: int, rank: int, micro_batch: int
     return micro[rank::world]
 
 
+class StepPlan:
+    """What each optimizer step consumes on this process, as a pure function of the step number, so a
+    resumed run, a loader that looks a step ahead and an uninterrupted run all see the same batches."""
+
+    def __init__(self, lengths: list[int], has_image: list[bool], global_batch: int, seed: int, group_by_length: bool,
+                 world: int, rank: int, micro_batch: int):
+        self.lengths, self.has_image, self.global_batch, self.seed = lengths, has_image, global_batch, seed
+        self.group_by_length, self.world, self.rank, self.micro_batch = group_by_length, world, rank, micro_batch
+        self.steps_per_epoch = len(lengths) // global_batch
+        self._orders: dict[int, list[list[int]]] = {}
+
+    def __call__(self, step: int) -> tuple[int, list[int], list[list[int]]]:
+        """(epoch, global batch, this process's micro-batches) of `step`."""
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if epoch not in self._orders:  # the previous epoch stays: a step and the one ahead may straddle the boundary
+            self._orders[epoch] = epoch_order(self.lengths, self.has_image, self.global_batch, self.seed, epoch,
+                                              self.group_by_length)
+            for old in [e for e in self._orders if e < epoch - 1]:
+                del self._orders[old]
+        gbatch = self._orders[epoch][k]
+        return epoch, gbatch, split_global_batch(gbatch, self.world, self.rank, self.micro_batch)
+
+
 def accumulation_steps(global_batch: int, world: int, micro_batch: int) -> int:
     if global_batch % (world * micro_batch):
         raise ValueError(f"global_batch={global_batch} must be a multiple of processes x micro_batch "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.images import ImageLoader
 from ..data.skips import SkipReport
 from ..language.processor import OverLength
 from ..model.mllm import MultimodalLM
@@ -54,7 +55,7 @@ def read_predictions(path: Path) -> dict[str, str]:
 
 
 def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size: int = 8, max_new_tokens: int = 128,
-             blind: bool = False, run_info: dict | None = None, show_progress: bool = True) -> dict:
+             blind: bool = False, run_info: dict | None = None, show_progress: bool = True, workers: int = 4) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = {"benchmark": bench.name, "data": bench.source, "blind": blind, "max_new_tokens": max_new_tokens,
@@ -83,11 +84,17 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
     todo.sort(key=lambda t: t[0])
     model.eval()
     t0 = time.perf_counter()
-    with progress_bar(show_progress) as bar, pred_path.open("a") as f:
+    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    with progress_bar(show_progress) as bar, pred_path.open("a") as f, ImageLoader(model.image_transform, workers) as loader:
+
+        def images(n: int):  # decode chunk n's images while the chunk before it generates
+            wanted = not blind and n < len(chunks)
+            return loader.submit([it.load_image for _, it, _ in chunks[n]] if wanted else [])
+
         task = bar.add_task(f"eval {bench.name}{' (blind)' if blind else ''}", total=len(bench.items), completed=resumed)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            pixels = None if blind else torch.stack([model.image_transform(it.load_image()) for _, it, _ in chunk])
+        ahead = images(0)
+        for n, chunk in enumerate(chunks):
+            pixels, ahead = ahead(), images(n + 1)
             with torch.inference_mode():
                 outs = model.generate([ids for _, _, ids in chunk], pixels, max_new_tokens)
             for (_, it, _), new in zip(chunk, outs, strict=True):

@@ -37,6 +37,7 @@ class StageConfig:
     max_grad_norm: float = 1.0
     group_by_length: bool = True
     train_vision: bool = False
+    image_workers: int = 4  # threads decoding the next step's images (0: decode inline); results are identical
     lora: LoraConfig | None = None
     init_connector: str | None = None  # finetune: default is this run's pretrain output; "random" = none
 

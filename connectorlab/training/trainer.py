@@ -19,7 +19,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import get_cosine_schedule_with_warmup
 
-from ..data.batching import accumulation_steps, collate, epoch_order, split_global_batch
+from ..data.batching import StepPlan, accumulation_steps, collate
+from ..data.images import ImageLoader
 from ..data.llava import load_samples
 from ..data.skips import SkipReport
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
@@ -72,8 +73,8 @@ class FeatureCache:
     """Frozen-tower features computed once (keyed by image path); a study may share one across runs
     that use the same frozen tower at the same resolution."""
 
-    def __init__(self, vision, transform, paths: list[Path] = (), chunk: int = 16, progress=None):
-        self.vision, self.transform, self.chunk = vision, transform, chunk
+    def __init__(self, vision, transform, paths: list[Path] = (), chunk: int = 16, progress=None, workers: int = 4):
+        self.vision, self.transform, self.chunk, self.workers = vision, transform, chunk, workers
         self.store: dict[Path, tuple] = {}
         self.add(paths, progress)
 
@@ -87,10 +88,12 @@ class FeatureCache:
         unique = sorted(set(paths) - set(self.store))
         task = progress.add_task("caching features", total=len(unique)) if progress and unique else None
         device = next(self.vision.parameters()).device
-        with torch.no_grad():
-            for i in range(0, len(unique), self.chunk):
-                part = unique[i:i + self.chunk]
-                feats, levels = self.vision(torch.stack([self.transform(_open(p)) for p in part]).to(device))
+        parts = [unique[i:i + self.chunk] for i in range(0, len(unique), self.chunk)]
+        with torch.no_grad(), ImageLoader(self.transform, self.workers) as loader:
+            ahead = loader.submit(parts[0]) if parts else None
+            for n, part in enumerate(parts):
+                pixels, ahead = ahead, (loader.submit(parts[n + 1]) if n + 1 < len(parts) else None)
+                feats, levels = self.vision(pixels().to(device))
                 for j, p in enumerate(part):
                     self.store[p] = (feats[j].cpu(), None if levels is None else levels[j].cpu())
                 if task is not None:
@@ -100,13 +103,6 @@ class FeatureCache:
         feats = torch.stack([self.store[p][0] for p in paths])
         levels = None if self.store[paths[0]][1] is None else torch.stack([self.store[p][1] for p in paths])
         return feats, levels
-
-
-def _open(path: Path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
 
 
 def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: Accelerator | None = None,
@@ -132,7 +128,8 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     accum = accumulation_steps(sc.global_batch, world, sc.micro_batch)
     lengths = [s.length for s in samples]
     has_image = [s.image is not None for s in samples]
-    steps_per_epoch = len(samples) // sc.global_batch
+    plan = StepPlan(lengths, has_image, sc.global_batch, cfg.seed, sc.group_by_length, world, rank, sc.micro_batch)
+    steps_per_epoch = plan.steps_per_epoch
     if steps_per_epoch == 0:
         raise ValueError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
     total = steps_per_epoch * sc.epochs if sc.max_steps is None else min(sc.max_steps, steps_per_epoch * sc.epochs)
@@ -173,8 +170,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     cache = None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if cfg.bf16 else contextlib.nullcontext()
     model.train()
-    orders: dict[int, list[list[int]]] = {}
-    with bar:
+    with bar, ImageLoader(inner.image_transform, sc.image_workers) as loader:
         t_cache = time.perf_counter()
         if cfg.cache_features and inner.vision.frozen:
             image_paths = [s.image for s in samples if s.image is not None]
@@ -182,18 +178,24 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
                 cache = feature_cache
                 cache.add(image_paths, progress=bar)
             else:
-                cache = FeatureCache(inner.vision, inner.image_transform, image_paths, progress=bar)
+                cache = FeatureCache(inner.vision, inner.image_transform, image_paths, progress=bar,
+                                     workers=sc.image_workers)
         cache_s = time.perf_counter() - t_cache
         t_stage = time.perf_counter()  # training time excludes feature caching (reported apart)
         task = bar.add_task(stage, total=total, completed=start, info="")
+
+        def fetch(step: int):  # start decoding a step's images while the step before it trains
+            if cache is not None or step >= total:
+                return None
+            return [loader.submit([samples[i].image for i in idx if samples[i].image is not None])
+                    for idx in plan(step)[2]]
+
+        ahead = fetch(start)
         for step in range(start, total):
             t0 = time.perf_counter()
-            epoch, k = divmod(step, steps_per_epoch)
-            if epoch not in orders:
-                orders = {epoch: epoch_order(lengths, has_image, sc.global_batch, cfg.seed, epoch, sc.group_by_length)}
-            gbatch = orders[epoch][k]
+            epoch, gbatch, micro = plan(step)
+            pixels, ahead = ahead, fetch(step + 1)
             global_sup = sum(supervised[i] for i in gbatch)
-            micro = split_global_batch(gbatch, world, rank, sc.micro_batch)
             loss_sum = torch.zeros((), device=device)
             for j, idx in enumerate(micro):
                 batch = collate([samples[i] for i in idx], processor.pad_id)
@@ -203,7 +205,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
                     feats, levels = cache.get(paths)
                     kwargs["vision_features"] = (feats.to(device), None if levels is None else levels.to(device))
                 elif paths:
-                    kwargs["pixel_values"] = torch.stack([inner.image_transform(_open(p)) for p in paths]).to(device)
+                    kwargs["pixel_values"] = pixels[j]().to(device)
                 sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
                 with sync, autocast:
                     result = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
