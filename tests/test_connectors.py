@@ -176,11 +176,12 @@ def test_zoo_listing_matches_reference_parameter_counts():
     assert {r["family"] for r in rows.values()} == set(FAMILIES)
     assert {r["mechanism"] for r in rows.values()} == set(MECHANISMS)
     # Figures from connectors.md (built from the reference shapes).
-    expected_m = {"linear": 4.20, "mlp": 20.98, "avgpool": 20.98, "c_abstractor": 37.40, "ldpv2": 21.02,
+    expected_m = {"linear": 4.20, "mlp": 20.98, "avgpool": 20.98, "c_abstractor": 37.40, "ldp": 71.43, "ldpv2": 21.02,
                   "pixel_shuffle": 33.57, "tokenpacker": 36.72, "d_abstractor": 55.94, "qformer": 104.80,
                   "perceiver": 84.00, "cross_attn": 89.17}
     for name, m in expected_m.items():
         assert round(rows[name]["parameters"] / 1e6, 2) == m, name
     assert rows["mlp"]["output_tokens"] == 576 and rows["avgpool"]["output_tokens"] == 144
+    assert rows["ldp"]["output_tokens"] == 144  # stride 2 on the 24 x 24 grid
     assert round(rows["mlp"]["flops"] / 1e9, 1) == 24.2
     assert round(rows["avgpool"]["flops"] / 1e9, 1) == 6.0

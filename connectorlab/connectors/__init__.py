@@ -9,6 +9,7 @@ from .base import FAMILIES, MECHANISMS, Connector
 from .c_abstractor import CAbstractorConnector
 from .cross_attn import CrossAttnConnector
 from .d_abstractor import DAbstractorConnector
+from .ldp import LDPConnector
 from .ldpv2 import LDPv2Connector
 from .linear import LinearConnector
 from .mlp import MLPConnector
@@ -26,6 +27,7 @@ CONNECTORS: Registry[type[Connector]] = Registry("connector", {
     "cross_attn": CrossAttnConnector,
     "c_abstractor": CAbstractorConnector,
     "d_abstractor": DAbstractorConnector,
+    "ldp": LDPConnector,
     "ldpv2": LDPv2Connector,
     "pixel_shuffle": PixelShuffleConnector,
     "tokenpacker": TokenPackerConnector,

@@ -32,14 +32,16 @@ class LayerNorm2d(nn.LayerNorm):
 
 
 class SqueezeExcite(nn.Module):
-    def __init__(self, channels: int, reduced: int):
+    """Channel gating from the global mean; RegNet gates with SiLU / sigmoid, MobileNetV3 with ReLU / hard-sigmoid."""
+
+    def __init__(self, channels: int, reduced: int, act=F.silu, gate=torch.sigmoid):
         super().__init__()
         self.down = nn.Conv2d(channels, reduced, 1)
         self.up = nn.Conv2d(reduced, channels, 1)
+        self.act, self.gate = act, gate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate = self.up(F.silu(self.down(x.mean((2, 3), keepdim=True))))
-        return x * gate.sigmoid()
+        return x * self.gate(self.up(self.act(self.down(x.mean((2, 3), keepdim=True)))))
 
 
 class RegNetBottleneck(nn.Module):
