@@ -146,19 +146,29 @@ def test_image_loader_threads_return_what_inline_decoding_returns(tmp_path):
         assert torch.equal(torch.cat([p() for p in pending]), expected)
         assert torch.equal(threads.load([lambda p=p: Image.open(p).convert("RGB") for p in paths]), expected)
         assert threads.load([]) is None
+        streamed = list(threads.stream(iter([paths[:4], [], paths[4:]])))
+        assert torch.equal(streamed[0], expected[:4]) and streamed[1] is None and torch.equal(streamed[2], expected[4:])
+        assert list(threads.stream([])) == []
     with pytest.raises(ValueError, match="image workers must be >= 0"):
         ImageLoader(transform, -1)
 
 
 def test_decoding_images_ahead_changes_no_loss(toy, tmp_path):
+    # Text-only records make micro-batches without images, which the decoding stream must keep in step with.
+    records = json.loads((toy / "probe/finetune.json").read_text())
+    text_only = [{"id": f"text-{r['id']}", "conversations": [{**t, "value": t["value"].replace("<image>\n", "")}
+                                                            for t in r["conversations"]]} for r in records[:16]]
+    data = toy / "probe/mixed.json"
+    data.write_text(json.dumps(records + text_only))
     logs = {}
     for workers in (0, 3):
         out = tmp_path / f"w{workers}"
-        cfg = TrainConfig.from_dict(yaml.safe_load(write_config(toy, out, **{"pretrain.image_workers": workers,
-                                                                             "pretrain.epochs": 2}).read_text()))
-        run_stage(cfg, "pretrain")
-        logs[workers] = losses(out / "pretrain/log.jsonl")
-    assert len(logs[0]) == 16 and logs[0] == logs[3]
+        cfg = TrainConfig.from_dict(yaml.safe_load(write_config(toy, out, **{
+            "finetune.image_workers": workers, "finetune.max_steps": None, "finetune.epochs": 2,
+            "finetune.data": str(data), "finetune.init_connector": "random"}).read_text()))
+        run_stage(cfg, "finetune")
+        logs[workers] = losses(out / "finetune/log.jsonl")
+    assert len(logs[0]) == 20 and logs[0] == logs[3]
 
 
 def test_config_overrides_and_unknown_keys(toy, tmp_path):

@@ -7,7 +7,7 @@ inline (`workers=0`) or ahead of time.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,6 +39,19 @@ class ImageLoader:
             return lambda: torch.stack([self._one(s) for s in sources])
         futures: list[Future] = [self.pool.submit(self._one, s) for s in sources]
         return lambda: torch.stack([f.result() for f in futures])
+
+    def stream(self, groups: Iterable[Sequence]) -> Iterator[torch.Tensor | None]:
+        """One stacked tensor per group, in order, decoding the next group while the caller works on this
+        one. `groups` may be lazy (a training run's micro-batches); an empty group yields None."""
+        groups = iter(groups)
+        first = next(groups, None)
+        if first is None:
+            return
+        ahead = self.submit(first)
+        for following in groups:
+            current, ahead = ahead, self.submit(following)
+            yield current()
+        yield ahead()
 
     def load(self, sources: Sequence) -> torch.Tensor | None:
         return self.submit(sources)()

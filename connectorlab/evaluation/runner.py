@@ -86,15 +86,10 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
     t0 = time.perf_counter()
     chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     with progress_bar(show_progress) as bar, pred_path.open("a") as f, ImageLoader(model.image_transform, workers) as loader:
-
-        def images(n: int):  # decode chunk n's images while the chunk before it generates
-            wanted = not blind and n < len(chunks)
-            return loader.submit([it.load_image for _, it, _ in chunks[n]] if wanted else [])
-
+        # Each chunk's images, decoded while the chunk before it generates (none for the blind baseline).
+        images = loader.stream([] if blind else [it.load_image for _, it, _ in chunk] for chunk in chunks)
         task = bar.add_task(f"eval {bench.name}{' (blind)' if blind else ''}", total=len(bench.items), completed=resumed)
-        ahead = images(0)
-        for n, chunk in enumerate(chunks):
-            pixels, ahead = ahead(), images(n + 1)
+        for chunk, pixels in zip(chunks, images, strict=True):
             with torch.inference_mode():
                 outs = model.generate([ids for _, _, ids in chunk], pixels, max_new_tokens)
             for (_, it, _), new in zip(chunk, outs, strict=True):

@@ -90,10 +90,8 @@ class FeatureCache:
         device = next(self.vision.parameters()).device
         parts = [unique[i:i + self.chunk] for i in range(0, len(unique), self.chunk)]
         with torch.no_grad(), ImageLoader(self.transform, self.workers) as loader:
-            ahead = loader.submit(parts[0]) if parts else None
-            for n, part in enumerate(parts):
-                pixels, ahead = ahead, (loader.submit(parts[n + 1]) if n + 1 < len(parts) else None)
-                feats, levels = self.vision(pixels().to(device))
+            for part, pixels in zip(parts, loader.stream(parts), strict=True):
+                feats, levels = self.vision(pixels.to(device))
                 for j, p in enumerate(part):
                     self.store[p] = (feats[j].cpu(), None if levels is None else levels[j].cpu())
                 if task is not None:
@@ -183,29 +181,25 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
         cache_s = time.perf_counter() - t_cache
         t_stage = time.perf_counter()  # training time excludes feature caching (reported apart)
         task = bar.add_task(stage, total=total, completed=start, info="")
-
-        def fetch(step: int):  # start decoding a step's images while the step before it trains
-            if cache is not None or step >= total:
-                return None
-            return [loader.submit([samples[i].image for i in idx if samples[i].image is not None])
-                    for idx in plan(step)[2]]
-
-        ahead = fetch(start)
+        # Each micro-batch's images, decoded while the micro-batch before it trains (none with cached features).
+        pixel_stream = None if cache is not None else loader.stream(
+            [samples[i].image for i in idx if samples[i].image is not None]
+            for step in range(start, total) for idx in plan(step)[2])
         for step in range(start, total):
             t0 = time.perf_counter()
             epoch, gbatch, micro = plan(step)
-            pixels, ahead = ahead, fetch(step + 1)
             global_sup = sum(supervised[i] for i in gbatch)
             loss_sum = torch.zeros((), device=device)
             for j, idx in enumerate(micro):
                 batch = collate([samples[i] for i in idx], processor.pad_id)
                 paths = [samples[idx[i]].image for i in batch.image_index]
+                pixels = next(pixel_stream) if pixel_stream is not None else None  # one per micro-batch, in order
                 kwargs = {}
                 if paths and cache is not None:
                     feats, levels = cache.get(paths)
                     kwargs["vision_features"] = (feats.to(device), None if levels is None else levels.to(device))
                 elif paths:
-                    kwargs["pixel_values"] = pixels[j]().to(device)
+                    kwargs["pixel_values"] = pixels.to(device)
                 sync = contextlib.nullcontext() if j == len(micro) - 1 else accelerator.no_sync(model)
                 with sync, autocast:
                     result = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
