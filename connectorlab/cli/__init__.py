@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -12,11 +13,35 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Build, train, evaluate and study MLLM connectors.")
 console = Console()
+errors = Console(stderr=True)
+_debug = {"on": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from .. import __version__
+
+        typer.echo(f"connectorlab {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
-    """Keeps `connectorlab` a command group even while it has one command."""
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="show the full traceback of an expected error (bad input, config)"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """Options that apply to every command."""
+    _debug["on"] = debug
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    """Bad input, bad config, a missing path, a busy folder, a full disk: the user can fix these, so they get
+    one line and exit code 2, not a traceback."""
+    import yaml
+
+    from ..utils.io import BusyError
+
+    return ValueError, OSError, yaml.YAMLError, BusyError
 
 
 @app.command()
@@ -56,6 +81,7 @@ def train(
     config: Path = typer.Option(..., exists=True, dir_okay=False, help="training YAML"),
     stage: str = typer.Option("both", help="pretrain | finetune | both"),
     resume: bool = typer.Option(False, help="continue from the newest complete checkpoint"),
+    overwrite: bool = typer.Option(False, help="discard what an earlier run left in output_dir and start afresh"),
 ):
     """Train with LLaVA's two stages. Extra `key=value` arguments override the YAML (e.g. pretrain.lr=1e-4)."""
     from ..training.config import STAGES, TrainConfig
@@ -66,7 +92,7 @@ def train(
     if any(s not in STAGES for s in stages):
         raise typer.BadParameter(f"--stage must be pretrain, finetune or both, got {stage!r}")
     cfg = TrainConfig.from_file(config, ctx.args)
-    summaries = run(cfg, stages, resume=resume)
+    summaries = run(cfg, stages, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # one report per launch, from the main process
         return
     for name, summary in summaries.items():
@@ -92,8 +118,15 @@ from . import evaluate as _evaluate  # noqa: E402,F401  (registers eval and scor
 from . import probe as _probe  # noqa: E402,F401  (registers probe)
 
 
-def main():  # pragma: no cover
-    app()
+def main() -> None:
+    try:
+        app(prog_name="connectorlab")
+    except expected_errors() as err:
+        if _debug["on"]:
+            raise
+        errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
+        errors.print("[dim](run with --debug for the traceback)[/dim]")
+        sys.exit(2)
 
 
 if __name__ == "__main__":  # pragma: no cover

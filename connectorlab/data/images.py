@@ -16,8 +16,32 @@ from PIL import Image
 
 
 def open_rgb(path: str | Path) -> Image.Image:
-    with Image.open(path) as im:
-        return im.convert("RGB")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three for broken files
+        raise OSError(f"{path}: cannot decode image ({err})") from err
+
+
+def decode_error(path: str | Path) -> str | None:
+    """Why `path` cannot be fully decoded (truncated body, corrupt data), or None. A header check alone
+    passes a file whose body was cut short; only decoding every pixel finds it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+    except (OSError, SyntaxError, ValueError) as err:
+        return str(err)
+    return None
+
+
+def find_undecodable(paths: Sequence[Path], workers: int = 4) -> dict[Path, str]:
+    """The paths among `paths` that do not decode, with the reason, decoding on `workers` threads."""
+    if workers:
+        with ThreadPoolExecutor(workers, thread_name_prefix="image-check") as pool:
+            reasons = list(pool.map(decode_error, paths))
+    else:
+        reasons = [decode_error(p) for p in paths]
+    return {p: r for p, r in zip(paths, reasons, strict=True) if r is not None}
 
 
 class ImageLoader:

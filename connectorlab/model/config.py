@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
+
+from ..utils.validation import POSITIVE_INT, Range, check_choice, check_ranges
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+IMAGE_MODES = ("pad", "resize", "crop")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -25,8 +31,14 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                     if str(value).lower() in ("true", "false"):
                         return str(value).lower() == "true"
                     continue
-                return t(value) if t is float or float(value) == int(float(value)) else value
-            except (TypeError, ValueError):
+                if t is float:
+                    return float(value)
+                if float(value) == int(float(value)):
+                    return int(float(value))
+                raise ValueError(f"{where}: {value!r} is not an integer")
+            except (TypeError, ValueError, OverflowError) as err:
+                if "is not an integer" in str(err):
+                    raise
                 continue
     if any(t in options for t in (bool, int, float)):
         raise ValueError(f"{where}: {value!r} is not a valid {hint}")
@@ -59,15 +71,40 @@ class ModelConfig:
     freeze_connector: bool = False
     freeze_llm: bool = False
 
+    def __post_init__(self) -> None:
+        check_ranges(self, {"image_size": Range(1, integer=True, optional=True), "max_length": POSITIVE_INT,
+                            "select_layer": Range(integer=True)}, "model")
+        check_choice(self.dtype, DTYPES, "model.dtype")
+        check_choice(self.image_mode, IMAGE_MODES, "model.image_mode")
+        if not isinstance(self.connector_options, dict):
+            raise ValueError(f"model.connector_options = {self.connector_options!r}: must be a mapping")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        return from_mapping(cls, data, "model config")
+        if not isinstance(data, dict):
+            raise ValueError(f"model config: expected a mapping of keys, got {type(data).__name__}")
+        return from_mapping(cls, data, "model")
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
-        text = Path(path).read_text()
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-        return cls.from_dict(data)
+        return cls.from_dict(read_mapping(path))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def read_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file whose top level is a mapping; every problem names the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: is a folder, not a file")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of keys (e.g. 'model:'), got a {type(data).__name__}")
+    return data

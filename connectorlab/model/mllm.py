@@ -25,9 +25,8 @@ from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcess
 from ..utils.io import atomic_dir, atomic_write_json
 from ..vision.tower import VisionTower
 from ..vision.transforms import ImageTransform, normalisation_for
-from .config import ModelConfig
+from .config import DTYPES, ModelConfig
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 CONFIG_NAME, CONNECTOR_WEIGHTS = "connectorlab_config.json", "connector.safetensors"
 
 
@@ -93,8 +92,10 @@ class MultimodalLM(nn.Module):
 
     def save_connector(self, path: str | Path) -> None:
         state = {k: v.detach().contiguous().cpu() for k, v in self.connector.state_dict().items()}
-        save_file(state, str(path), metadata={"connector": self.config.connector,
-                                              "options": json.dumps(self.config.connector_options)})
+        # One metadata key: safetensors keeps metadata in a hash map whose order changes from process to process,
+        # so two keys would make identical weights differ byte for byte.
+        info = json.dumps({"connector": self.config.connector, "options": self.config.connector_options}, sort_keys=True)
+        save_file(state, str(path), metadata={"connectorlab": info})
 
     def load_connector(self, path: str | Path) -> None:
         state = load_file(str(path))

@@ -106,7 +106,7 @@ def warm_up_llm(qc: QuickstartConfig, probe: Path, vision: Path, init_llm: Path,
                       output_dir=str(out.parent / "warmup"), seed=qc.seed, checkpoint_every=10**9,
                       finetune=StageConfig(data=str(data), lr=2e-3, global_batch=64, micro_batch=64,
                                            epochs=qc.warmup_epochs, init_connector="random"))
-    run_stage(cfg, "finetune")
+    run_stage(cfg, "finetune", resume=True)  # a warm-up killed half-way continues from its checkpoint
     (out.parent / "warmup/finetune/model/llm").rename(out)
 
 

@@ -2,7 +2,9 @@
 
 A checkpoint holds only what training changes (trainable weights, optimizer, scheduler), every
 process's RNG states and the data position. It is written into a hidden temporary folder and
-renamed into place, so `--resume` only ever sees complete ones.
+renamed into place, so `--resume` only ever sees complete ones. Everything in it loads with
+`torch.load(weights_only=True)` or as safetensors/JSON: resuming from a checkpoint someone else made
+cannot run code.
 """
 from __future__ import annotations
 
@@ -17,13 +19,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..utils.io import atomic_write_json
+from ..utils.io import DiskFullError, atomic_write_json, free_mib, is_disk_full
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Plain tensors, ints and tuples only (numpy's key array as a tensor), so that it loads weights-only."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -31,7 +36,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -50,22 +56,31 @@ def list_checkpoints(folder: Path) -> list[Path]:
 def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
     """Collective: every process calls it (each saves its own RNG state)."""
     final = folder / f"step-{step:07d}"
-    tmp = folder / f".step-{step:07d}.tmp"
+    marker = folder / f".step-{step:07d}.tmp"  # a fixed name that every process can find
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        shutil.rmtree(marker, ignore_errors=True)
+        marker.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_file(trainable_state(accelerator.unwrap_model(model)), str(tmp / "trainable.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        atomic_write_json(tmp / "state.json", {**state, "step": step, "processes": accelerator.num_processes})
+    try:
+        torch.save(rng_state(), marker / f"rng-rank{accelerator.process_index}.pt")
+        if accelerator.is_main_process:
+            save_file(trainable_state(accelerator.unwrap_model(model)), str(marker / "trainable.safetensors"))
+            torch.save(optimizer.state_dict(), marker / "optimizer.pt")
+            torch.save(scheduler.state_dict(), marker / "scheduler.pt")
+            atomic_write_json(marker / "state.json", {**state, "step": step, "processes": accelerator.num_processes})
+    except (OSError, RuntimeError) as err:
+        full = is_disk_full(err, folder)
+        shutil.rmtree(marker, ignore_errors=True)
+        if full:
+            raise DiskFullError(f"no space left on the disk of {folder} while writing checkpoint {final.name} "
+                                f"({free_mib(folder):.0f} MiB free); the partial checkpoint was removed and earlier "
+                                "ones are intact: free some space, then run again with --resume") from None
+        raise OSError(f"writing checkpoint {final} failed: {err}") from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
-        os.replace(tmp, final)
+        os.replace(marker, final)
         for old in list_checkpoints(folder)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -85,7 +100,7 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dic
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(path / f"rng-rank{accelerator.process_index}.pt", weights_only=False))
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    set_rng_state(torch.load(path / f"rng-rank{accelerator.process_index}.pt", weights_only=True))
     return state

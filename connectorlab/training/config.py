@@ -8,7 +8,17 @@ from typing import Any
 
 import yaml
 
-from ..model.config import ModelConfig, from_mapping
+from ..model.config import ModelConfig, from_mapping, read_mapping
+from ..utils.validation import (
+    FRACTION,
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    ConfigError,
+    Range,
+    check_ranges,
+)
 
 STAGES = ("pretrain", "finetune")
 
@@ -19,6 +29,9 @@ class LoraConfig:
     alpha: int = 256
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
+
+    def validate(self, where: str) -> None:
+        check_ranges(self, {"r": POSITIVE_INT, "alpha": POSITIVE, "dropout": Range(0, 1, high_open=True)}, where)
 
 
 @dataclass
@@ -41,6 +54,19 @@ class StageConfig:
     lora: LoraConfig | None = None
     init_connector: str | None = None  # finetune: default is this run's pretrain output; "random" = none
 
+    RANGES = {"lr": POSITIVE, "connector_lr": Range(0, low_open=True, optional=True), "global_batch": POSITIVE_INT,
+              "micro_batch": POSITIVE_INT, "epochs": POSITIVE_INT, "max_steps": Range(1, integer=True, optional=True),
+              "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE,
+              "image_workers": NON_NEGATIVE_INT}
+
+    def validate(self, where: str) -> None:
+        check_ranges(self, self.RANGES, where)
+        if self.global_batch % self.micro_batch:
+            raise ConfigError(f"{where}.global_batch = {self.global_batch} must be a multiple of "
+                              f"{where}.micro_batch = {self.micro_batch}")
+        if self.lora is not None:
+            self.lora.validate(f"{where}.lora")
+
 
 def pretrain_defaults() -> StageConfig:
     return StageConfig(lr=1e-3, global_batch=256, template="plain")
@@ -62,7 +88,18 @@ class TrainConfig:
     log_every: int = 1
     strict: bool = False  # raise on the first bad record instead of skipping it
     cache_features: bool = False  # compute frozen-tower features once per stage
+    # Decode every image once before training (split over processes) so that a truncated or corrupt file is
+    # skipped and counted instead of crashing the stage; false: the header check alone.
+    check_images: bool = True
     bf16: bool = False
+
+    RANGES = {"seed": NON_NEGATIVE_INT, "checkpoint_every": POSITIVE_INT, "keep_checkpoints": NON_NEGATIVE_INT,
+              "log_every": POSITIVE_INT}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, self.RANGES, "")
+        for name in STAGES:
+            self.stage(name).validate(name)
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
@@ -71,13 +108,18 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        if not isinstance(data, dict):
+            raise ValueError(f"training config: expected a mapping of keys, got a {type(data).__name__}")
         data = dict(data)
         if "model" not in data:
             raise ValueError("training config: missing required key 'model'")
         data["model"] = ModelConfig.from_dict(data["model"])
         for name, defaults in (("pretrain", pretrain_defaults), ("finetune", finetune_defaults)):
             stage = dataclasses.asdict(defaults())
-            stage.update(data.get(name) or {})
+            given = data.get(name) or {}
+            if not isinstance(given, dict):
+                raise ValueError(f"{name}: expected a mapping of keys, got {given!r}")
+            stage.update(given)
             if isinstance(stage.get("lora"), dict):
                 stage["lora"] = from_mapping(LoraConfig, stage["lora"], f"{name}.lora")
             data[name] = from_mapping(StageConfig, stage, name)
@@ -85,10 +127,13 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_mapping(path)
         for item in overrides:  # relative paths stay relative to the working directory, as in LLaVA's scripts
             apply_override(data, item)
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -105,4 +150,7 @@ def apply_override(data: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ValueError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value)
+    try:
+        node[parts[-1]] = yaml.safe_load(value)
+    except yaml.YAMLError as err:
+        raise ValueError(f"override {item!r}: the value is not valid YAML ({err})") from None

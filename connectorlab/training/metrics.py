@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..utils.io import atomic_write_text, read_complete_jsonl
+
 
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -22,11 +24,10 @@ class StepLog:
     def __init__(self, path: Path, resume_step: int | None):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= resume_step]
-        path.write_text("".join(line + "\n" for line in kept))
-        self.losses = [json.loads(line)["loss"] for line in kept]
+        # A last line cut short by a crash or a full disk is dropped, as are the steps after the checkpoint.
+        kept = [row for row in read_complete_jsonl(path) if row["step"] <= resume_step] if resume_step is not None else []
+        atomic_write_text(path, "".join(json.dumps(row) + "\n" for row in kept))
+        self.losses = [row["loss"] for row in kept]
 
     def write(self, row: dict) -> None:
         self.losses.append(row["loss"])

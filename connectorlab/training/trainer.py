@@ -12,24 +12,28 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from transformers import get_cosine_schedule_with_warmup
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from ..data.batching import StepPlan, accumulation_steps, collate
-from ..data.images import ImageLoader
-from ..data.llava import load_samples
+from ..data.images import ImageLoader, find_undecodable
+from ..data.llava import Sample, load_samples
 from ..data.skips import SkipReport
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
 from ..model.mllm import MultimodalLM
-from ..utils.io import atomic_write_json
+from ..model.shape import meta_connector
+from ..utils.io import atomic_write_json, exclusive
 from ..utils.progress import progress_bar
+from ..utils.validation import ConfigError
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from .config import STAGES, StageConfig, TrainConfig
 from .metrics import StepLog, peak_memory_mb
+from .run_folder import check_stage_folder, record_stage_config
 
 log = logging.getLogger("connectorlab.train")
 
@@ -69,6 +73,51 @@ def build_stage_model(cfg: TrainConfig, stage: str, sc: StageConfig) -> Multimod
     return model
 
 
+@dataclass
+class StageData:
+    """A stage's records, validated and tokenized before any stage trains."""
+
+    processor: MultimodalProcessor
+    samples: list[Sample]
+    report: SkipReport
+
+
+def load_stage_data(cfg: TrainConfig, stage: str, accelerator: Accelerator, tokenizer=None,
+                    num_tokens: int | None = None) -> StageData:
+    sc = cfg.stage(stage)
+    if not sc.data:
+        raise ConfigError(f"{stage}.data is not set")
+    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(cfg.model.llm)
+    num_tokens = num_tokens if num_tokens is not None else meta_connector(cfg.model).num_output_tokens
+    processor = MultimodalProcessor(tokenizer, sc.template or cfg.model.template, num_tokens, cfg.model.max_length)
+    report = SkipReport(strict=cfg.strict)
+    samples = load_samples(sc.data, sc.image_folder, processor, report)
+    if cfg.check_images:
+        samples = drop_undecodable(samples, report, accelerator, sc.image_workers, sc.data)
+    if accelerator.is_main_process:
+        log.info("%s: %d usable records from %s; %s", stage, len(samples), sc.data, report.summary())
+    return StageData(processor, samples, report)
+
+
+def drop_undecodable(samples: list[Sample], report: SkipReport, accelerator: Accelerator, workers: int,
+                     source: str) -> list[Sample]:
+    """Decode every image once, each process a slice, and skip the ones that fail on every process alike (a
+    truncated file passes the header check and would otherwise crash the stage, and every resume, at its step)."""
+    paths = sorted({s.image for s in samples if s.image is not None})
+    mine = paths[accelerator.process_index::accelerator.num_processes]
+    bad_here = sorted((str(p), why) for p, why in find_undecodable(mine, workers).items())
+    bad = dict(gather_object(bad_here) if accelerator.num_processes > 1 else bad_here)
+    if not bad:
+        return samples
+    kept = []
+    for s in samples:
+        if s.image is not None and str(s.image) in bad:
+            report.skip("unreadable_image", s.id, f"field 'image': {s.image}: {bad[str(s.image)]}", source)
+        else:
+            kept.append(s)
+    return kept
+
+
 class FeatureCache:
     """Frozen-tower features computed once (keyed by image path); a study may share one across runs
     that use the same frozen tower at the same resolution."""
@@ -104,24 +153,22 @@ class FeatureCache:
 
 
 def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: Accelerator | None = None,
-              feature_cache: FeatureCache | None = None) -> dict:
+              feature_cache: FeatureCache | None = None, data: StageData | None = None, overwrite: bool = False) -> dict:
     accelerator = accelerator or make_accelerator()
     sc = cfg.stage(stage)
     out = stage_dir(cfg, stage)
     summary_path = out / "summary.json"
+    main = accelerator.is_main_process
+    check_stage_folder(cfg, stage, resume, overwrite, will_run=True, clear=main)
+    accelerator.wait_for_everyone()
     if resume and summary_path.exists():
         log.info("%s already finished (%s); skipping", stage, summary_path)
         return json.loads(summary_path.read_text())
-    if not sc.data:
-        raise ValueError(f"{stage}.data is not set")
-    main = accelerator.is_main_process
-    model = build_stage_model(cfg, stage, sc)
-    processor = MultimodalProcessor(model.tokenizer, sc.template or cfg.model.template, model.connector.num_output_tokens,
-                                    cfg.model.max_length)
-    report = SkipReport(strict=cfg.strict)
-    samples = load_samples(sc.data, sc.image_folder, processor, report)
     if main:
-        log.info("%s: %d usable records from %s; %s", stage, len(samples), sc.data, report.summary())
+        record_stage_config(cfg, stage)
+    data = data or load_stage_data(cfg, stage, accelerator)
+    processor, samples, report = data.processor, data.samples, data.report
+    model = build_stage_model(cfg, stage, sc)
     world, rank = accelerator.num_processes, accelerator.process_index
     accum = accumulation_steps(sc.global_batch, world, sc.micro_batch)
     lengths = [s.length for s in samples]
@@ -252,9 +299,19 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
 
 
 def train(cfg: TrainConfig, stages: list[str], resume: bool = False, accelerator: Accelerator | None = None,
-          feature_cache: FeatureCache | None = None) -> dict[str, dict]:
+          feature_cache: FeatureCache | None = None, overwrite: bool = False) -> dict[str, dict]:
+    """Every stage's folder, model config and data are checked before the first stage trains."""
     accelerator = accelerator or make_accelerator()
-    if accelerator.is_main_process:
-        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
-        atomic_write_json(Path(cfg.output_dir) / "train_config.json", cfg.to_dict())
-    return {stage: run_stage(cfg, stage, resume, accelerator, feature_cache) for stage in stages}
+    out = Path(cfg.output_dir)
+    lock = exclusive(out, "training run") if accelerator.is_main_process else contextlib.nullcontext()
+    with lock:
+        for stage in STAGES:  # later stages too: they were built on the earlier ones
+            check_stage_folder(cfg, stage, resume, overwrite, will_run=stage in stages, clear=accelerator.is_main_process)
+        if accelerator.is_main_process:
+            atomic_write_json(out / "train_config.json", cfg.to_dict())
+        accelerator.wait_for_everyone()
+        connector = meta_connector(cfg.model)
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model.llm)
+        todo = [s for s in stages if not (resume and (stage_dir(cfg, s) / "summary.json").exists())]
+        data = {s: load_stage_data(cfg, s, accelerator, tokenizer, connector.num_output_tokens) for s in todo}
+        return {stage: run_stage(cfg, stage, resume, accelerator, feature_cache, data.get(stage)) for stage in stages}

@@ -1,7 +1,13 @@
-"""Atomic writes: a crash leaves either the old file or the new one, never half of one."""
+"""Atomic writes: a crash leaves either the old file or the new one, never half of one.
+
+`mkstemp`/`mkdtemp` create 0600/0700 entries for their own safety; the final file or folder is given
+the mode a plain `open(path, "w")` or `mkdir` would have, so results stay readable by whoever the
+user's umask lets read them.
+"""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -9,6 +15,14 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -19,6 +33,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -31,12 +46,19 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A hidden sibling folder with the permissions `mkdir` would give it."""
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
+    os.chmod(tmp, 0o777 & ~current_umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; on success it replaces `path` in one rename."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = make_temp_dir(path.parent, path.name)
     try:
         yield tmp
     except BaseException:
@@ -50,3 +72,68 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def read_complete_jsonl(path: str | Path) -> list[Any]:
+    """The complete lines of an append-only JSONL file. A last line cut short by a crash or a full disk is
+    removed from the file (so the next append starts on a fresh line); a bad line before it is an error
+    naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    rows = []
+    for n, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}: line {n}: invalid JSON ({err.msg})") from None
+    return rows
+
+
+class DiskFullError(OSError):
+    """No space left while writing: names the folder and how much room is left."""
+
+
+def is_disk_full(err: BaseException, folder: Path) -> bool:
+    """torch.save reports a full disk as `RuntimeError: [enforce fail at inline_container.cc]`, not ENOSPC;
+    the free space of the target folder tells the two apart."""
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, RuntimeError) and "inline_container" in str(err):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(folder).free < 64 * 2**20
+    return False
+
+
+def free_mib(folder: Path) -> float:
+    with contextlib.suppress(OSError):
+        return shutil.disk_usage(folder).free / 2**20
+    return float("nan")
+
+
+class BusyError(RuntimeError):
+    """Another process is writing the same output folder."""
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str) -> Iterator[None]:
+    """Hold `folder/.lock` for the duration, or refuse at once: two runs into one folder would compute
+    everything twice and interleave their writes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise BusyError(f"{folder} is in use by another {what} (lock {folder / '.lock'} is held); "
+                        "wait for it to finish or use another output folder") from None
+    try:
+        yield
+    finally:
+        lock.release()
