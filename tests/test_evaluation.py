@@ -35,7 +35,7 @@ def cli(*args):
 # ---- conformance on the real files ---------------------------------------------------------------
 
 def test_mme_lavin_sample_scores_as_the_official_tool(shared_data):
-    scores = score_lines(read_tool_folder(shared_data / "mme/sample_answers_lavin"), load_mapping("mme"))
+    scores = score_lines(read_tool_folder(shared_data / "mme/sample_answers_lavin").lines, load_mapping("mme"))
     assert f"{scores['perception']:.2f}" == "963.61" and f"{scores['cognition']:.2f}" == "249.64"
     assert scores["subtasks"] == LAVIN
 
@@ -51,9 +51,8 @@ def test_score_mme_cli_prints_and_emits_json(shared_data):
 
 
 def test_llava_mme_answers_join_the_ground_truth(shared_data):
-    lines, missing = join_llava_answers(shared_data / "external/llava_answers/mme_mlp2_448.jsonl",
-                                        shared_data / "mme/ground_truth")
-    assert missing == 0 and sum(len(v) for v in lines.values()) == 2374
+    joined = join_llava_answers(shared_data / "external/llava_answers/mme_mlp2_448.jsonl", shared_data / "mme/ground_truth")
+    assert not joined.missing and not joined.duplicates and sum(len(v) for v in joined.lines.values()) == 2374
     res = cli("score", "mme", "--predictions", str(shared_data / "external/llava_answers/mme_mlp2_448.jsonl"),
               "--ground-truth", str(shared_data / "mme/ground_truth"), "--json")
     data = json.loads(res.stdout)
@@ -262,6 +261,7 @@ def test_seed_prediction_files(fixtures, tmp_path):
 
 
 def test_predictions_table_needs_answers(tmp_path):
-    pd.DataFrame([{"index": 1, "prediction": "A", "A": "x", "B": "y"}]).to_csv(tmp_path / "p.tsv", sep="\t", index=False)
+    pd.DataFrame([{"index": 1, "prediction": "A", "A": "x", "B": "y", "C": "", "D": ""}]).to_csv(tmp_path / "p.tsv", sep="\t",
+                                                                                            index=False)
     with pytest.raises(ValueError, match="--questions"):
         predictions_table(tmp_path / "p.tsv")

@@ -12,6 +12,10 @@ from . import app, console, setup_logging
 score_app = typer.Typer(no_args_is_help=True, help="Score predictions made by connectorlab or another toolkit.")
 app.add_typer(score_app, name="score")
 
+ALLOW_INCOMPLETE = typer.Option(False, help="exit 0 even when sub-tasks, questions or predictions are missing")
+AS_JSON = typer.Option(False, "--json", help="print the full result as JSON instead of tables")
+TASK_TYPES = typer.Option(None, help="task-type mapping YAML replacing the built-in one")
+
 
 @app.command("eval")
 def eval_command(
@@ -20,14 +24,16 @@ def eval_command(
     data: Path = typer.Option(..., exists=True, help="MMBench TSV, MME release folder, or SEED-Bench JSON"),
     out: Path = typer.Option(..., help="output folder (predictions.jsonl, records.jsonl, results.json)"),
     image_folder: Path = typer.Option(None, help="SEED-Bench image folder (default: beside the JSON)"),
-    batch_size: int = 8,
-    max_new_tokens: int = 128,
+    batch_size: int = typer.Option(8, min=1, help="prompts generated together (answers do not depend on it)"),
+    max_new_tokens: int = typer.Option(128, min=1, help="longest answer generated, in tokens"),
     template: str = typer.Option(None, help="conversation template (default: the model's)"),
-    task_types: Path = typer.Option(None, help="a task-type mapping YAML replacing the built-in one"),
-    task_section: str = typer.Option(None, help="mapping section for MMBench-layout data (e.g. probe)"),
+    task_types: Path = TASK_TYPES,
+    task_section: str = typer.Option(None, help="mapping section for MMBench-layout data (default: mmbench, or probe "
+                                                "for the probe's test set)"),
     blind: bool = typer.Option(False, help="no-image baseline: the same prompts without the image"),
     strict: bool = typer.Option(False, help="raise on the first malformed row instead of skipping it"),
-    image_workers: int = typer.Option(4, help="threads decoding the next batch's images (0: inline)"),
+    image_workers: int = typer.Option(4, min=0, help="threads decoding the next batch's images (0: inline)"),
+    overwrite: bool = typer.Option(False, help="discard predictions that --out holds from another run"),
 ):
     """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped."""
     from ..evaluation.runner import evaluate, load_benchmark
@@ -41,7 +47,11 @@ def eval_command(
         mllm.processor = MultimodalProcessor(mllm.tokenizer, template, mllm.connector.num_output_tokens,
                                              mllm.config.max_length)
     result = evaluate(mllm, bench, out, batch_size, max_new_tokens, blind, {"model": str(model)},
-                      workers=image_workers)
+                      workers=image_workers, overwrite=overwrite)
+    if result["resumed_predictions"]:
+        console.print(f"[yellow]reused {result['resumed_predictions']} predictions already in {out / 'predictions.jsonl'}"
+                      f" (same model content {result['model_fingerprint'][:19]}..., data and settings); answered "
+                      f"{result['answered_now']} now[/yellow]", highlight=False)
     if bench.skips.total:
         console.print(f"[yellow]{bench.skips.summary()}[/yellow]")
     show(benchmark, result["scores"])
@@ -79,6 +89,44 @@ def show(benchmark: str, scores: dict) -> None:
         console.print(table)
     console.print(f"extraction failures: {scores.get('extraction_failures', 0)}, "
                   f"missing predictions: {scores.get('missing_predictions', 0)}")
+    for line in warnings(scores):
+        console.print(f"[yellow]{line}[/yellow]", highlight=False)
+    if not scores.get("complete", True):
+        console.print(f"[bold red]INCOMPLETE: {incompleteness(scores)}[/bold red]", highlight=False)
+
+
+def warnings(scores: dict) -> list[str]:
+    out = []
+    if scores.get("ignored_files"):
+        out.append(f"ignored {len(scores['ignored_files'])} file(s) that are not one of MME's 14 sub-task files: "
+                   + ", ".join(scores["ignored_files"][:10]))
+    for key, what in (("duplicate_answers", "answers given twice (first kept)"), ("blank_lines", "blank lines skipped"),
+                      ("unmatched_answers", "answers matching no ground-truth question (not scored)"),
+                      ("unmatched_rows", "prediction rows not in --questions (scored with their own answer column)")):
+        if scores.get(key):
+            examples = scores.get(key.replace("answers", "examples"), [])
+            out.append(f"{scores[key]} {what}" + (f", e.g. {'; '.join(examples[:3])}" if isinstance(examples, list)
+                                                   and examples else ""))
+    if scores.get("task_section_note"):
+        out.append(scores["task_section_note"])
+    types = scores.get("task_types")
+    if types is not None and not any(v.get("n") for k, v in types.items() if k != "unmapped_subtasks"):
+        out.append("the task-type table is empty: no sub-task maps to a task type"
+                   + (f" (unmapped: {', '.join(types.get('unmapped_subtasks', [])[:8])}); pass --task-types or "
+                      "--task-section" if types.get("unmapped_subtasks") else ""))
+    return out
+
+
+def incompleteness(scores: dict) -> str:
+    parts = []
+    if scores.get("missing_subtasks"):
+        parts.append(f"missing sub-task(s) {', '.join(scores['missing_subtasks'])}, not counted in the totals")
+    if scores.get("short_subtasks"):
+        parts.append("fewer questions than the release in " + ", ".join(f"{k} ({v})" for k, v in scores["short_subtasks"].items()))
+    if scores.get("missing_predictions"):
+        parts.append(f"{scores['missing_predictions']} question(s) without a prediction, "
+                     + scores.get("missing_rule", "scored as wrong"))
+    return "; ".join(parts) or "see --json"
 
 
 def emit(benchmark: str, scores: dict, as_json: bool) -> None:
@@ -88,55 +136,78 @@ def emit(benchmark: str, scores: dict, as_json: bool) -> None:
         show(benchmark, scores)
 
 
+INCOMPLETE_EXIT = 3
+
+
+def finish(benchmark: str, scores: dict, as_json: bool, allow_incomplete: bool) -> None:
+    """Print, then exit non-zero for an incomplete score unless the user accepts it."""
+    emit(benchmark, scores, as_json)
+    if not scores.get("complete", True) and not allow_incomplete:
+        console.print(f"[red]exit code {INCOMPLETE_EXIT}: the score is incomplete (--allow-incomplete accepts it)[/red]",
+                      highlight=False)
+        raise typer.Exit(INCOMPLETE_EXIT)
+
+
+
+
 @score_app.command("mme")
 def score_mme(
     predictions: Path = typer.Option(..., exists=True, help="MME tool folder (<subtask>.txt) or LLaVA answer JSONL"),
     ground_truth: Path = typer.Option(None, exists=True, file_okay=False, help="ground-truth folder for a JSONL"),
-    task_types: Path = typer.Option(None, help="task-type mapping YAML"),
-    as_json: bool = typer.Option(False, "--json"),
+    task_types: Path = TASK_TYPES,
+    missing_as_wrong: bool = typer.Option(False, help="score a question without an answer as wrong (LLaVA JSONL); "
+                                                      "the official pipeline leaves it out"),
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
+    as_json: bool = AS_JSON,
 ):
     """MME with the official tool's rules: perception, cognition and every sub-task score."""
     from ..evaluation.benchmarks.mme import join_llava_answers, read_tool_folder, score_lines
     from ..evaluation.task_types import load_mapping
 
-    missing = 0
     if predictions.is_dir():
-        lines = read_tool_folder(predictions)
+        folder = read_tool_folder(predictions)
+        lines, extra = folder.lines, {"missing_predictions": 0, "ignored_files": folder.ignored}
     else:
         if ground_truth is None:
             raise typer.BadParameter("a LLaVA answer file needs --ground-truth (the MME tool's ground-truth folder)")
-        lines, missing = join_llava_answers(predictions, ground_truth)
-    scores = score_lines(lines, load_mapping("mme", task_types))
-    scores["missing_predictions"] = missing
-    emit("mme", scores, as_json)
+        joined = join_llava_answers(predictions, ground_truth, missing_as_wrong)
+        lines, extra = joined.lines, joined.report()
+    scores = {**score_lines(lines, load_mapping("mme", task_types)), **extra}
+    scores["complete"] = scores["complete"] and not scores["missing_predictions"]
+    finish("mme", scores, as_json, allow_incomplete)
 
 
 @score_app.command("mmbench")
 def score_mmbench_command(
-    predictions: Path = typer.Option(..., exists=True, dir_okay=False, help="xlsx or TSV with index and prediction"),
+    predictions: Path = typer.Option(..., exists=True, dir_okay=False, help="upload xlsx or TSV (index, A-D, prediction)"),
     questions: Path = typer.Option(None, exists=True, dir_okay=False, help="benchmark TSV (answers, categories)"),
-    task_types: Path = typer.Option(None, help="task-type mapping YAML"),
-    task_section: str = typer.Option("mmbench", help="mapping section"),
-    as_json: bool = typer.Option(False, "--json"),
+    task_types: Path = TASK_TYPES,
+    task_section: str = typer.Option(None, help="mapping section (default: mmbench, or probe for the probe's test set)"),
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
+    as_json: bool = AS_JSON,
 ):
     """MMBench circular and vanilla accuracy, per category and L2 group where categories are known."""
     from ..evaluation.benchmarks.mmbench import predictions_table, score_mmbench
-    from ..evaluation.task_types import load_mapping
+    from ..evaluation.task_types import choose_section
 
-    scores = score_mmbench(predictions_table(predictions, questions), load_mapping(task_section, task_types))
-    emit("mmbench", scores, as_json)
+    table = predictions_table(predictions, questions)
+    section, mapping, note = choose_section("mmbench", task_section, {r["category"] for r in table.rows}, task_types)
+    scores = {**score_mmbench(table.rows, mapping), "task_section": section, "task_section_note": note,
+              "unmatched_rows": table.unmatched}
+    finish("mmbench", scores, as_json, allow_incomplete)
 
 
 @score_app.command("seedbench")
 def score_seed_command(
     predictions: Path = typer.Option(..., exists=True, dir_okay=False, help="LLaVA answer JSONL or lmms-eval samples"),
     questions: Path = typer.Option(None, exists=True, dir_okay=False, help="SEED-Bench JSON (for LLaVA answers)"),
-    task_types: Path = typer.Option(None, help="task-type mapping YAML"),
-    as_json: bool = typer.Option(False, "--json"),
+    task_types: Path = TASK_TYPES,
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
+    as_json: bool = AS_JSON,
 ):
     """SEED-Bench image accuracy (micro over dimensions 1-9) and per dimension."""
     from ..evaluation.benchmarks.seedbench import predictions_rows, score_seed
     from ..evaluation.task_types import load_mapping
 
     rows, names = predictions_rows(predictions, questions)
-    emit("seedbench", score_seed(rows, names, load_mapping("seedbench", task_types)), as_json)
+    finish("seedbench", score_seed(rows, names, load_mapping("seedbench", task_types)), as_json, allow_incomplete)

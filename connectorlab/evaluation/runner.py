@@ -6,6 +6,7 @@ generation gives the answers of batch size 1 (tested), so batch size never chang
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from ..data.images import ImageLoader
 from ..data.skips import SkipReport
 from ..language.processor import OverLength
 from ..model.mllm import MultimodalLM
-from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.io import atomic_write_json, atomic_write_text, exclusive, fingerprint_folder, read_complete_jsonl
 from ..utils.progress import progress_bar
 from .base import Benchmark
 from .benchmarks.mmbench import load_mmbench
@@ -24,12 +25,13 @@ from .benchmarks.mme import load_mme
 from .benchmarks.seedbench import load_seedbench
 
 BENCHMARKS = ("mmbench", "mme", "seedbench")
+log = logging.getLogger("connectorlab.eval")
 
 
 def load_benchmark(name: str, data: str | Path, image_folder: str | Path | None = None, strict: bool = False,
                    task_types: str | Path | None = None, task_section: str | None = None) -> Benchmark:
     if name == "mmbench":
-        return load_mmbench(data, strict, task_section or "mmbench", task_types)
+        return load_mmbench(data, strict, task_section, task_types)
     if name == "mme":
         return load_mme(data, strict, task_types)
     if name == "seedbench":
@@ -39,36 +41,60 @@ def load_benchmark(name: str, data: str | Path, image_folder: str | Path | None 
 
 def read_predictions(path: Path) -> dict[str, str]:
     """Complete lines only; a line cut short by a crash is dropped and the file truncated before it."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with path.open("r+b") as f:
-            f.truncate(end)
-    preds = {}
-    for line in data[:end].decode().splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            preds[rec["key"]] = rec["prediction"]
-    return preds
+    return {rec["key"]: rec["prediction"] for rec in read_complete_jsonl(path)}
+
+
+RUN_FILES = ("run.json", "predictions.jsonl", "records.jsonl", "results.json")
+
+
+def run_identity(model: MultimodalLM, bench: Benchmark, blind: bool, max_new_tokens: int, run_info: dict | None) -> dict:
+    """What the predictions depend on; the model's content is in it, not only its path."""
+    info = {"benchmark": bench.name, "data": bench.source, "blind": blind, "max_new_tokens": max_new_tokens,
+            "template": model.processor.template.name, **(run_info or {})}
+    source = getattr(model, "pretrained_path", None)
+    if source is not None and "model_fingerprint" not in info:
+        info["model_fingerprint"] = fingerprint_folder(source)
+    return info
+
+
+def claim_folder(out: Path, info: dict, overwrite: bool) -> None:
+    info_path = out / "run.json"
+    if info_path.exists() and overwrite:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    elif info_path.exists():
+        before = json.loads(info_path.read_text())
+        changed = [f"{k}: {before.get(k, '(absent)')} -> {info.get(k, '(absent)')}"
+                   for k in sorted(before.keys() | info.keys()) if before.get(k) != info.get(k)]
+        if changed:
+            raise ValueError(f"{out} holds predictions of another run ({'; '.join(changed)}); use a new --out folder "
+                             "or --overwrite to discard them")
+    atomic_write_json(info_path, info)
 
 
 def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size: int = 8, max_new_tokens: int = 128,
-             blind: bool = False, run_info: dict | None = None, show_progress: bool = True, workers: int = 4) -> dict:
+             blind: bool = False, run_info: dict | None = None, show_progress: bool = True, workers: int = 4,
+             overwrite: bool = False) -> dict:
+    """Predictions already in `out` from the same run (same model content, data and settings) are reused and
+    counted in `resumed_predictions`; another run's are refused."""
+    for name, value, low in (("batch_size", batch_size, 1), ("max_new_tokens", max_new_tokens, 1), ("workers", workers, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} = {value!r}: must be an integer >= {low}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    info = {"benchmark": bench.name, "data": bench.source, "blind": blind, "max_new_tokens": max_new_tokens,
-            "template": model.processor.template.name, **(run_info or {})}
-    info_path = out / "run.json"
-    if info_path.exists():
-        before = json.loads(info_path.read_text())
-        if before != info:
-            raise ValueError(f"{out} holds predictions of another run ({before}); use a new --out folder")
-    atomic_write_json(info_path, info)
+    with exclusive(out, "evaluation"):
+        info = run_identity(model, bench, blind, max_new_tokens, run_info)
+        claim_folder(out, info, overwrite)
+        return _evaluate(model, bench, out, info, batch_size, max_new_tokens, blind, show_progress, workers)
+
+
+def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batch_size: int, max_new_tokens: int,
+              blind: bool, show_progress: bool, workers: int) -> dict:
     pred_path = out / "predictions.jsonl"
     preds = read_predictions(pred_path)
     resumed = len(preds)
+    if resumed:
+        log.info("reusing %d predictions in %s made by the same run (%s)", resumed, pred_path,
+                 info.get("model_fingerprint", info.get("model", "model")))
     skips = SkipReport()
     todo = []
     for it in bench.items:

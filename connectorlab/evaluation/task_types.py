@@ -17,13 +17,35 @@ DEFAULT_FILE = Path(__file__).with_name("task_types.yaml")
 
 def load_mapping(section: str, path: str | Path | None = None) -> dict[str, dict]:
     data = yaml.safe_load(Path(path or DEFAULT_FILE).read_text())
+    if not isinstance(data, dict):
+        raise ValueError(f"{path or DEFAULT_FILE}: the top level must be a mapping of sections")
     if section not in data:
-        raise KeyError(f"{path or DEFAULT_FILE}: no task-type section {section!r}; sections: {', '.join(data)}")
+        raise ValueError(f"{path or DEFAULT_FILE}: no task-type section {section!r}; sections: {', '.join(data)}")
     mapping = {str(k): v for k, v in data[section].items()}
     for key, entry in mapping.items():
         if entry.get("type") not in TYPES:
             raise ValueError(f"{path or DEFAULT_FILE}: {section}.{key}: type must be one of {TYPES}")
     return mapping
+
+
+def choose_section(default: str, requested: str | None, categories: set[str],
+                   path: str | Path | None = None) -> tuple[str, dict[str, dict], str]:
+    """The mapping section to use, and a note when it was not the one asked for. MMBench-layout files are
+    scored with the `mmbench` section unless told otherwise; a file whose categories none of it maps but
+    another section maps entirely (the probe's test set) gets that section, said in the note."""
+    if requested:
+        return requested, load_mapping(requested, path), ""
+    mapping = load_mapping(default, path)
+    categories = {c for c in categories if c}
+    if not categories or categories & set(mapping):
+        return default, mapping, ""
+    data = yaml.safe_load(Path(path or DEFAULT_FILE).read_text())
+    for name in data:
+        if name != default and categories <= {str(k) for k in data[name]}:
+            return name, load_mapping(name, path), (f"task types from section {name!r}: every category is one of its "
+                                                    f"sub-tasks and none is a {default} sub-task (--task-section sets it)")
+    return default, mapping, (f"no category maps to a task type in section {default!r} (e.g. "
+                              f"{', '.join(sorted(categories)[:5])}); pass --task-types or --task-section")
 
 
 def aggregate(units: list[tuple[str, bool]], subtask_scores: dict[str, float], mapping: dict[str, dict],

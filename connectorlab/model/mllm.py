@@ -53,6 +53,7 @@ class MultimodalLM(nn.Module):
         mean, std = normalisation_for(config.vision, vision.model.config.model_type)
         self.image_transform = ImageTransform(vision.image_size, config.image_mode, mean, std)
         self.set_trainable(vision=not config.freeze_vision, connector=not config.freeze_connector, llm=not config.freeze_llm)
+        self.pretrained_path: Path | None = None  # the folder it was loaded from, if any
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -70,10 +71,16 @@ class MultimodalLM(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | Path) -> MultimodalLM:
         path = Path(path)
+        expected = [CONFIG_NAME, CONNECTOR_WEIGHTS, "vision/config.json", "llm/config.json"]
+        missing = [name for name in expected if not (path / name).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{path} is not a saved connectorlab model: missing {', '.join(missing)} "
+                                    "(a training run's model is <output_dir>/finetune/model)")
         data = json.loads((path / CONFIG_NAME).read_text())
         config = ModelConfig.from_dict({**data, "vision": str(path / "vision"), "llm": str(path / "llm")})
         model = cls.build(config)
         model.load_connector(path / CONNECTOR_WEIGHTS)
+        model.pretrained_path = path  # evaluation fingerprints its files to tell a retrained model apart
         return model
 
     def save_pretrained(self, path: str | Path, source_config: ModelConfig | None = None) -> None:

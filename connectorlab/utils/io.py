@@ -137,3 +137,38 @@ def exclusive(folder: str | Path, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def read_utf8(path: str | Path) -> str:
+    """UTF-8 text, as the official evaluation tools read it; another encoding is named with the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, expected a file")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            kind = "it is UTF-16 (it starts with a UTF-16 byte-order mark)"
+        else:
+            kind = f"byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8 (Latin-1 or another legacy encoding?)"
+        raise ValueError(f"{path}: not UTF-8 text: {kind}; re-save it as UTF-8") from None
+
+
+def fingerprint_folder(folder: str | Path) -> str:
+    """sha256 over every file of a folder (relative path and content, hidden files excepted): a model retrained
+    in place gets a new fingerprint even though its path is the same."""
+    import hashlib
+
+    folder = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        digest.update(str(rel).encode() + b"\0")
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()

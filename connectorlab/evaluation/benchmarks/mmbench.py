@@ -6,7 +6,9 @@ is reported only as a diagnostic.
 """
 from __future__ import annotations
 
+import zipfile
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +16,7 @@ import pandas as pd
 from ...data.skips import DataError, SkipReport
 from ..base import Benchmark, EvalItem, image_from_base64, mc_prompt
 from ..extraction import extract_choice
-from ..task_types import aggregate, load_mapping
+from ..task_types import aggregate, choose_section
 
 LETTERS = "ABCD"
 CIRCULAR = 1_000_000
@@ -29,26 +31,42 @@ def read_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
-    if path.suffix in (".xlsx", ".xls"):
-        df = pd.read_excel(path, keep_default_na=False, dtype=str)
-    else:
-        df = pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, expected an MMBench TSV or xlsx file")
+    try:
+        if path.suffix in (".xlsx", ".xls"):
+            df = pd.read_excel(path, keep_default_na=False, dtype=str)
+        else:
+            df = pd.read_csv(path, sep="\t", keep_default_na=False, dtype=str)
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile, pd.errors.ParserError, UnicodeDecodeError) as err:
+        kind = "an Excel workbook" if path.suffix in (".xlsx", ".xls") else "a tab-separated UTF-8 table"
+        raise DataError(f"{path}: not {kind} ({type(err).__name__}: {err})") from None
     df.columns = [c if c in LETTERS else c.lower() for c in df.columns]
     if "index" not in df.columns:
         raise DataError(f"{path}: no 'index' column (columns: {', '.join(df.columns)})")
     return df
 
 
+def require_option_columns(df: pd.DataFrame, path: str | Path) -> None:
+    """All four option columns, as every MMBench file has them (an absent option is an empty cell): without
+    one, every question whose answer or distractor sits there is scored against the wrong options."""
+    missing = [c for c in LETTERS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing option column(s) {', '.join(missing)} (MMBench files carry A, B, C and D; "
+                        f"columns: {', '.join(df.columns)})")
+
+
 def options_of(row) -> dict[str, str]:
     return {k: str(row[k]) for k in LETTERS if k in row and not _absent(str(row[k]))}
 
 
-def load_mmbench(path: str | Path, strict: bool = False, mapping_section: str = "mmbench",
+def load_mmbench(path: str | Path, strict: bool = False, mapping_section: str | None = None,
                  mapping_file: str | Path | None = None) -> Benchmark:
     df = read_table(path)
-    missing = [c for c in ("question", "image", "A", "B") if c not in df.columns]
+    missing = [c for c in ("question", "image") if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    require_option_columns(df, path)
     skips = SkipReport(strict=strict)
     items, rows = [], []
     for _, row in df.iterrows():
@@ -73,10 +91,13 @@ def load_mmbench(path: str | Path, strict: bool = False, mapping_section: str = 
                 "l2": row.get("l2-category", "")}
         items.append(EvalItem(str(index), mc_prompt(str(row["question"]), options, hint), image_from_base64(row["image"]), meta))
         rows.append(meta)
-    mapping = load_mapping(mapping_section, mapping_file)
-    return Benchmark("mmbench", str(path), items, skips,
-                     lambda preds: score_mmbench([{**r, "prediction": preds.get(str(r["index"]))} for r in rows], mapping),
-                     {"version": Path(path).stem})
+    section, mapping, note = choose_section("mmbench", mapping_section, {r["category"] for r in rows}, mapping_file)
+
+    def score(preds: dict[str, str]) -> dict:
+        scores = score_mmbench([{**r, "prediction": preds.get(str(r["index"]))} for r in rows], mapping)
+        return {**scores, "task_section": section, "task_section_note": note}
+
+    return Benchmark("mmbench", str(path), items, skips, score, {"version": Path(path).stem})
 
 
 def score_mmbench(rows: list[dict], mapping: dict | None = None) -> dict:
@@ -111,6 +132,7 @@ def score_mmbench(rows: list[dict], mapping: dict | None = None) -> dict:
         "categories": by("category"), "l2_categories": by("l2"),
         "category_counts": {k: sum(1 for g in groups if main[g].get("category") == k) for k in by("category")},
         "extraction_failures": failures, "missing_predictions": missing,
+        "missing_rule": "scored as wrong (a circular group with a missing row fails)", "complete": missing == 0,
     }
     if mapping and result["categories"]:
         units = [(main[g]["category"], ok) for g, ok in circ.items() if main[g].get("category")]
@@ -121,20 +143,43 @@ def score_mmbench(rows: list[dict], mapping: dict | None = None) -> dict:
     return result
 
 
-def predictions_table(path: str | Path, questions: str | Path | None = None) -> list[dict]:
-    """Rows for `score_mmbench` from an upload xlsx/TSV (index, prediction, answer or a questions TSV)."""
+@dataclass
+class PredictionTable:
+    rows: list[dict]
+    unmatched: int = 0  # prediction rows whose index is not in the questions file
+
+
+def predictions_table(path: str | Path, questions: str | Path | None = None) -> PredictionTable:
+    """Rows for `score_mmbench` from an upload xlsx/TSV (index, prediction, answer or a questions TSV). With a
+    questions file, each of its rows without a prediction row counts as a missing prediction."""
     df = read_table(path)
     if "prediction" not in df.columns:
         raise DataError(f"{path}: no 'prediction' column")
-    qdf = read_table(questions).set_index("index") if questions else None
-    rows = []
+    qdf = None
+    if questions:
+        qtable = read_table(questions)
+        require_option_columns(qtable, questions)
+        qdf = qtable.drop_duplicates("index").set_index("index")
+    if qdf is None or not df["index"].isin(qdf.index).all():
+        require_option_columns(df, path)  # some rows take their options from the prediction file itself
+    rows, unmatched, seen = [], 0, set()
     for n, row in df.iterrows():
         idx = str(row["index"])
-        src = qdf.loc[idx] if qdf is not None and idx in qdf.index else row
+        try:
+            index = int(idx)
+        except ValueError:
+            raise DataError(f"{path}: row {n + 2}: field 'index' {idx!r} is not an integer") from None
+        known = qdf is not None and idx in qdf.index
+        unmatched += qdf is not None and not known
+        src = qdf.loc[idx] if known else row
         answer = str(src.get("answer", row.get("answer", ""))).strip()
         if not answer:
             raise DataError(f"{path}: row {n + 2} (index {idx}): no 'answer'; pass --questions with the benchmark TSV")
-        rows.append({"index": int(idx), "answer": answer, "options": options_of(src if "A" in src else row),
-                     "prediction": str(row["prediction"]), "category": src.get("category", ""),
-                     "l2": src.get("l2-category", "")})
-    return rows
+        seen.add(idx)
+        rows.append({"index": index, "answer": answer, "options": options_of(src), "prediction": str(row["prediction"]),
+                     "category": src.get("category", ""), "l2": src.get("l2-category", "")})
+    for idx, src in ([] if qdf is None else qdf.iterrows()):
+        if str(idx) not in seen:
+            rows.append({"index": int(idx), "answer": str(src.get("answer", "")).strip(), "options": options_of(src),
+                         "prediction": None, "category": src.get("category", ""), "l2": src.get("l2-category", "")})
+    return PredictionTable(rows, unmatched)

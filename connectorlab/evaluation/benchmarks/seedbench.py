@@ -51,6 +51,7 @@ def score_seed(rows: list[dict], names: dict[int, str] | None = None, mapping: d
         "dimension_names": {str(d): (names or {}).get(d, "") for d in per_dim},
         "dimension_counts": {str(d): len(v) for d, v in sorted(per_dim.items())},
         "questions": len(rows), "extraction_failures": failures, "missing_predictions": missing,
+        "missing_rule": "scored as wrong", "complete": missing == 0,
         "image_first_char": first_char / len(rows) if rows else None,  # lmms-eval's rule, for comparison
     }
     if mapping:

@@ -1,0 +1,87 @@
+"""Questions per second of evaluation at batch size 1, 4, 16 and 64 on the probe's test set.
+
+A tiny model (the quick start's preset sizes, `mlp` connector, 64 px) answers the probe's MMBench-layout
+test set through the same `evaluate` that `connectorlab eval` calls; every batch size must give the same
+answers (left-padded greedy decoding), and the goal is batch 16 at least 5x batch 1. Each batch size runs
+into a fresh folder, alternating rounds so that a slow moment of the machine hits all of them alike.
+Prints and saves JSON.
+
+    python benchmarks/eval_throughput.py [--n-test 60] [--rounds 2] [--json benchmarks/results/eval_throughput.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from connectorlab.evaluation.benchmarks.mmbench import load_mmbench  # noqa: E402
+from connectorlab.evaluation.runner import evaluate  # noqa: E402
+from connectorlab.model.config import ModelConfig  # noqa: E402
+from connectorlab.model.mllm import MultimodalLM  # noqa: E402
+from connectorlab.probe.generate import ProbeParams, generate  # noqa: E402
+from connectorlab.probe.presets import make_random_presets  # noqa: E402
+from connectorlab.utils.io import atomic_write_json  # noqa: E402
+
+BATCHES = (1, 4, 16, 64)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n-test", type=int, default=60, help="probe test images (each gives several circular rows)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--max-new-tokens", type=int, default=6, help="the quick start's answer length")
+    ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_throughput.json"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    work = Path(tempfile.mkdtemp(prefix="eval_throughput_"))
+    try:
+        generate(work / "probe", ProbeParams(seed=0, image_size=64, n_train=8, n_test=args.n_test))
+        presets = make_random_presets(work / "probe", work / "models", image_size=64)
+        model = MultimodalLM.build(ModelConfig(vision=presets["vision"], llm=presets["llm"], connector="mlp",
+                                               select_layer=-1, template="plain_v1", max_length=512)).eval()
+        bench = load_mmbench(work / "probe" / "test.tsv")
+        seconds: dict[int, list[float]] = {b: [] for b in BATCHES}
+        answers: dict[int, dict[str, str]] = {}
+        for r in range(args.rounds):
+            for b in BATCHES if r % 2 == 0 else reversed(BATCHES):
+                out = work / f"eval-b{b}-r{r}"
+                res = evaluate(model, bench, out, batch_size=b, max_new_tokens=args.max_new_tokens, show_progress=False)
+                seconds[b].append(res["eval_seconds"])
+                preds = {json.loads(line)["key"]: json.loads(line)["prediction"]
+                         for line in (out / "predictions.jsonl").read_text().splitlines()}
+                answers.setdefault(b, preds)
+                if preds != answers[b]:
+                    raise SystemExit(f"batch size {b}: answers differ between rounds")
+        items = len(bench.items)
+        qps = {str(b): items / min(s) for b, s in seconds.items()}
+        identical = all(answers[b] == answers[1] for b in BATCHES)
+        speedup16 = qps["16"] / qps["1"]
+        result = {
+            "benchmark": "evaluate() on the probe's test set, tiny mlp model at 64 px (quick-start preset sizes)",
+            "questions": items, "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
+            "seconds_per_round": {str(b): s for b, s in seconds.items()},
+            "questions_per_second": qps, "speedup_vs_batch_1": {b: q / qps["1"] for b, q in qps.items()},
+            "answers_identical_across_batch_sizes": identical,
+            "goal": "batch 16 at least 5x batch 1", "goal_met": speedup16 >= 5,
+            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
+            "python": platform.python_version(), "torch": torch.__version__,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    atomic_write_json(args.json, result)
+    print(json.dumps(result, indent=2))
+    if not identical:
+        raise SystemExit("answers differ between batch sizes")
+
+
+if __name__ == "__main__":
+    main()
