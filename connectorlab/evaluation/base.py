@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,9 @@ class EvalItem:
     prompt: str  # user text, `<image>` included, exactly as LLaVA's scripts build it
     load_image: Callable[[], Image.Image]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Items with the same image_key show the same image (MMBench's circular copies, MME's two questions per
+    # image): a batch decodes and encodes it once. None: the image is the item's own.
+    image_key: str | None = None
 
 
 @dataclass
@@ -29,6 +33,10 @@ class Benchmark:
     skips: SkipReport
     score: Callable[[dict[str, str]], dict]  # predictions by key -> results
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def content_key(data: str) -> str:
+    return hashlib.sha1(data.encode()).hexdigest()
 
 
 def image_from_base64(data: str) -> Callable[[], Image.Image]:

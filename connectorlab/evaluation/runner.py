@@ -87,6 +87,19 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
         return _evaluate(model, bench, out, info, batch_size, max_new_tokens, blind, show_progress, workers)
 
 
+def distinct_images(chunk: list) -> tuple[list, list[int]]:
+    """The image loaders of a batch's distinct images, and for each item the position of its image among them."""
+    first: dict[str, int] = {}
+    loads, which = [], []
+    for _, it, _ in chunk:
+        key = it.image_key if it.image_key is not None else f"item:{it.key}"
+        if key not in first:
+            first[key] = len(loads)
+            loads.append(it.load_image)
+        which.append(first[key])
+    return loads, which
+
+
 def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batch_size: int, max_new_tokens: int,
               blind: bool, show_progress: bool, workers: int) -> dict:
     pred_path = out / "predictions.jsonl"
@@ -107,17 +120,19 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
             skips.skip("over_length", it.key, str(err))
             continue
         todo.append((len(ids), it, ids))
-    todo.sort(key=lambda t: t[0])
+    todo.sort(key=lambda t: (t[0], t[1].image_key or ""))  # copies of one image side by side: encoded once
     model.eval()
     t0 = time.perf_counter()
     chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
     with progress_bar(show_progress) as bar, pred_path.open("a") as f, ImageLoader(model.image_transform, workers) as loader:
         # Each chunk's images, decoded while the chunk before it generates (none for the blind baseline).
-        images = loader.stream([] if blind else [it.load_image for _, it, _ in chunk] for chunk in chunks)
+        groups = [distinct_images(chunk) for chunk in chunks]
+        images = loader.stream([] if blind else loads for loads, _ in groups)
         task = bar.add_task(f"eval {bench.name}{' (blind)' if blind else ''}", total=len(bench.items), completed=resumed)
-        for chunk, pixels in zip(chunks, images, strict=True):
+        for chunk, (_, which), pixels in zip(chunks, groups, images, strict=True):
             with torch.inference_mode():
-                outs = model.generate([ids for _, _, ids in chunk], pixels, max_new_tokens)
+                features = None if pixels is None else model.encode_images(pixels.to(model.lm_head.weight.device))[which]
+                outs = model.generate([ids for _, _, ids in chunk], max_new_tokens=max_new_tokens, image_features=features)
             for (_, it, _), new in zip(chunk, outs, strict=True):
                 text = model.processor.decode(new)
                 preds[it.key] = text

@@ -178,11 +178,13 @@ class MultimodalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], pixel_values: torch.Tensor | None = None,
-                 max_new_tokens: int = 32) -> list[list[int]]:
-        """Greedy decoding of a left-padded batch; returns the new ids of each prompt up to its stop token."""
+                 max_new_tokens: int = 32, image_features: torch.Tensor | None = None) -> list[list[int]]:
+        """Greedy decoding of a left-padded batch; returns the new ids of each prompt up to its stop token.
+        `image_features` (connector outputs, one per prompt) replace `pixel_values` when the caller encoded the
+        images itself, e.g. once per distinct image of a batch."""
         device = self.lm_head.weight.device
         ids, mask = (t.to(device) for t in self.pad_left(prompts))
-        embeds = self.embed(ids, None if pixel_values is None else pixel_values.to(device))
+        embeds = self.embed(ids, None if pixel_values is None else pixel_values.to(device), image_features)
         positions = positions_from_mask(mask)
         cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         cache = DynamicCache()

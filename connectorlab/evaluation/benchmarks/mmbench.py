@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...data.skips import DataError, SkipReport
-from ..base import Benchmark, EvalItem, image_from_base64, mc_prompt
+from ..base import Benchmark, EvalItem, content_key, image_from_base64, mc_prompt
 from ..extraction import extract_choice
 from ..task_types import aggregate, choose_section
 
@@ -89,7 +89,8 @@ def load_mmbench(path: str | Path, strict: bool = False, mapping_section: str | 
         hint = "" if _absent(str(row.get("hint", ""))) else str(row["hint"])
         meta = {"index": index, "answer": answer, "options": options, "category": row.get("category", ""),
                 "l2": row.get("l2-category", "")}
-        items.append(EvalItem(str(index), mc_prompt(str(row["question"]), options, hint), image_from_base64(row["image"]), meta))
+        items.append(EvalItem(str(index), mc_prompt(str(row["question"]), options, hint), image_from_base64(row["image"]), meta,
+                              image_key=content_key(row["image"])))
         rows.append(meta)
     section, mapping, note = choose_section("mmbench", mapping_section, {r["category"] for r in rows}, mapping_file)
 

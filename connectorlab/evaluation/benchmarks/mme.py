@@ -219,7 +219,8 @@ def load_mme(folder: str | Path, strict: bool = False, mapping_file: str | Path 
             for q_no, (question, truth) in enumerate(pairs):
                 key = f"{sub.name}/{image.name}/{q_no}"
                 items.append(EvalItem(key, llava_prompt(question), image_from_path(image),
-                                      {"subtask": sub.name, "image": image.name, "question": question, "answer": truth.strip()}))
+                                      {"subtask": sub.name, "image": image.name, "question": question,
+                                       "answer": truth.strip()}, image_key=str(image)))
                 order[sub.name].append(key)
     if not items:
         raise DataError(f"{folder}: no MME sub-task folders found")

@@ -82,7 +82,8 @@ def load_seedbench(questions: str | Path, image_folder: str | Path | None = None
             skips.skip("missing_image", qid, f"field 'data_id': {image} not found", str(questions))
             continue
         meta = {"question_id": qid, "dimension": dim, "answer": answer, "options": options}
-        items.append(EvalItem(qid, mc_prompt(str(q["question"]), options), image_from_path(image), meta))
+        items.append(EvalItem(qid, mc_prompt(str(q["question"]), options), image_from_path(image), meta,
+                              image_key=str(image)))
         rows.append(meta)
     mapping = load_mapping("seedbench", mapping_file)
     return Benchmark("seedbench", str(questions), items, skips,
