@@ -4,12 +4,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from connectorlab.model.tiny import make_bpe_tokenizer, make_llm, make_vision  # noqa: E402
+from connectorlab.probe.generate import ProbeParams, generate  # noqa: E402
+from connectorlab.probe.presets import TinySizes, make_random_presets  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -32,3 +37,42 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared benchmark data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZES = TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=2, llm_heads=2)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    generate(root / "probe", ProbeParams(seed=1, image_size=32, n_train=64, n_test=4))
+    make_random_presets(root / "probe", root / "models", image_size=32, sizes=SIZES)
+    return root
+
+
+def write_config(toy: Path, out: Path, **extra) -> Path:
+    cfg = {
+        "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "connector": "mlp",
+                  "select_layer": -1, "template": "plain_v1", "max_length": 512},
+        "output_dir": str(out), "seed": 3, "checkpoint_every": 2, "keep_checkpoints": 2,
+        "pretrain": {"data": str(toy / "probe/pretrain.json"), "global_batch": 8, "micro_batch": 2, "lr": 1e-3,
+                     "epochs": 1},
+        "finetune": {"data": str(toy / "probe/finetune.json"), "global_batch": 8, "micro_batch": 4, "lr": 1e-3,
+                     "max_steps": 4},
+    }
+    for key, value in extra.items():
+        node = cfg
+        *parts, last = key.split(".")
+        for p in parts:
+            node = node[p]
+        node[last] = value
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_cli(args, **kw):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "connectorlab", *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, **kw)

@@ -122,7 +122,8 @@ def incompleteness(scores: dict) -> str:
     if scores.get("missing_subtasks"):
         parts.append(f"missing sub-task(s) {', '.join(scores['missing_subtasks'])}, not counted in the totals")
     if scores.get("short_subtasks"):
-        parts.append("fewer questions than the release in " + ", ".join(f"{k} ({v})" for k, v in scores["short_subtasks"].items()))
+        short = scores["short_subtasks"].items()
+        parts.append("fewer questions than the release in " + ", ".join(f"{k} ({v})" for k, v in short))
     if scores.get("missing_predictions"):
         parts.append(f"{scores['missing_predictions']} question(s) without a prediction, "
                      + scores.get("missing_rule", "scored as wrong"))
