@@ -17,7 +17,6 @@ import typer
 import yaml
 from PIL import Image
 
-from conftest import ROOT, write_config
 from connectorlab.data.llava import load_samples
 from connectorlab.data.skips import DataError, SkipReport
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench, predictions_table
@@ -32,6 +31,8 @@ from connectorlab.training.run_folder import RunMismatch
 from connectorlab.training.trainer import run_stage, train
 from connectorlab.utils.io import BusyError, DiskFullError, atomic_dir, atomic_write_json, exclusive
 from connectorlab.utils.validation import ConfigError
+
+from conftest import ROOT, write_config
 
 
 def config(toy: Path, out: Path, **extra) -> TrainConfig:
@@ -487,16 +488,16 @@ def test_version_and_every_option_has_help(capsys, monkeypatch):
 
     code, out, _ = cli(capsys, monkeypatch, "--version")
     assert code == 0 and out.strip() == f"connectorlab {connectorlab.__version__}"
-    import click
-
-    missing = []
+    missing, seen = [], []
 
     def walk(cmd, path):
         for param in cmd.params:
-            if isinstance(param, click.Option) and not param.help:
-                missing.append(f"{path} {param.opts[0]}")
+            if param.param_type_name == "option":  # typer's options are not click.Option subclasses
+                seen.append(param)
+                if not param.help:
+                    missing.append(f"{path} {param.opts[0]}")
         for name, sub in getattr(cmd, "commands", {}).items():
             walk(sub, f"{path} {name}")
 
     walk(typer.main.get_command(app), "connectorlab")
-    assert not missing, missing
+    assert len(seen) > 40 and not missing, missing

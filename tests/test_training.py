@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import run_cli, write_config  # noqa: E402  (tests/ is on sys.path under pytest)
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -22,6 +21,8 @@ from connectorlab.data.skips import DataError, SkipReport
 from connectorlab.language.processor import MultimodalProcessor
 from connectorlab.training.config import TrainConfig
 from connectorlab.training.trainer import run_stage
+
+from conftest import run_cli, write_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,12 +14,12 @@ app.add_typer(probe_app, name="probe")
 @probe_app.command("generate")
 def probe_generate(
     out: Path = typer.Option(..., help="output folder"),
-    seed: int = 0,
+    seed: int = typer.Option(0, help="random seed of the drawing (same seed, same files)"),
     image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
     object_scale: float = typer.Option(0.12, help="side of a small shape as a fraction of the image"),
     clutter: int = typer.Option(2, help="at most this many specks per image (decoys for pooled tokens)"),
-    n_train: int = 2000,
-    n_test: int = 200,
+    n_train: int = typer.Option(2000, min=1, help="training images (one caption and one instruction record each)"),
+    n_test: int = typer.Option(200, min=1, help="test images (several questions each, with circular copies)"),
 ):
     """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
     from ..probe.generate import ProbeParams, generate
@@ -35,8 +35,8 @@ def probe_generate(
 def probe_models(
     probe: Path = typer.Option(..., exists=True, file_okay=False, help="a folder from `probe generate`"),
     out: Path = typer.Option(..., help="where to save vision/ and llm/"),
-    image_size: int = 64,
-    seed: int = 0,
+    image_size: int = typer.Option(64, min=1, help="the tower's native resolution in pixels"),
+    seed: int = typer.Option(0, help="random seed of the initial weights"),
 ):
     """Tiny randomly initialised CLIP tower and Llama LM with a word-level tokenizer over the probe's words."""
     from ..probe.presets import make_random_presets
@@ -48,7 +48,7 @@ def probe_models(
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder (re-running skips finished cells)"),
-    seed: int = 0,
+    seed: int = typer.Option(0, help="seed of the probe, the presets and every training run"),
     object_scale: float = typer.Option(0.12, help="probe difficulty: side of the small shape, fraction of the image"),
     clutter: int = typer.Option(2, help="probe difficulty: at most this many decoy specks per image"),
 ):

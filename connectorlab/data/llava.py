@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from ..language.processor import MultimodalProcessor, OverLength, TokenizationMismatch
+from ..utils.io import parse_jsonl
 from .skips import DataError, SkipReport
 
 
@@ -28,25 +29,13 @@ class Sample:
         return len(self.input_ids)
 
 
-def parse_jsonl(text: str, path: str | Path) -> list:
-    """One JSON value per non-empty line; a bad line is named by file and line number."""
-    records = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path}: line {n}: invalid JSON ({err.msg})") from None
-    return records
-
-
 def read_records(path: str | Path) -> list:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     text = path.read_text()
     if path.suffix == ".jsonl":
-        return parse_jsonl(text, path)
+        return parse_jsonl(text, path, DataError)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:

@@ -15,8 +15,18 @@ TYPES = ("coarse", "fine", "reasoning")
 DEFAULT_FILE = Path(__file__).with_name("task_types.yaml")
 
 
+def read_sections(path: str | Path | None) -> dict:
+    source = Path(path or DEFAULT_FILE)
+    if not source.is_file():
+        raise FileNotFoundError(f"task-type mapping {source}: no such file")
+    try:
+        return yaml.safe_load(source.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"task-type mapping {source}: not valid YAML: {err}") from None
+
+
 def load_mapping(section: str, path: str | Path | None = None) -> dict[str, dict]:
-    data = yaml.safe_load(Path(path or DEFAULT_FILE).read_text())
+    data = read_sections(path)
     if not isinstance(data, dict):
         raise ValueError(f"{path or DEFAULT_FILE}: the top level must be a mapping of sections")
     if section not in data:
@@ -39,7 +49,7 @@ def choose_section(default: str, requested: str | None, categories: set[str],
     categories = {c for c in categories if c}
     if not categories or categories & set(mapping):
         return default, mapping, ""
-    data = yaml.safe_load(Path(path or DEFAULT_FILE).read_text())
+    data = read_sections(path)
     for name in data:
         if name != default and categories <= {str(k) for k in data[name]}:
             return name, load_mapping(name, path), (f"task types from section {name!r}: every category is one of its "

@@ -23,6 +23,7 @@ from ..evaluation.runner import evaluate
 from ..model.config import ModelConfig
 from ..model.mllm import MultimodalLM
 from ..training.config import StageConfig, TrainConfig
+from ..training.run_folder import differences
 from ..training.trainer import FeatureCache, make_accelerator, run_stage
 from ..utils.io import atomic_write_json
 from ..utils.progress import progress_bar
@@ -148,20 +149,11 @@ def run_cell(qc: QuickstartConfig, spec: CellSpec, resolution: int, vision: Path
     return result, cache
 
 
-def _flatten(value, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        return {k: v for key, item in value.items() for k, v in _flatten(item, f"{prefix}{key}.").items()}
-    return {prefix.rstrip("."): value}
-
-
 def check_same_config(path: Path, qc: QuickstartConfig) -> None:
     """Finished cells are reused on a re-run, so a folder made with other settings would mix two studies."""
     if not path.exists():
         return
-    old = _flatten(json.loads(path.read_text()))
-    new = _flatten(json.loads(json.dumps(dataclasses.asdict(qc))))  # tuples become lists, as in the file
-    changed = [f"{k}: {old.get(k, '(absent)')} -> {new.get(k, '(absent)')}" for k in sorted(old.keys() | new.keys())
-               if k != "out" and old.get(k) != new.get(k)]
+    changed = [d for d in differences(json.loads(path.read_text()), dataclasses.asdict(qc)) if not d.startswith("out:")]
     if changed:
         raise ValueError(f"{path.parent} holds a quick start made with other settings ({'; '.join(changed)}); "
                          "use another --out or remove that folder")

@@ -86,14 +86,19 @@ def read_complete_jsonl(path: str | Path) -> list[Any]:
     if end < len(data):
         with path.open("r+b") as f:
             f.truncate(end)
-    rows = []
-    for n, line in enumerate(data[:end].decode("utf-8", errors="replace").splitlines(), 1):
+    return parse_jsonl(data[:end].decode("utf-8", errors="replace"), path)
+
+
+def parse_jsonl(text: str, path: str | Path, error: type[Exception] = ValueError) -> list:
+    """One JSON value per non-empty line; a bad line is named by file and line number."""
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                records.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {n}: invalid JSON ({err.msg})") from None
-    return rows
+                raise error(f"{path}: line {n}: invalid JSON ({err.msg})") from None
+    return records
 
 
 class DiskFullError(OSError):

@@ -9,8 +9,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from ...data.llava import parse_jsonl
 from ...data.skips import DataError, SkipReport
+from ...utils.io import parse_jsonl
 from ..base import Benchmark, EvalItem, image_from_path, mc_prompt
 from ..extraction import extract_choice
 from ..task_types import aggregate, load_mapping
@@ -108,7 +108,7 @@ def predictions_rows(path: str | Path, questions: str | Path | None = None) -> t
     if isinstance(whole, dict) and "logs" in whole:  # lmms-eval v0.1.x <task>.json
         logs = whole["logs"]
     else:
-        logs = parse_jsonl(text, path)
+        logs = parse_jsonl(text, path, DataError)
     if logs and "doc" in logs[0]:  # lmms-eval samples carry the questions
         rows = []
         for log in logs:
