@@ -6,7 +6,7 @@ answers (left-padded greedy decoding), and the goal is batch 16 at least 5x batc
 into a fresh folder, alternating rounds so that a slow moment of the machine hits all of them alike.
 Prints and saves JSON.
 
-    python benchmarks/eval_throughput.py [--n-test 60] [--rounds 2] [--json benchmarks/results/eval_throughput.json]
+    python benchmarks/eval_throughput.py [--n-test 60] [--rounds 3] [--json benchmarks/results/eval_throughput.json]
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ BATCHES = (1, 4, 16, 64)
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-test", type=int, default=60, help="probe test images (each gives several circular rows)")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the fastest of each batch size counts")
     ap.add_argument("--max-new-tokens", type=int, default=6, help="the quick start's answer length")
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "eval_throughput.json"))
     args = ap.parse_args()

@@ -244,6 +244,7 @@ class Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_checkpoint_cannot_run_code_on_resume(toy, tmp_path):
     cfg = config(toy, tmp_path / "run")
     run_stage(cfg, "pretrain")
