@@ -262,6 +262,14 @@ def test_two_trainings_into_one_folder_do_not_run_together(toy, tmp_path):
     out = tmp_path / "run"
     with exclusive(out, "training run"), pytest.raises(BusyError, match="is in use by another training run"):
         train(config(toy, out), ["pretrain"])
+    # Under DDP every process refuses (none waits at a barrier for a main process that has gone).
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with exclusive(out, "training run"):
+        res = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m",
+                              "connectorlab", "train", "--config", str(write_config(toy, out)), "--stage", "pretrain"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert res.returncode != 0 and res.stderr.count("is in use by another training run") == 2
 
 
 # ---- evaluation ----------------------------------------------------------------------------------
