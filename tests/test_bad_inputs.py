@@ -234,6 +234,27 @@ def test_full_disk_during_a_checkpoint_is_named_and_cleaned_up(toy, tmp_path, mo
     assert list((tmp_path / "run/pretrain/checkpoints").iterdir()) == []  # no temporary folder left behind
 
 
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 64 KiB filesystem (tmpfs; needs root, as CI and this machine have), grown later with `remount`."""
+    mount = tmp_path / "small_disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_really_full_disk_is_named_and_the_run_resumes_once_there_is_room(toy, small_disk):
+    cfg = config(toy, small_disk / "run", **{"checkpoint_every": 1, "pretrain.image_workers": 0})
+    with pytest.raises(DiskFullError, match="no space left on the disk of .*small_disk/run/pretrain/checkpoints"):
+        run_stage(cfg, "pretrain")
+    assert not [p for p in (small_disk / "run/pretrain/checkpoints").iterdir() if p.name.startswith(".")]
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
+    summary = run_stage(cfg, "pretrain", resume=True)
+    assert summary["steps"] == 8
+
+
 class Payload:
     """A pickle that runs code when loaded without weights_only: it creates a marker file."""
 
