@@ -341,6 +341,20 @@ def test_eval_batch_size_must_be_positive(saved_model, probe_bench, tmp_path, ca
                  batch_size=0)
 
 
+def test_eval_of_a_partial_mme_release_is_incomplete(saved_model, tmp_path, capsys, monkeypatch):
+    release = tmp_path / "MME" / "count"
+    release.mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(release / "1.jpg")
+    (release / "1.txt").write_text("Is there a dog? Please answer yes or no.\tYes\nIs there a cat? Please answer yes or no.\tNo\n")
+    args = ("eval", "--model", saved_model(0), "--benchmark", "mme", "--data", tmp_path / "MME", "--out", tmp_path / "ev",
+            "--max-new-tokens", "2")
+    code, out, err = cli(capsys, monkeypatch, *args)
+    assert code == 3 and "INCOMPLETE: missing sub-task(s) existence, position" in out and "count (2 of 60 questions)" in out
+    assert "--allow-incomplete" in err
+    code, _, _ = cli(capsys, monkeypatch, *args, "--allow-incomplete")
+    assert code == 0
+
+
 def test_two_evaluations_into_one_folder_do_not_run_together(saved_model, probe_bench, tmp_path):
     model = MultimodalLM.from_pretrained(saved_model(0))
     bench = load_mmbench(probe_bench / "test.tsv")
@@ -415,7 +429,7 @@ def test_mme_folder_missing_a_subtask_is_incomplete(shared_data, tmp_path, capsy
     assert "ignored 2 file(s) that are not one of MME's 14 sub-task files: OCR_copy.txt, notes.txt" in out
     assert "perception 856.11" in out  # 963.61 less OCR's 107.50: the other sub-tasks as the official tool
     code, out, _ = cli(capsys, monkeypatch, "score", "mme", "--predictions", folder, "--json", "--allow-incomplete")
-    data = json.loads(out[: out.rindex("}") + 1])
+    data = json.loads(out)
     assert code == 0 and data["complete"] is False and data["missing_subtasks"] == ["OCR"]
 
 
@@ -430,7 +444,7 @@ def test_llava_mme_answers_missing_are_left_out_as_the_official_pipeline_does(sh
     assert len(official.missing) == 6 and sum(map(len, official.lines.values())) == 2374 - 6
     code, out, _ = cli(capsys, monkeypatch, "score", "mme", "--predictions", answers, "--ground-truth",
                        shared_data / "mme/ground_truth", "--json")
-    data = json.loads(out[: out.rindex("}") + 1])
+    data = json.loads(out)
     assert code == 3 and data["complete"] is False and data["missing_predictions"] == 6
     assert data["missing_rule"].startswith("official")
     code, out, _ = cli(capsys, monkeypatch, "score", "mme", "--predictions", answers, "--ground-truth",

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, console, setup_logging
+from . import app, console, errors, setup_logging
 
 score_app = typer.Typer(no_args_is_help=True, help="Score predictions made by connectorlab or another toolkit.")
 app.add_typer(score_app, name="score")
@@ -34,6 +34,7 @@ def eval_command(
     strict: bool = typer.Option(False, help="raise on the first malformed row instead of skipping it"),
     image_workers: int = typer.Option(4, min=0, help="threads decoding the next batch's images (0: inline)"),
     overwrite: bool = typer.Option(False, help="discard predictions that --out holds from another run"),
+    allow_incomplete: bool = ALLOW_INCOMPLETE,
 ):
     """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped."""
     from ..evaluation.runner import evaluate, load_benchmark
@@ -56,6 +57,7 @@ def eval_command(
         console.print(f"[yellow]{bench.skips.summary()}[/yellow]")
     show(benchmark, result["scores"])
     console.print(f"results: {out / 'results.json'}")
+    exit_if_incomplete(result["scores"], allow_incomplete)
 
 
 def show(benchmark: str, scores: dict) -> None:
@@ -143,9 +145,13 @@ INCOMPLETE_EXIT = 3
 def finish(benchmark: str, scores: dict, as_json: bool, allow_incomplete: bool) -> None:
     """Print, then exit non-zero for an incomplete score unless the user accepts it."""
     emit(benchmark, scores, as_json)
+    exit_if_incomplete(scores, allow_incomplete)
+
+
+def exit_if_incomplete(scores: dict, allow_incomplete: bool) -> None:
     if not scores.get("complete", True) and not allow_incomplete:
-        console.print(f"[red]exit code {INCOMPLETE_EXIT}: the score is incomplete (--allow-incomplete accepts it)[/red]",
-                      highlight=False)
+        errors.print(f"[red]exit code {INCOMPLETE_EXIT}: the score is incomplete (--allow-incomplete accepts it)[/red]",
+                     highlight=False)
         raise typer.Exit(INCOMPLETE_EXIT)
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..evaluation.base import mc_prompt
 from ..utils.io import atomic_write_json, atomic_write_text
+from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, Range, check_ranges
 from .scene import (
     BIG_COLOURS,
     COLOURS,
@@ -50,6 +51,11 @@ class ProbeParams:
     clutter: int = 2
     n_train: int = 2000
     n_test: int = 200
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"seed": NON_NEGATIVE_INT, "image_size": Range(8, integer=True), "clutter": NON_NEGATIVE_INT,
+                            "object_scale": Range(0, 0.5, low_open=True), "n_train": POSITIVE_INT,
+                            "n_test": POSITIVE_INT}, "probe")
 
 
 @dataclass
