@@ -345,7 +345,8 @@ def test_eval_of_a_partial_mme_release_is_incomplete(saved_model, tmp_path, caps
     release = tmp_path / "MME" / "count"
     release.mkdir(parents=True)
     Image.new("RGB", (32, 32), (200, 10, 10)).save(release / "1.jpg")
-    (release / "1.txt").write_text("Is there a dog? Please answer yes or no.\tYes\nIs there a cat? Please answer yes or no.\tNo\n")
+    (release / "1.txt").write_text("Is there a dog? Please answer yes or no.\tYes\n"
+                                   "Is there a cat? Please answer yes or no.\tNo\n")
     args = ("eval", "--model", saved_model(0), "--benchmark", "mme", "--data", tmp_path / "MME", "--out", tmp_path / "ev",
             "--max-new-tokens", "2")
     code, out, err = cli(capsys, monkeypatch, *args)
