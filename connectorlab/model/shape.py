@@ -1,26 +1,51 @@
 """A model configuration checked without loading weights: the connector built on the meta device from the
-tower's and the LM's config files. Training calls it before any stage runs, so a bad connector option,
-resolution or layer fails in seconds, not after a stage of pre-training."""
+tower's and the LM's widths. Training calls it before any stage runs, so a bad connector option,
+resolution or layer fails in seconds, not after a stage of pre-training; a study plan uses it to size every
+cell of a 7B grid on a laptop, with the widths given in the plan when the checkpoints are not on disk."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig
 
 from ..connectors import Connector, build_connector
+from ..utils.validation import POSITIVE_INT, check_ranges
 from .config import ModelConfig
 
 
-def meta_connector(config: ModelConfig) -> Connector:
-    vision = AutoConfig.from_pretrained(config.vision)
-    vision = getattr(vision, "vision_config", vision)  # a full CLIP/SigLIP checkpoint nests the tower's config
-    size = config.image_size or vision.image_size
-    if size % vision.patch_size:
-        raise ValueError(f"model.image_size = {size}: must be a multiple of the tower's patch size {vision.patch_size}")
-    depth = vision.num_hidden_layers
-    if not -depth <= config.select_layer <= depth:
-        raise ValueError(f"model.select_layer = {config.select_layer}: outside the tower's {depth} layers")
-    llm = AutoConfig.from_pretrained(config.llm)
-    llm_dim = llm.get_text_config().hidden_size
-    grid = (size // vision.patch_size,) * 2
+@dataclass
+class ModelShape:
+    vision_dim: int  # the tower's hidden size (CLIP ViT-L/14: 1024)
+    patch_size: int
+    vision_layers: int
+    native_image_size: int
+    llm_dim: int  # the LM's hidden size (Vicuna-7B: 4096)
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {k: POSITIVE_INT for k in ("vision_dim", "patch_size", "vision_layers", "native_image_size",
+                                                      "llm_dim")}, "shape")
+
+    @classmethod
+    def read(cls, config: ModelConfig) -> ModelShape:
+        """From the checkpoints' config files (a local folder, or the Hugging Face cache)."""
+        vision = AutoConfig.from_pretrained(config.vision)
+        vision = getattr(vision, "vision_config", vision)  # a full CLIP/SigLIP checkpoint nests the tower's config
+        llm = AutoConfig.from_pretrained(config.llm)
+        return cls(vision.hidden_size, vision.patch_size, vision.num_hidden_layers, vision.image_size,
+                   llm.get_text_config().hidden_size)
+
+    def grid(self, config: ModelConfig) -> tuple[int, int]:
+        size = config.image_size or self.native_image_size
+        if size % self.patch_size:
+            raise ValueError(f"model.image_size = {size}: must be a multiple of the tower's patch size {self.patch_size}")
+        if not -self.vision_layers <= config.select_layer <= self.vision_layers:
+            raise ValueError(f"model.select_layer = {config.select_layer}: outside the tower's {self.vision_layers} layers")
+        return (size // self.patch_size,) * 2
+
+
+def meta_connector(config: ModelConfig, shape: ModelShape | None = None) -> Connector:
+    shape = shape or ModelShape.read(config)
+    grid = shape.grid(config)
     with torch.device("meta"):
-        return build_connector(config.connector, vision.hidden_size, llm_dim, grid, **config.connector_options)
+        return build_connector(config.connector, shape.vision_dim, shape.llm_dim, grid, **config.connector_options)

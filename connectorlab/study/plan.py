@@ -1,0 +1,281 @@
+"""The study plan: typed, validated, and expanded into cells without running anything.
+
+A cell is one training configuration (the plan's base model and stages, with the grid's connector,
+resolution, token budget and seed). Its identity is a hash of that resolved configuration, so a changed
+plan entry can never silently reuse an old cell; cells whose stage 1 would be identical (LLaVA's stage 1
+depends on the connector, tower, LLM, resolution, data and seed, not on the fine-tuning settings) share a
+pre-training key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..connectors import CONNECTORS
+from ..model.config import ModelConfig, from_mapping, read_mapping
+from ..model.shape import ModelShape
+from ..training.config import STAGES, TrainConfig
+from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
+
+BENCHMARK_NAMES = ("mmbench", "mme", "seedbench", "probe")
+ENGINES = ("local", "accelerate", "slurm")
+CELL_FIELDS = ("connector", "resolution", "tokens", "seed")
+GRID_MODEL_KEYS = ("connector", "connector_options", "image_size")  # set by the grid, not by `model:`
+PRETRAIN_KEYS = ("model", "seed", "pretrain", "cache_features", "check_images", "bf16", "strict")
+
+
+@dataclass
+class ConnectorEntry:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.name not in CONNECTORS:
+            raise ConfigError(f"unknown connector {self.name!r}; valid: {', '.join(CONNECTORS.names())}")
+        if not isinstance(self.options, dict):
+            raise ConfigError(f"options = {self.options!r}: must be a mapping")
+
+    @property
+    def takes_budget(self) -> bool:
+        """A `num_tokens` option the grid's token axis can set (not when the entry fixes it itself)."""
+        params = inspect.signature(CONNECTORS[self.name].__init__).parameters
+        return "num_tokens" in params and "num_tokens" not in self.options
+
+
+@dataclass
+class Grid:
+    connectors: list[ConnectorEntry]
+    resolutions: list[int | None] = field(default_factory=lambda: [None])  # None: the tower's native size
+    tokens: list[int | None] = field(default_factory=lambda: [None])  # None: the connector's own default
+    seeds: list[int] = field(default_factory=lambda: [0])
+    exclude: list[dict[str, Any]] = field(default_factory=list)  # cells matching every given field are dropped
+    include: list[dict[str, Any]] = field(default_factory=list)  # extra cells: connector, resolution, tokens, seed
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str
+    data: str
+    image_folder: str | None = None
+    blind: bool = False  # also run the no-image baseline
+    task_types: str | None = None
+    task_section: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice(self.name, BENCHMARK_NAMES, "name")
+
+
+@dataclass
+class SlurmSettings:
+    partition: str | None = None
+    gpus_per_node: int = 8
+    nodes: int = 1
+    cpus_per_task: int = 8
+    mem_gb: int | None = None
+    timeout_min: int = 24 * 60
+    array_parallelism: int = 16
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"gpus_per_node": NON_NEGATIVE_INT, "nodes": POSITIVE_INT, "cpus_per_task": POSITIVE_INT,
+                            "mem_gb": Range(1, integer=True, optional=True), "timeout_min": POSITIVE_INT,
+                            "array_parallelism": POSITIVE_INT}, "execution.slurm")
+
+
+@dataclass
+class Execution:
+    engine: str = "local"
+    processes: int = 1  # accelerate: processes per cell
+    accelerate_config: str | None = None
+    slurm: SlurmSettings = field(default_factory=SlurmSettings)
+
+    def __post_init__(self) -> None:
+        check_choice(self.engine, ENGINES, "execution.engine")
+        check_ranges(self, {"processes": POSITIVE_INT}, "execution")
+
+
+@dataclass
+class Cell:
+    connector: str
+    options: dict[str, Any]
+    resolution: int | None
+    tokens: int | None  # the budget the grid set, None where the axis does not apply
+    seed: int
+    config: TrainConfig  # output_dir is the cell's own folder
+    cell_id: str  # hash of the resolved configuration (output_dir aside)
+    pretrain_key: str  # cells with the same key would run an identical stage 1
+
+    @property
+    def label(self) -> str:
+        size = f"{self.resolution}px" if self.resolution else "native"
+        budget = f"-{self.tokens}t" if self.tokens is not None else ""
+        return f"{self.connector}{budget}-{size}-s{self.seed}"
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.label}-{self.cell_id[:8]}"
+
+
+@dataclass
+class StudyPlan:
+    model: dict[str, Any]  # ModelConfig fields but connector, connector_options, image_size
+    grid: Grid
+    pretrain: dict[str, Any] = field(default_factory=dict)  # StageConfig overrides of LLaVA-1.5's defaults
+    finetune: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig's other keys (cache_features, bf16, ...)
+    benchmarks: list[BenchmarkSpec] = field(default_factory=list)
+    execution: Execution = field(default_factory=Execution)
+    shape: ModelShape | None = None  # widths, when the checkpoints' config files are not on this machine
+    reference_connector: str | None = None  # training time is reported relative to it
+    output_dir: str = "runs/study"
+    name: str = "study"
+    source: str = "<python>"
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> StudyPlan:
+        try:
+            return cls.from_dict(read_mapping(path), str(path))
+        except ValueError as err:
+            raise ConfigError(f"{path}: {err}") from None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<python>") -> StudyPlan:
+        data = dict(data)
+        for key in ("model", "grid"):
+            if not isinstance(data.get(key), dict):
+                raise ConfigError(f"{key}: required, a mapping")
+        fixed = sorted(set(data["model"]) & set(GRID_MODEL_KEYS))
+        if fixed:
+            raise ConfigError(f"model.{fixed[0]}: set by the grid (grid.connectors, grid.resolutions, grid.tokens)")
+        data["grid"] = _grid(data["grid"])
+        data["benchmarks"] = [from_mapping(BenchmarkSpec, _mapping(b, f"benchmarks[{i}]"), f"benchmarks[{i}]")
+                              for i, b in enumerate(data.get("benchmarks") or [])]
+        execution = _mapping(data.get("execution") or {}, "execution")
+        if "slurm" in execution:
+            execution["slurm"] = from_mapping(SlurmSettings, _mapping(execution["slurm"], "execution.slurm"),
+                                              "execution.slurm")
+        data["execution"] = from_mapping(Execution, execution, "execution")
+        if data.get("shape") is not None:
+            data["shape"] = from_mapping(ModelShape, _mapping(data["shape"], "shape"), "shape")
+        allowed = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "output_dir", "seed", *STAGES}
+        unknown = sorted(set(data.get("training") or {}) - allowed)
+        if unknown:
+            raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
+        plan = from_mapping(cls, {**data, "source": source}, "plan")
+        if plan.reference_connector and plan.reference_connector not in {c.name for c in plan.grid.connectors}:
+            raise ConfigError(f"reference_connector = {plan.reference_connector!r}: not among grid.connectors")
+        expand(plan)  # every cell's training configuration is validated here, before anything runs
+        return plan
+
+
+def _mapping(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+    return dict(value)
+
+
+def _grid(data: dict) -> Grid:
+    entries = data.get("connectors")
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError("grid.connectors: required, a non-empty list of names or {name, options}")
+    connectors = []
+    for i, entry in enumerate(entries):
+        where = f"grid.connectors[{i}]"
+        entry = {"name": entry} if isinstance(entry, str) else _mapping(entry, where)
+        try:
+            connectors.append(from_mapping(ConnectorEntry, entry, where))
+        except ValueError as err:
+            raise ConfigError(f"{where}: {err}") from None
+    grid = from_mapping(Grid, {**data, "connectors": connectors}, "grid")
+    for axis, rule in (("resolutions", Range(1, integer=True, optional=True)), ("tokens", Range(1, integer=True, optional=True)),
+                       ("seeds", NON_NEGATIVE_INT)):
+        values = getattr(grid, axis)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"grid.{axis} = {values!r}: must be a non-empty list")
+        for j, v in enumerate(values):
+            if not rule.ok(v):
+                raise ConfigError(f"grid.{axis}[{j}] = {v!r}: must be {rule.describe()}")
+    for kind in ("exclude", "include"):
+        for j, rule in enumerate(getattr(grid, kind)):
+            rule = _mapping(rule, f"grid.{kind}[{j}]")
+            unknown = sorted(set(rule) - set(CELL_FIELDS) - ({"options"} if kind == "include" else set()))
+            if unknown:
+                raise ConfigError(f"grid.{kind}[{j}]: unknown field(s) {', '.join(unknown)}; valid: {', '.join(CELL_FIELDS)}")
+            if kind == "include" and "connector" not in rule:
+                raise ConfigError(f"grid.include[{j}]: needs 'connector'")
+    return grid
+
+
+def _hash(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _candidates(grid: Grid) -> list[tuple[ConnectorEntry, int | None, int | None, int]]:
+    """Axes multiplied, less the excluded cells, plus the included ones (an include is never excluded). A connector
+    without a token knob gets one cell per resolution and seed, not one per budget."""
+    seen, out = set(), []
+    for entry, res, tokens, seed in itertools.product(grid.connectors, grid.resolutions, grid.tokens, grid.seeds):
+        tokens = tokens if entry.takes_budget else None
+        key = (entry.name, json.dumps(entry.options, sort_keys=True), res, tokens, seed)
+        values = {"connector": entry.name, "resolution": res, "tokens": tokens, "seed": seed}
+        if key not in seen and not _excluded(values, grid.exclude):
+            seen.add(key)
+            out.append((entry, res, tokens, seed))
+    for rule in grid.include:
+        entry = ConnectorEntry(rule["connector"], dict(rule.get("options") or {}))
+        out.append((entry, rule.get("resolution", grid.resolutions[0]), rule.get("tokens"), rule.get("seed", grid.seeds[0])))
+    return out
+
+
+def _excluded(values: dict[str, Any], rules: list[dict]) -> bool:
+    return any(all(values.get(k) == v for k, v in rule.items()) for rule in rules)
+
+
+def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
+    """Every cell of the plan, in axis order, each with its validated training configuration."""
+    root = Path(out or plan.output_dir) / "cells"
+    cells = []
+    for entry, res, tokens, seed in _candidates(plan.grid):
+        options = {**entry.options, **({"num_tokens": tokens} if tokens is not None else {})}
+        model = {**plan.model, "connector": entry.name, "connector_options": options, "image_size": res}
+        data = {"model": model, "seed": seed, "pretrain": dict(plan.pretrain), "finetune": dict(plan.finetune),
+                **plan.training, "output_dir": "."}
+        try:
+            cfg = TrainConfig.from_dict(data)
+        except ValueError as err:
+            raise ConfigError(f"cell {entry.name} at {res} px, tokens {tokens}, seed {seed}: {err}") from None
+        resolved = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+        cell = Cell(entry.name, options, res, tokens, seed, cfg, _hash(resolved),
+                    _hash({k: resolved[k] for k in PRETRAIN_KEYS}))
+        cfg.output_dir = str(root / cell.folder_name)
+        cells.append(cell)
+    if not cells:
+        raise ConfigError("grid: every cell is excluded")
+    ids = [c.cell_id for c in cells]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("grid: two cells resolve to the same configuration (an include repeats a grid cell?)")
+    return cells
+
+
+def describe_cells(plan: StudyPlan, cells: list[Cell]) -> list[dict[str, Any]]:
+    """Visual tokens, connector parameters and forward FLOPs per image of each cell, measured on the meta device."""
+    from ..connectors.describe import describe
+
+    rows = []
+    for cell in cells:
+        model: ModelConfig = cell.config.model
+        shape = plan.shape or ModelShape.read(model)
+        try:
+            info = describe(cell.connector, shape.vision_dim, shape.llm_dim, shape.grid(model), **cell.options)
+        except ValueError as err:
+            raise ConfigError(f"{plan.source}: cell {cell.label}: {err}") from None
+        rows.append({"cell": cell.label, "cell_id": cell.cell_id[:12], "connector": cell.connector, "family": info["family"],
+                     "resolution": model.image_size or shape.native_image_size, "tokens_axis": cell.tokens,
+                     "seed": cell.seed, "visual_tokens": info["output_tokens"], "parameters": info["parameters"],
+                     "flops": info["flops"], "pretrain_key": cell.pretrain_key[:12], "options": cell.options})
+    return rows

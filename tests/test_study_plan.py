@@ -1,0 +1,110 @@
+"""Study plans: typed and validated, expanded into cells with stable identities, sized on the meta device."""
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from connectorlab.study.plan import StudyPlan, describe_cells, expand
+from connectorlab.utils.validation import ConfigError
+
+from conftest import ROOT
+
+PAPER_PLANS = sorted((ROOT / "configs/studies").glob("paper_7b_*.yaml"))
+
+
+@pytest.mark.parametrize("path", PAPER_PLANS, ids=lambda p: p.name)
+def test_paper_grid_expands_without_weights(path):
+    plan = StudyPlan.from_file(path)
+    assert not (ROOT / plan.model["vision"]).exists()  # nothing on disk: widths come from the plan's shape
+    cells = expand(plan)
+    rows = {r["cell"]: r for r in describe_cells(plan, cells)}
+    assert len(cells) == 24  # linear, mlp at 3 resolutions + 3 compressing x 3 resolutions x 2 budgets
+    assert [rows[f"linear-{s}px-s0"]["visual_tokens"] for s in (224, 336, 448)] == [256, 576, 1024]
+    assert {rows[f"{c}-{q}t-{s}px-s0"]["visual_tokens"] for c in ("avgpool", "qformer", "c_abstractor")
+            for q in (64, 144) for s in (224, 336, 448)} == {64, 144}
+    assert rows["mlp-336px-s0"]["parameters"] == 1024 * 4096 + 4096 + 4096 * 4096 + 4096  # connectors.md: 20.98 M
+    assert all(r["flops"] > 0 for r in rows.values())
+    assert all(c.config.pretrain.global_batch == 256 and c.config.finetune.global_batch == 128 for c in cells)
+    assert plan.execution.processes == 8 and plan.execution.engine in ("accelerate", "slurm")
+
+
+def test_study_plan_cli_prints_the_grid():
+    res = subprocess.run([sys.executable, "-m", "connectorlab", "study", "plan", str(PAPER_PLANS[0]), "--json"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert len(json.loads(res.stdout)) == 24
+    res = subprocess.run([sys.executable, "-m", "connectorlab", "study", "plan", str(PAPER_PLANS[0])], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert "24 cells, 24 distinct stage-1 runs, 3 benchmark(s)" in res.stdout
+    assert "the token axis does not apply to linear, mlp" in res.stdout
+
+
+@pytest.fixture()
+def tiny_plan(tiny_dir):
+    return {
+        "name": "tiny", "output_dir": "runs/tiny-study",
+        "model": {"vision": str(tiny_dir / "clip"), "llm": str(tiny_dir / "llm"), "select_layer": -1},
+        "pretrain": {"data": "p.json", "global_batch": 8, "micro_batch": 4},
+        "finetune": {"data": "f.json", "global_batch": 8, "micro_batch": 4},
+        "training": {"cache_features": True},
+        "grid": {"connectors": ["mlp", {"name": "avgpool"}, {"name": "perceiver", "options": {"layers": 1}}],
+                 "resolutions": [32, 48], "tokens": [4, 9], "seeds": [0, 1]},
+        "benchmarks": [{"name": "probe", "data": "test.tsv", "blind": True}],
+    }
+
+
+def test_axes_multiply_budgets_apply_only_where_they_exist_and_rules_filter(tiny_plan):
+    cells = expand(StudyPlan.from_dict(tiny_plan))
+    assert len(cells) == 2 * 2 * (1 + 2 + 2)  # seeds x resolutions x (mlp once, two budgets each for the others)
+    assert {c.tokens for c in cells if c.connector == "mlp"} == {None}
+    assert {c.config.model.connector_options["num_tokens"] for c in cells if c.connector == "avgpool"} == {4, 9}
+    assert all(c.config.model.connector_options["layers"] == 1 for c in cells if c.connector == "perceiver")
+    plan = copy.deepcopy(tiny_plan)
+    plan["grid"]["exclude"] = [{"connector": "avgpool", "resolution": 48}, {"seed": 1}]
+    plan["grid"]["include"] = [{"connector": "linear", "resolution": 48, "seed": 1}]
+    cells = expand(StudyPlan.from_dict(plan))
+    labels = [c.label for c in cells]
+    assert "avgpool-4t-48px-s0" not in labels and "avgpool-4t-32px-s0" in labels
+    assert not [x for x in labels if x.endswith("s1") and not x.startswith("linear")]
+    assert "linear-48px-s1" in labels and len(cells) == 2 + 2 + 4 + 1  # mlp, avgpool at 32 only, perceiver, include
+
+
+def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
+    base = {c.label: c for c in expand(StudyPlan.from_dict(tiny_plan))}
+    assert base == {c.label: c for c in expand(StudyPlan.from_dict(copy.deepcopy(tiny_plan)))}
+    changed = copy.deepcopy(tiny_plan)
+    changed["finetune"]["lr"] = 1e-4
+    after = {c.label: c for c in expand(StudyPlan.from_dict(changed))}
+    for label, cell in base.items():  # a fine-tuning change makes a new cell that shares the old stage 1
+        assert after[label].cell_id != cell.cell_id and after[label].pretrain_key == cell.pretrain_key
+    changed["pretrain"]["lr"] = 1e-4
+    assert all(c.pretrain_key != base[c.label].pretrain_key for c in expand(StudyPlan.from_dict(changed)))
+    one = base["mlp-32px-s0"]
+    assert one.config.output_dir.endswith(f"cells/mlp-32px-s0-{one.cell_id[:8]}")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda p: p["grid"]["connectors"].append("mlpp"), r"grid.connectors\[3\]: unknown connector 'mlpp'; valid: linear, mlp"),
+    (lambda p: p["grid"].update(resolutions=[32, -1]), r"grid.resolutions\[1\] = -1: must be an integer >= 1"),
+    (lambda p: p["grid"].update(tokens=[5]), r"plan.yaml: cell avgpool-5t-32px-s0: avgpool: num_tokens must be"),
+    (lambda p: p["grid"].update(exclude=[{"size": 32}]), r"grid.exclude\[0\]: unknown field\(s\) size; valid: connector"),
+    (lambda p: p["grid"].update(exclude=[{"seed": 0}, {"seed": 1}]), r"grid: every cell is excluded"),
+    (lambda p: p["model"].update(connector="mlp"), r"model.connector: set by the grid"),
+    (lambda p: p["training"].update(cache=True), r"training: unknown key\(s\) cache; valid: bf16"),
+    (lambda p: p["finetune"].update(micro_batch=3), r"finetune.global_batch = 8 must be a multiple of finetune.micro_batch"),
+    (lambda p: p.update(execution={"engine": "kubernetes"}), r"execution.engine = .kubernetes.: must be one of local"),
+    (lambda p: p.update(benchmarks=[{"name": "mmvet", "data": "x"}]), r"name = 'mmvet': must be one of mmbench, mme, seedbench"),
+    (lambda p: p.update(reference_connector="qformer"), r"reference_connector = 'qformer': not among grid.connectors"),
+], ids=["connector", "resolution", "budget", "exclude-field", "all-excluded", "model-connector", "training-key",
+        "stage-sizes", "engine", "benchmark", "reference"])
+def test_plan_errors_name_the_file_and_key(tiny_plan, tmp_path, edit, message):
+    edit(tiny_plan)
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(tiny_plan))
+    with pytest.raises(ConfigError, match=message) as err:
+        plan = StudyPlan.from_file(path)
+        describe_cells(plan, expand(plan))
+    assert str(path) in str(err.value) or "cell" in str(err.value)
