@@ -79,7 +79,7 @@ def truncated_data(toy):
 @pytest.mark.parametrize("cache", [False, True], ids=["decode-in-loop", "cache-features"])
 def test_truncated_image_is_skipped_and_counted(toy, truncated_data, tmp_path, cache):
     cfg = config(toy, tmp_path / "run", **{"pretrain.data": str(truncated_data), "cache_features": cache})
-    summary = run_stage(cfg, "pretrain")
+    summary = run_stage(cfg, "pretrain").summary
     assert summary["skipped"]["by_reason"] == {"unreadable_image": 1}
     assert "cut (field 'image'" in summary["skipped"]["examples"]["unreadable_image"][0]
     assert json.loads((tmp_path / "run/pretrain/summary.json").read_text())["skipped"]["total"] == 1
@@ -198,7 +198,7 @@ def test_rerun_into_a_used_folder_is_refused_and_resume_checks_the_config(toy, t
     with pytest.raises(RunMismatch, match=r"finetune.lr: 0.0005 -> 0.001"):
         train(config(toy, out), ["finetune"], resume=True)
     first = json.loads((out / "pretrain/summary.json").read_text())
-    redone = train(config(toy, out, **{"pretrain.lr": 5e-4}), ["pretrain"], overwrite=True)["pretrain"]
+    redone = train(config(toy, out, **{"pretrain.lr": 5e-4}), ["pretrain"], overwrite=True)["pretrain"].summary
     assert redone["final_loss"] != first["final_loss"]
     assert not (out / "finetune").exists()  # built on the discarded pre-training, so discarded with it
     assert json.loads((out / "pretrain/config.json").read_text())["pretrain"]["lr"] == 5e-4
@@ -211,7 +211,7 @@ def test_partial_last_log_line_is_trimmed_on_resume(toy, tmp_path):
     (stage / "summary.json").unlink()  # as if killed after the last checkpoint
     with (stage / "log.jsonl").open("a") as f:
         f.write('{"step": 9, "loss": 1.2')
-    summary = run_stage(cfg, "pretrain", resume=True)
+    summary = run_stage(cfg, "pretrain", resume=True).summary
     rows = [json.loads(line) for line in (stage / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == list(range(1, 9)) and summary["resumed_from"]
 
@@ -251,7 +251,7 @@ def test_a_really_full_disk_is_named_and_the_run_resumes_once_there_is_room(toy,
         run_stage(cfg, "pretrain")
     assert not [p for p in (small_disk / "run/pretrain/checkpoints").iterdir() if p.name.startswith(".")]
     subprocess.run(["mount", "-o", "remount,size=16m", str(small_disk)], check=True)
-    summary = run_stage(cfg, "pretrain", resume=True)
+    summary = run_stage(cfg, "pretrain", resume=True).summary
     assert summary["steps"] == 8
 
 

@@ -95,10 +95,11 @@ def train(
     summaries = run(cfg, stages, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # one report per launch, from the main process
         return
-    for name, summary in summaries.items():
+    for name, result in summaries.items():
+        summary = result.summary
         console.print(f"[bold]{name}[/bold]: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, "
                       f"loss {summary['first_loss']} -> {summary['final_loss']}; "
-                      f"summary: {Path(cfg.output_dir) / name / 'summary.json'}")
+                      f"summary: {result.folder / 'summary.json'}; {result.artifact}")
 
 
 def setup_logging() -> None:

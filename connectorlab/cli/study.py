@@ -45,3 +45,59 @@ def study_plan(
     if fixed:
         console.print(f"the token axis does not apply to {', '.join(fixed)} (no num_tokens option): one cell per "
                       "resolution and seed", highlight=False)
+
+
+@study_app.command("run")
+def study_run(
+    plan: Path = typer.Argument(..., exists=True, dir_okay=False, help="study plan YAML"),
+    out: Path = typer.Option(None, help="study folder (default: the plan's output_dir)"),
+    retry_failed: bool = typer.Option(False, help="run the cells that failed before again"),
+    eval_batch: int = typer.Option(16, min=1, help="evaluation batch size (answers do not depend on it)"),
+):
+    """Train and evaluate every cell (local engine), resuming finished work; then write the report."""
+    from ..study.plan import StudyPlan
+    from ..study.report import write_report
+    from ..study.runner import run_study
+    from . import setup_logging
+
+    setup_logging()
+    study = StudyPlan.from_file(plan)
+    if study.execution.engine != "local":
+        raise typer.BadParameter(f"execution.engine = {study.execution.engine!r} is not built yet; only 'local' runs "
+                                 "(set execution.engine: local to run the cells in this process)")
+    result = run_study(study, out, retry_failed=retry_failed, eval_batch=eval_batch)
+    report = write_report(result.folder)
+    console.print(f"report: {report['report']}\nresults: {report['results']}")
+    if result.failed:
+        console.print(f"[red]{len(result.failed)} cell(s) failed: {', '.join(result.failed)} (errors in their "
+                      "cell.json; --retry-failed runs them again)[/red]", highlight=False)
+        raise typer.Exit(1)
+
+
+@study_app.command("status")
+def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, help="study folder")):
+    """A table of cells: status, time spent per stage and in evaluation, the error of a failed cell."""
+    from ..study.runner import study_states
+
+    table = Table(title=f"study {out}")
+    for col in ("cell", "status", "pre-train s", "fine-tune s", "eval s", "error"):
+        table.add_column(col, no_wrap=col != "error")
+    counts: dict[str, int] = {}
+    for entry, state in study_states(out):
+        status = state.status if state else "pending"
+        counts[status] = counts.get(status, 0) + 1
+        fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+        table.add_row(entry["label"], status, fmt(state and state.pretrain_s), fmt(state and state.finetune_s),
+                      fmt(state and state.eval_s), (state.error or "") if state else "")
+    console.print(table)
+    console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())), highlight=False)
+
+
+@study_app.command("report")
+def study_report(out: Path = typer.Argument(..., exists=True, file_okay=False, help="study folder")):
+    """Write results.csv, report.md and task_types.png from the finished cells of a study folder."""
+    from ..study.report import write_report
+
+    report = write_report(out)
+    console.print(f"{report['cells']} finished cells, {report['rows']} rows\nreport: {report['report']}\n"
+                  f"results: {report['results']}")

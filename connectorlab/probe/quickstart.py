@@ -124,7 +124,7 @@ def run_cell(qc: QuickstartConfig, spec: CellSpec, resolution: int, vision: Path
     if cache is None:  # one per resolution, shared by every connector (the tower is frozen and identical)
         probe_model = MultimodalLM.build(cfg.model)
         cache = FeatureCache(probe_model.vision, probe_model.image_transform)
-    summaries = {name: run_stage(cfg, name, resume=True, accelerator=accelerator, feature_cache=cache)
+    summaries = {name: run_stage(cfg, name, resume=True, accelerator=accelerator, feature_cache=cache).summary
                  for name in ("pretrain", "finetune")}
     model = MultimodalLM.from_pretrained(cell / "finetune/model")
     seen = evaluate(model, bench, cell / "eval", qc.eval_batch, qc.max_new_tokens, show_progress=False,

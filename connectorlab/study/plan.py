@@ -25,7 +25,7 @@ from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Rang
 
 BENCHMARK_NAMES = ("mmbench", "mme", "seedbench", "probe")
 ENGINES = ("local", "accelerate", "slurm")
-CELL_FIELDS = ("connector", "resolution", "tokens", "seed")
+CELL_FIELDS = ("connector", "resolution", "tokens", "seed", "variant")
 GRID_MODEL_KEYS = ("connector", "connector_options", "image_size")  # set by the grid, not by `model:`
 PRETRAIN_KEYS = ("model", "seed", "pretrain", "cache_features", "check_images", "bf16", "strict")
 
@@ -54,6 +54,8 @@ class Grid:
     resolutions: list[int | None] = field(default_factory=lambda: [None])  # None: the tower's native size
     tokens: list[int | None] = field(default_factory=lambda: [None])  # None: the connector's own default
     seeds: list[int] = field(default_factory=lambda: [0])
+    # Fine-tuning variants ({name, ...finetune overrides}, e.g. full vs LoRA): cells that differ only here share stage 1.
+    finetune: list[dict[str, Any]] = field(default_factory=lambda: [{}])
     exclude: list[dict[str, Any]] = field(default_factory=list)  # cells matching every given field are dropped
     include: list[dict[str, Any]] = field(default_factory=list)  # extra cells: connector, resolution, tokens, seed
 
@@ -66,9 +68,11 @@ class BenchmarkSpec:
     blind: bool = False  # also run the no-image baseline
     task_types: str | None = None
     task_section: str | None = None
+    max_new_tokens: int = 128
 
     def __post_init__(self) -> None:
         check_choice(self.name, BENCHMARK_NAMES, "name")
+        check_ranges(self, {"max_new_tokens": POSITIVE_INT}, "benchmark")
 
 
 @dataclass
@@ -106,6 +110,7 @@ class Cell:
     resolution: int | None
     tokens: int | None  # the budget the grid set, None where the axis does not apply
     seed: int
+    variant: str | None  # the fine-tuning variant's name
     config: TrainConfig  # output_dir is the cell's own folder
     cell_id: str  # hash of the resolved configuration (output_dir aside)
     pretrain_key: str  # cells with the same key would run an identical stage 1
@@ -114,7 +119,8 @@ class Cell:
     def label(self) -> str:
         size = f"{self.resolution}px" if self.resolution else "native"
         budget = f"-{self.tokens}t" if self.tokens is not None else ""
-        return f"{self.connector}{budget}-{size}-s{self.seed}"
+        variant = f"-{self.variant}" if self.variant else ""
+        return f"{self.connector}{budget}-{size}-s{self.seed}{variant}"
 
     @property
     def folder_name(self) -> str:
@@ -200,6 +206,11 @@ def _grid(data: dict) -> Grid:
         for j, v in enumerate(values):
             if not rule.ok(v):
                 raise ConfigError(f"grid.{axis}[{j}] = {v!r}: must be {rule.describe()}")
+    if not isinstance(grid.finetune, list) or not grid.finetune:
+        raise ConfigError(f"grid.finetune = {grid.finetune!r}: must be a non-empty list of fine-tuning variants")
+    names = [_mapping(v, f"grid.finetune[{j}]").get("name") for j, v in enumerate(grid.finetune)]
+    if len(grid.finetune) > 1 and (None in names or len(set(names)) != len(names)):
+        raise ConfigError("grid.finetune: with several variants, each needs its own 'name'")
     for kind in ("exclude", "include"):
         for j, rule in enumerate(getattr(grid, kind)):
             rule = _mapping(rule, f"grid.{kind}[{j}]")
@@ -215,20 +226,25 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _candidates(grid: Grid) -> list[tuple[ConnectorEntry, int | None, int | None, int]]:
+def _candidates(grid: Grid) -> list[tuple[ConnectorEntry, int | None, int | None, int, dict]]:
     """Axes multiplied, less the excluded cells, plus the included ones (an include is never excluded). A connector
     without a token knob gets one cell per resolution and seed, not one per budget."""
     seen, out = set(), []
-    for entry, res, tokens, seed in itertools.product(grid.connectors, grid.resolutions, grid.tokens, grid.seeds):
+    axes = itertools.product(grid.connectors, grid.resolutions, grid.tokens, grid.seeds, grid.finetune)
+    for entry, res, tokens, seed, variant in axes:
         tokens = tokens if entry.takes_budget else None
-        key = (entry.name, json.dumps(entry.options, sort_keys=True), res, tokens, seed)
-        values = {"connector": entry.name, "resolution": res, "tokens": tokens, "seed": seed}
+        key = (entry.name, json.dumps(entry.options, sort_keys=True), res, tokens, seed, variant.get("name"))
+        values = {"connector": entry.name, "resolution": res, "tokens": tokens, "seed": seed, "variant": variant.get("name")}
         if key not in seen and not _excluded(values, grid.exclude):
             seen.add(key)
-            out.append((entry, res, tokens, seed))
-    for rule in grid.include:
+            out.append((entry, res, tokens, seed, variant))
+    variants = {v.get("name"): v for v in grid.finetune}
+    for j, rule in enumerate(grid.include):
         entry = ConnectorEntry(rule["connector"], dict(rule.get("options") or {}))
-        out.append((entry, rule.get("resolution", grid.resolutions[0]), rule.get("tokens"), rule.get("seed", grid.seeds[0])))
+        if rule.get("variant") not in variants:
+            raise ConfigError(f"grid.include[{j}].variant = {rule.get('variant')!r}: not a grid.finetune name")
+        out.append((entry, rule.get("resolution", grid.resolutions[0]), rule.get("tokens"), rule.get("seed", grid.seeds[0]),
+                    variants[rule.get("variant")]))
     return out
 
 
@@ -240,17 +256,19 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
     """Every cell of the plan, in axis order, each with its validated training configuration."""
     root = Path(out or plan.output_dir) / "cells"
     cells = []
-    for entry, res, tokens, seed in _candidates(plan.grid):
+    for entry, res, tokens, seed, variant in _candidates(plan.grid):
         options = {**entry.options, **({"num_tokens": tokens} if tokens is not None else {})}
         model = {**plan.model, "connector": entry.name, "connector_options": options, "image_size": res}
-        data = {"model": model, "seed": seed, "pretrain": dict(plan.pretrain), "finetune": dict(plan.finetune),
+        finetune = {**plan.finetune, **{k: v for k, v in variant.items() if k != "name"}}
+        data = {"model": model, "seed": seed, "pretrain": dict(plan.pretrain), "finetune": finetune,
                 **plan.training, "output_dir": "."}
         try:
             cfg = TrainConfig.from_dict(data)
         except ValueError as err:
-            raise ConfigError(f"cell {entry.name} at {res} px, tokens {tokens}, seed {seed}: {err}") from None
+            raise ConfigError(f"cell {entry.name} at {res} px, tokens {tokens}, seed {seed}, fine-tuning "
+                              f"{variant.get('name') or 'default'}: {err}") from None
         resolved = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
-        cell = Cell(entry.name, options, res, tokens, seed, cfg, _hash(resolved),
+        cell = Cell(entry.name, options, res, tokens, seed, variant.get("name"), cfg, _hash(resolved),
                     _hash({k: resolved[k] for k in PRETRAIN_KEYS}))
         cfg.output_dir = str(root / cell.folder_name)
         cells.append(cell)
@@ -276,6 +294,7 @@ def describe_cells(plan: StudyPlan, cells: list[Cell]) -> list[dict[str, Any]]:
             raise ConfigError(f"{plan.source}: cell {cell.label}: {err}") from None
         rows.append({"cell": cell.label, "cell_id": cell.cell_id[:12], "connector": cell.connector, "family": info["family"],
                      "resolution": model.image_size or shape.native_image_size, "tokens_axis": cell.tokens,
-                     "seed": cell.seed, "visual_tokens": info["output_tokens"], "parameters": info["parameters"],
-                     "flops": info["flops"], "pretrain_key": cell.pretrain_key[:12], "options": cell.options})
+                     "seed": cell.seed, "variant": cell.variant, "visual_tokens": info["output_tokens"],
+                     "parameters": info["parameters"], "flops": info["flops"], "pretrain_key": cell.pretrain_key[:12],
+                     "options": cell.options})
     return rows

@@ -74,6 +74,25 @@ def build_stage_model(cfg: TrainConfig, stage: str, sc: StageConfig) -> Multimod
 
 
 @dataclass
+class StageResult:
+    """What a finished stage hands on: its folder, its summary and what it made (the pre-trained connector, or the
+    final model folder), so that callers read results without knowing the folder layout."""
+
+    stage: str
+    folder: Path
+    summary: dict
+    artifact: Path
+
+    @property
+    def wall_clock_s(self) -> float:
+        return self.summary["wall_clock_s"]
+
+
+def stage_artifact(folder: Path, stage: str) -> Path:
+    return folder / ("connector.safetensors" if stage == "pretrain" else "model")
+
+
+@dataclass
 class StageData:
     """A stage's records, validated and tokenized before any stage trains."""
 
@@ -153,7 +172,8 @@ class FeatureCache:
 
 
 def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: Accelerator | None = None,
-              feature_cache: FeatureCache | None = None, data: StageData | None = None, overwrite: bool = False) -> dict:
+              feature_cache: FeatureCache | None = None, data: StageData | None = None,
+              overwrite: bool = False) -> StageResult:
     accelerator = accelerator or make_accelerator()
     sc = cfg.stage(stage)
     out = stage_dir(cfg, stage)
@@ -163,7 +183,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     accelerator.wait_for_everyone()
     if resume and summary_path.exists():
         log.info("%s already finished (%s); skipping", stage, summary_path)
-        return json.loads(summary_path.read_text())
+        return StageResult(stage, out, json.loads(summary_path.read_text()), stage_artifact(out, stage))
     if main:
         record_stage_config(cfg, stage)
     data = data or load_stage_data(cfg, stage, accelerator)
@@ -287,15 +307,16 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
         "first_loss": steplog.losses[0] if steplog and steplog.losses else None,
         "resumed_from": resumed_from, "feature_cache": cache is not None, "feature_cache_s": cache_s, "bf16": cfg.bf16,
     }
+    artifact = stage_artifact(out, stage)
     if main:
         if stage == "pretrain":
-            inner.save_connector(out / "connector.safetensors")
+            inner.save_connector(artifact)
         else:
-            inner.save_pretrained(out / "model", source_config=cfg.model)
+            inner.save_pretrained(artifact, source_config=cfg.model)
         atomic_write_json(summary_path, summary)
         log.info("%s done in %.1fs: %s", stage, wall, summary_path)
     accelerator.wait_for_everyone()
-    return summary
+    return StageResult(stage, out, summary, artifact)
 
 
 @contextlib.contextmanager
@@ -319,7 +340,7 @@ def run_lock(out: Path, accelerator: Accelerator):
 
 
 def train(cfg: TrainConfig, stages: list[str], resume: bool = False, accelerator: Accelerator | None = None,
-          feature_cache: FeatureCache | None = None, overwrite: bool = False) -> dict[str, dict]:
+          feature_cache: FeatureCache | None = None, overwrite: bool = False) -> dict[str, StageResult]:
     """Every stage's folder, model config and data are checked before the first stage trains."""
     accelerator = accelerator or make_accelerator()
     with run_lock(Path(cfg.output_dir), accelerator):

@@ -134,6 +134,8 @@ def score_mmbench(rows: list[dict], mapping: dict | None = None) -> dict:
         "category_counts": {k: sum(1 for g in groups if main[g].get("category") == k) for k in by("category")},
         "extraction_failures": failures, "missing_predictions": missing,
         "missing_rule": "scored as wrong (a circular group with a missing row fails)", "complete": missing == 0,
+        # one scoring unit per circular group, for paired comparisons of two runs on the same questions
+        "units": [[str(g), main[g].get("category", ""), ok] for g, ok in sorted(circ.items())],
     }
     if mapping and result["categories"]:
         units = [(main[g]["category"], ok) for g, ok in circ.items() if main[g].get("category")]

@@ -42,14 +42,14 @@ def question_key(question: str) -> str:
 
 
 def score_lines(by_subtask: dict[str, list[Line]], mapping: dict | None = None) -> dict:
-    subtasks, units, other = {}, [], {}
+    subtasks, units, other, keyed = {}, [], {}, []
     for name, lines in by_subtask.items():
         if len(lines) % 2:
             raise DataError(f"MME {name}: {len(lines)} lines; the two questions of each image must be consecutive")
         correct = plus = others = 0
         for i in range(0, len(lines), 2):
             both = 0
-            for image, _question, gt, pred in lines[i:i + 2]:
+            for image, question, gt, pred in lines[i:i + 2]:
                 gt = gt.strip().lower()
                 if gt not in ("yes", "no"):
                     raise DataError(f"MME {name}: image {image}: ground truth {gt!r} is not yes/no")
@@ -59,6 +59,7 @@ def score_lines(by_subtask: dict[str, list[Line]], mapping: dict | None = None) 
                 both += ok
                 correct += ok
                 units.append((name, ok))
+                keyed.append([f"{name}/{image}/{question_key(question)}", name, ok])
             plus += both == 2
         acc, acc_plus = correct / len(lines), plus / (len(lines) // 2)
         subtasks[name] = {"acc": 100 * acc, "acc_plus": 100 * acc_plus, "score": 100 * acc + 100 * acc_plus,
@@ -70,6 +71,7 @@ def score_lines(by_subtask: dict[str, list[Line]], mapping: dict | None = None) 
         "subtasks": {s: round(v["score"], 2) for s, v in subtasks.items()},
         "subtask_details": subtasks,
         "extraction_failures": sum(other.values()),
+        "units": keyed,  # one per question, for paired comparisons
         "missing_subtasks": [s for s in OFFICIAL if s not in subtasks],
         "short_subtasks": {s: f"{v['questions']} of {RELEASE_QUESTIONS[s]} questions" for s, v in subtasks.items()
                            if v["questions"] < RELEASE_QUESTIONS.get(s, 0)},

@@ -33,7 +33,7 @@ def read_questions(path: str | Path) -> tuple[list[dict], dict[int, str]]:
 def score_seed(rows: list[dict], names: dict[int, str] | None = None, mapping: dict | None = None) -> dict:
     """rows: question_id, dimension (question_type_id), answer, options, prediction (None = missing)."""
     per_dim = defaultdict(list)
-    units, failures, missing, first_char = [], 0, 0, 0
+    units, failures, missing, first_char, keyed = [], 0, 0, 0, []
     for r in rows:
         pred = r.get("prediction")
         choice = None if pred is None else extract_choice(str(pred), r["options"])
@@ -43,6 +43,7 @@ def score_seed(rows: list[dict], names: dict[int, str] | None = None, mapping: d
         first_char += pred is not None and str(pred).strip()[:1] == r["answer"]
         per_dim[int(r["dimension"])].append(ok)
         units.append((str(int(r["dimension"])), ok))
+        keyed.append([str(r["question_id"]), str(int(r["dimension"])), ok])
     image = [ok for d, oks in per_dim.items() if d in IMAGE_DIMENSIONS for ok in oks]
     dims = {str(d): sum(v) / len(v) for d, v in sorted(per_dim.items())}
     result = {
@@ -51,7 +52,7 @@ def score_seed(rows: list[dict], names: dict[int, str] | None = None, mapping: d
         "dimension_names": {str(d): (names or {}).get(d, "") for d in per_dim},
         "dimension_counts": {str(d): len(v) for d, v in sorted(per_dim.items())},
         "questions": len(rows), "extraction_failures": failures, "missing_predictions": missing,
-        "missing_rule": "scored as wrong", "complete": missing == 0,
+        "missing_rule": "scored as wrong", "complete": missing == 0, "units": keyed,
         "image_first_char": first_char / len(rows) if rows else None,  # lmms-eval's rule, for comparison
     }
     if mapping:

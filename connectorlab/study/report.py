@@ -1,0 +1,166 @@
+"""`study report`: results.csv, report.md and a figure from a study folder, every sentence computed from the numbers.
+
+Rows: one per cell x benchmark x task type and per cell x benchmark x sub-task (n, accuracy, Wilson 95% interval)
+with the cell's size and cost. Comparisons: each cell against the plan's reference connector at the same
+resolution and seed, per benchmark and task type, by exact McNemar on the questions both answered, Holm-corrected
+over every comparison of the report (a cell is compared with the reference at its own resolution, seed and
+fine-tuning variant).
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import pandas as pd
+
+from ..evaluation.paired import holm, mcnemar_exact
+from ..evaluation.stats import wilson
+from ..evaluation.task_types import TYPES
+from ..utils.io import atomic_write_text
+from .runner import study_states
+
+ALPHA = 0.05
+COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "seed", "benchmark", "level", "name", "n", "accuracy",
+           "ci_low", "ci_high", "visual_tokens", "connector_parameters", "connector_flops", "pretrain_s", "finetune_s",
+           "pretrain_peak_mb", "finetune_peak_mb"]
+
+
+def load_cells(out: Path) -> list[dict]:
+    """Finished cells with their scores per evaluation (benchmark or benchmark_blind)."""
+    cells = []
+    for entry, state in study_states(out):
+        if state is None or state.status != "done":
+            continue
+        scores = {name: json.loads(Path(path).read_text())["scores"] for name, path in state.evaluations.items()}
+        cells.append({"entry": entry, "state": state, "scores": scores})
+    return cells
+
+
+def _rows(cell: dict) -> list[dict]:
+    entry, state, size = cell["entry"], cell["state"], cell["entry"]["size"]
+    base = {"cell": entry["label"], "connector": size["connector"], "family": size["family"],
+            "resolution": size["resolution"], "tokens": size["tokens_axis"], "seed": size["seed"],
+            "visual_tokens": size["visual_tokens"], "connector_parameters": size["parameters"],
+            "connector_flops": size["flops"], "pretrain_s": state.pretrain_s, "finetune_s": state.finetune_s,
+            "pretrain_peak_mb": state.pretrain_peak_mb, "finetune_peak_mb": state.finetune_peak_mb}
+    rows = []
+    for bench, scores in cell["scores"].items():
+        for ttype in TYPES:
+            t = (scores.get("task_types") or {}).get(ttype)
+            if t and t["n"]:
+                rows.append({**base, "benchmark": bench, "level": "task_type", "name": ttype, "n": t["n"],
+                             "accuracy": t["accuracy"], "ci_low": t["ci_low"], "ci_high": t["ci_high"]})
+        by_sub = defaultdict(list)
+        for _, sub, ok in scores.get("units", []):
+            by_sub[sub].append(ok)
+        for sub, oks in sorted(by_sub.items()):
+            lo, hi = wilson(sum(oks), len(oks))
+            rows.append({**base, "benchmark": bench, "level": "subtask", "name": sub, "n": len(oks),
+                         "accuracy": sum(oks) / len(oks), "ci_low": lo, "ci_high": hi})
+    return rows
+
+
+def _correct_by_unit(scores: dict, subtasks: set[str]) -> dict[str, bool]:
+    return {key: bool(ok) for key, sub, ok in scores.get("units", []) if sub in subtasks}
+
+
+def comparisons(cells: list[dict], reference: str | None) -> list[dict]:
+    """Each cell against the reference connector's cell at the same resolution, seed and fine-tuning variant."""
+    if not reference:
+        return []
+    where = lambda size: (size["resolution"], size["seed"], size.get("variant"))  # noqa: E731
+    refs = {where(c["entry"]["size"]): c for c in cells if c["entry"]["size"]["connector"] == reference}
+    found = []
+    for cell in cells:
+        size = cell["entry"]["size"]
+        ref = refs.get(where(size))
+        if ref is None or ref is cell:
+            continue
+        for bench, scores in cell["scores"].items():
+            if bench.endswith("_blind") or bench not in ref["scores"]:
+                continue
+            for ttype in TYPES:
+                subs = set((scores.get("task_types") or {}).get(ttype, {}).get("subtasks") or [])
+                a, b = _correct_by_unit(scores, subs), _correct_by_unit(ref["scores"][bench], subs)
+                if not a.keys() & b.keys():
+                    continue
+                test = mcnemar_exact(a, b)
+                found.append({"cell": cell["entry"]["label"], "reference": ref["entry"]["label"], "benchmark": bench,
+                              "task_type": ttype, "n": test.n, "difference": test.difference,
+                              "cell_only": test.a_only, "reference_only": test.b_only, "p_value": test.p_value})
+    for row, p in zip(found, holm([r["p_value"] for r in found]), strict=True):
+        row["p_holm"] = p
+        row["significant"] = p < ALPHA
+    return found
+
+
+def sentence(c: dict) -> str:
+    points = 100 * c["difference"]
+    if not c["significant"]:
+        verdict = f"within noise ({points:+.1f} points, Holm-adjusted p = {c['p_holm']:.3g})"
+    else:
+        verdict = f"{'better' if points > 0 else 'worse'} by {abs(points):.1f} points (Holm-adjusted p = {c['p_holm']:.3g})"
+    return (f"{c['cell']} vs {c['reference']} on {c['benchmark']} {c['task_type']}: {verdict}, "
+            f"{c['n']} paired questions ({c['cell_only']} right only for the cell, {c['reference_only']} only for the reference)")
+
+
+def write_report(out: str | Path) -> dict:
+    out = Path(out)
+    cells = load_cells(out)
+    meta = json.loads((out / "study.json").read_text())
+    df = pd.DataFrame([r for c in cells for r in _rows(c)], columns=COLUMNS)
+    atomic_write_text(out / "results.csv", df.to_csv(index=False))
+    comps = comparisons(cells, meta.get("reference_connector"))
+    lines = [f"# Study report: {meta['name']}", "", f"{len(cells)} finished cells of {len(meta['cells'])}.", ""]
+    tt = df[df.level == "task_type"]
+    for bench, part in tt.groupby("benchmark", sort=True):
+        header = "| cell | Q | " + " | ".join(TYPES) + " | pre-train s | fine-tune s |"
+        lines += [f"## {bench}: accuracy by task type (%, Wilson 95% interval)", "", header,
+                  "|---|---:|" + "---:|" * (len(TYPES) + 2)]
+        for cell, rows in part.groupby("cell", sort=False):
+            by = {r.name: r for r in rows.itertuples()}
+            first = rows.iloc[0]
+            cols = [f"{100 * by[t].accuracy:.1f} [{100 * by[t].ci_low:.1f}, {100 * by[t].ci_high:.1f}]" if t in by else "-"
+                    for t in TYPES]
+            lines.append(f"| {cell} | {first.visual_tokens} | " + " | ".join(cols)
+                         + f" | {first.pretrain_s:.1f} | {first.finetune_s:.1f} |")
+        lines.append("")
+    if comps:
+        lines += [f"## Paired comparisons against `{meta['reference_connector']}` (exact McNemar, Holm over "
+                  f"{len(comps)} comparisons, alpha {ALPHA})", ""]
+        lines += [f"- {sentence(c)}" for c in comps]
+        lines.append("")
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    figure(df, out)
+    return {"cells": len(cells), "rows": len(df), "comparisons": comps, "report": str(out / "report.md"),
+            "results": str(out / "results.csv")}
+
+
+def figure(df: pd.DataFrame, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tt = df[(df.level == "task_type") & ~df.benchmark.str.endswith("_blind")]
+    if tt.empty:
+        return
+    benches = sorted(tt.benchmark.unique())
+    fig, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4), squeeze=False)
+    for ax, bench in zip(axes[0], benches, strict=True):
+        part = tt[tt.benchmark == bench]
+        cells = list(dict.fromkeys(part.cell))
+        width = 0.8 / max(1, len(cells))
+        for i, cell in enumerate(cells):
+            rows = part[part.cell == cell].set_index("name").reindex(list(TYPES))
+            xs = [j + i * width for j in range(len(TYPES))]
+            err = [(rows.accuracy - rows.ci_low).clip(lower=0), (rows.ci_high - rows.accuracy).clip(lower=0)]
+            ax.bar(xs, rows.accuracy, width, yerr=err, label=cell, capsize=2)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(TYPES))], list(TYPES))
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{bench}: accuracy by task type (95% CI)")
+    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "task_types.png", dpi=110)
+    plt.close(fig)

@@ -1,0 +1,175 @@
+"""`study run` on the local engine: every cell trained (both stages) and evaluated with the library's own `run_stage`
+and `evaluate`, resumably, one failing cell never stopping the others.
+
+Layout under the study folder: `study.json` (each cell's identity and resolved configuration), `pretrain/<key>/`
+(stage-1 runs, one per distinct pre-training configuration, shared by the cells that have it), and
+`cells/<label>-<id>/` with the fine-tuning run, `eval/<benchmark>[_blind]/` and `cell.json` (status, times, errors).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..evaluation.benchmarks.mmbench import load_mmbench
+from ..evaluation.runner import evaluate, load_benchmark
+from ..model.mllm import MultimodalLM
+from ..training.run_folder import differences
+from ..training.trainer import make_accelerator, run_stage
+from ..utils.io import atomic_write_json, exclusive
+from ..utils.progress import progress_bar
+from .plan import Cell, StudyPlan, describe_cells, expand
+
+log = logging.getLogger("connectorlab.study")
+CELL_STATE = "cell.json"
+
+
+@dataclass
+class CellState:
+    label: str
+    cell_id: str
+    status: str = "pending"  # pending | running | done | failed
+    pretrain_s: float | None = None
+    finetune_s: float | None = None
+    eval_s: float | None = None
+    pretrain_peak_mb: float | None = None
+    finetune_peak_mb: float | None = None
+    pretrain_folder: str | None = None
+    model: str | None = None
+    evaluations: dict[str, str] = field(default_factory=dict)  # benchmark[/blind] -> results.json
+    error: str | None = None
+    traceback: str | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> CellState | None:
+        path = folder / CELL_STATE
+        return cls(**json.loads(path.read_text())) if path.exists() else None
+
+    def write(self, folder: Path) -> None:
+        atomic_write_json(folder / CELL_STATE, dataclasses.asdict(self))
+
+
+@dataclass
+class StudyRun:
+    folder: Path
+    cells: list[Cell]
+    states: dict[str, CellState]
+
+    @property
+    def failed(self) -> list[str]:
+        return [label for label, s in self.states.items() if s.status == "failed"]
+
+
+def cell_folder(cell: Cell) -> Path:
+    return Path(cell.config.output_dir)
+
+
+def check_unchanged(out: Path, cells: list[Cell]) -> None:
+    """A cell label whose resolved configuration changed since the folder was made is refused, with the keys."""
+    path = out / "study.json"
+    if not path.exists():
+        return
+    before = json.loads(path.read_text())["cells"]
+    changed = []
+    for cell in cells:
+        old = before.get(cell.label)
+        if old and old["cell_id"] != cell.cell_id:
+            diff = differences(old["config"], cell.config.to_dict())
+            changed.append(f"{cell.label} ({'; '.join(diff) or 'configuration'})")
+    if changed:
+        raise ValueError(f"{out} holds cells that the plan now defines otherwise: {', '.join(changed)}; use another "
+                         "--out, or remove those cells' folders and their entries from study.json")
+
+
+def load_benchmarks(plan: StudyPlan) -> dict[str, object]:
+    loaded = {}
+    for spec in plan.benchmarks:
+        if spec.name == "probe":
+            loaded[spec.name] = load_mmbench(spec.data, mapping_section=spec.task_section or "probe",
+                                             mapping_file=spec.task_types)
+        else:
+            loaded[spec.name] = load_benchmark(spec.name, spec.data, spec.image_folder, False, spec.task_types,
+                                               spec.task_section)
+    return loaded
+
+
+def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator) -> Path:
+    """Stage 1 in the shared folder of its pre-training key, then stage 2 in the cell's own folder."""
+    pre_cfg = dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
+    pre = run_stage(pre_cfg, "pretrain", resume=True, accelerator=accelerator)
+    state.pretrain_s, state.pretrain_folder, state.pretrain_peak_mb = pre.wall_clock_s, str(pre.folder), \
+        pre.summary["peak_memory_mb"]
+    finetune = dataclasses.replace(cell.config.finetune, init_connector=str(pre.artifact))
+    ft = run_stage(dataclasses.replace(cell.config, finetune=finetune), "finetune", resume=True, accelerator=accelerator)
+    state.finetune_s, state.finetune_peak_mb = ft.wall_clock_s, ft.summary["peak_memory_mb"]
+    return ft.artifact
+
+
+def evaluate_cell(plan: StudyPlan, model_path: Path, folder: Path, benchmarks: dict, state: CellState,
+                  batch_size: int) -> None:
+    model = MultimodalLM.from_pretrained(model_path)
+    t0 = time.perf_counter()
+    for spec in plan.benchmarks:
+        for blind in (False, True) if spec.blind else (False,):
+            name = spec.name + ("_blind" if blind else "")
+            target = folder / "eval" / name
+            evaluate(model, benchmarks[spec.name], target, batch_size, spec.max_new_tokens, blind, show_progress=False)
+            state.evaluations[name] = str(target / "results.json")
+    state.eval_s = time.perf_counter() - t0
+
+
+def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool = False, show_progress: bool = True,
+              eval_batch: int = 16) -> StudyRun:
+    out = Path(out or plan.output_dir)
+    cells = expand(plan, out)
+    with exclusive(out, "study run"):
+        check_unchanged(out, cells)
+        sizes = describe_cells(plan, cells)
+        atomic_write_json(out / "study.json", {
+            "plan": plan.source, "name": plan.name, "reference_connector": plan.reference_connector,
+            "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
+                                "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
+        benchmarks = load_benchmarks(plan)
+        accelerator = make_accelerator()
+        states = {}
+        with progress_bar(show_progress) as bar:
+            task = bar.add_task("study cells", total=len(cells))
+            for cell in cells:
+                bar.update(task, info=cell.label)
+                states[cell.label] = run_cell(plan, cell, out, benchmarks, accelerator, retry_failed, eval_batch)
+                bar.advance(task)
+    return StudyRun(out, cells, states)
+
+
+def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerator, retry_failed: bool,
+             eval_batch: int) -> CellState:
+    folder = cell_folder(cell)
+    state = CellState.read(folder) or CellState(cell.label, cell.cell_id)
+    if state.status == "done" or (state.status == "failed" and not retry_failed):
+        return state
+    state.status, state.error, state.traceback = "running", None, None
+    state.write(folder)
+    try:
+        model = train_cell(plan, cell, out, state, accelerator)
+        state.model = str(model)
+        evaluate_cell(plan, model, folder, benchmarks, state, eval_batch)
+        state.status = "done"
+    except Exception as err:  # one failing cell must not stop the others; its error and traceback are kept
+        state.status, state.error, state.traceback = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
+        log.error("cell %s failed: %s", cell.label, state.error)
+    state.write(folder)
+    return state
+
+
+def study_states(out: str | Path) -> list[tuple[dict, CellState | None]]:
+    """(entry of study.json, state) per cell, for `study status` and the report."""
+    out = Path(out)
+    path = out / "study.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{out}: no study.json (not a study folder; `study run` makes one)")
+    entries = json.loads(path.read_text())["cells"]
+    return [({"label": label, **entry}, CellState.read(Path(entry["folder"]))) for label, entry in entries.items()]

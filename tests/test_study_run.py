@@ -1,0 +1,134 @@
+"""`study run` on the local engine, its status and report, and the paired statistics behind the report."""
+import random
+
+import pandas as pd
+import pytest
+
+from connectorlab.evaluation.paired import holm, mcnemar_exact
+from connectorlab.study.plan import StudyPlan
+from connectorlab.study.report import write_report
+from connectorlab.study.runner import run_study, study_states
+
+
+@pytest.fixture(scope="module")
+def study(toy, tmp_path_factory):
+    """A 2 x 2 grid (mlp, avgpool x 32, 48 px) plus two fine-tuning variants of mlp at 32 px, one of them broken."""
+    out = tmp_path_factory.mktemp("study")
+    probe = toy / "probe"
+    plan = StudyPlan.from_dict({
+        "name": "tiny", "output_dir": str(out),
+        "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "select_layer": -1,
+                  "template": "plain_v1", "max_length": 512},
+        "pretrain": {"data": str(probe / "pretrain.json"), "global_batch": 8, "micro_batch": 4, "lr": 1e-3},
+        "finetune": {"data": str(probe / "finetune.json"), "global_batch": 8, "micro_batch": 4, "lr": 1e-3,
+                     "max_steps": 3},
+        "training": {"checkpoint_every": 2},
+        "grid": {"connectors": ["mlp", "avgpool"], "resolutions": [32, 48], "tokens": [4],
+                 "finetune": [{"name": "a"}, {"name": "b", "lr": 5e-4}, {"name": "broken", "data": str(out / "none.json")}],
+                 "exclude": [{"variant": "b"}, {"variant": "broken"}],
+                 "include": [{"connector": "mlp", "resolution": 32, "variant": "b"},
+                             {"connector": "mlp", "resolution": 32, "variant": "broken"}]},
+        "benchmarks": [{"name": "probe", "data": str(probe / "test.tsv"), "blind": True, "max_new_tokens": 4}],
+        "reference_connector": "mlp",
+    })
+    result = run_study(plan, show_progress=False)
+    return plan, out, result
+
+
+def test_every_cell_runs_and_a_failing_one_stops_no_other(study):
+    _, out, result = study
+    states = result.states
+    assert len(states) == 6 and result.failed == ["mlp-32px-s0-broken"]
+    assert "none.json" in states["mlp-32px-s0-broken"].error and "Traceback" in states["mlp-32px-s0-broken"].traceback
+    assert all(s.status == "done" for label, s in states.items() if label != "mlp-32px-s0-broken")
+    assert set(states["avgpool-4t-48px-s0-a"].evaluations) == {"probe", "probe_blind"}
+
+
+def test_cells_with_the_same_pretraining_share_one_stage_1_run(study):
+    _, out, result = study
+    runs = sorted(p.parent.parent.name for p in (out / "pretrain").glob("*/pretrain/summary.json"))
+    assert len(runs) == 4  # 2 connectors x 2 resolutions; variants a, b and broken of mlp at 32 px share one
+    folders = {result.states[x].pretrain_folder for x in ("mlp-32px-s0-a", "mlp-32px-s0-b", "mlp-32px-s0-broken")}
+    assert len(folders) == 1
+
+
+def test_a_rerun_skips_finished_cells_and_retries_failed_ones_on_request(study):
+    plan, out, result = study
+    model = out / "cells" / next(p.name for p in (out / "cells").iterdir() if p.name.startswith("mlp-48px-s0-a"))
+    stamp = (model / "finetune/summary.json").stat().st_mtime_ns
+    again = run_study(plan, show_progress=False)
+    assert again.failed == ["mlp-32px-s0-broken"] and again.states["mlp-32px-s0-broken"].error == \
+        result.states["mlp-32px-s0-broken"].error
+    assert (model / "finetune/summary.json").stat().st_mtime_ns == stamp
+    retried = run_study(plan, show_progress=False, retry_failed=True)
+    assert retried.failed == ["mlp-32px-s0-broken"]  # ran again, and failed again: its data is still missing
+    assert [s.status if s else "pending" for _, s in study_states(out)].count("done") == 5
+
+
+def test_a_changed_plan_entry_is_refused_by_name(study):
+    plan, out, _ = study
+    changed = StudyPlan.from_dict({**{k: v for k, v in plan.__dict__.items() if k not in ("grid", "source",
+                                   "benchmarks", "execution", "shape")},
+                                   "grid": {**plan.grid.__dict__, "connectors": [{"name": "mlp"}, {"name": "avgpool"}],
+                                            "finetune": plan.grid.finetune,
+                                            "seeds": [0]},
+                                   "benchmarks": [b.__dict__ for b in plan.benchmarks],
+                                   "finetune": {**plan.finetune, "max_steps": 2}})
+    with pytest.raises(ValueError, match=r"mlp-32px-s0-a \(finetune.max_steps: 3 -> 2\)"):
+        run_study(changed, show_progress=False)
+
+
+def test_report_tables_results_and_paired_comparisons(study):
+    _, out, _ = study
+    report = write_report(out)
+    df = pd.read_csv(out / "results.csv")
+    assert set(df.cell) == {"mlp-32px-s0-a", "mlp-48px-s0-a", "avgpool-4t-32px-s0-a", "avgpool-4t-48px-s0-a",
+                            "mlp-32px-s0-b"}
+    tt = df[(df.level == "task_type") & (df.benchmark == "probe")]
+    assert len(tt) == 5 * 3 and (tt.ci_low <= tt.accuracy).all() and (tt.accuracy <= tt.ci_high).all()
+    assert set(df[df.cell == "avgpool-4t-32px-s0-a"].visual_tokens) == {4}
+    assert set(df[df.cell == "mlp-48px-s0-a"].visual_tokens) == {36}
+    assert (df.pretrain_s > 0).all() and (df.level == "subtask").any()
+    comps = report["comparisons"]
+    assert {(c["cell"], c["reference"]) for c in comps} == {("avgpool-4t-32px-s0-a", "mlp-32px-s0-a"),
+                                                            ("avgpool-4t-48px-s0-a", "mlp-48px-s0-a")}
+    assert {c["task_type"] for c in comps} == {"coarse", "fine", "reasoning"} and all(0 <= c["p_holm"] <= 1 for c in comps)
+    text = (out / "report.md").read_text()
+    assert "Holm over" in text and all(c["cell"] in text for c in comps)
+    assert (out / "task_types.png").stat().st_size > 1000
+
+
+def test_status_lists_every_cell(study, capsys, monkeypatch):
+    from test_bad_inputs import cli
+
+    _, out, _ = study
+    code, stdout, _ = cli(capsys, monkeypatch, "study", "status", out)
+    assert code == 0 and "5 done, 1 failed" in stdout and "FileNotFoundError" in stdout
+
+
+# ---- the statistics ------------------------------------------------------------------------------
+
+def test_mcnemar_finds_a_real_difference_and_not_a_null_one():
+    rng = random.Random(0)
+    keys = [str(i) for i in range(400)]
+    truth = {k: rng.random() < 0.6 for k in keys}
+    better = {k: v or rng.random() < 0.3 for k, v in truth.items()}  # fixes ~30% of the errors, breaks nothing
+    real = mcnemar_exact(better, truth)
+    assert real.b_only == 0 and real.a_only > 20 and real.p_value < 1e-6
+    shuffled = {k: rng.random() < 0.6 for k in keys}  # same accuracy, independent errors
+    flip = {k: (not v) if int(k) % 2 else v for k, v in shuffled.items()}
+    null = mcnemar_exact(shuffled, {k: shuffled[k] if int(k) % 4 else flip[k] for k in keys})
+    assert null.p_value > 0.05
+    assert mcnemar_exact(truth, truth).p_value == 1.0
+
+
+def test_holm_matches_its_step_down_definition():
+    p = [0.01, 0.04, 0.03, 0.5]
+    assert holm(p) == pytest.approx([0.04, 0.09, 0.09, 0.5])  # 4 x 0.01, max(3 x 0.03, 0.04), 2 x 0.04 -> 0.09 kept
+    raw_significant = [x < 0.05 for x in p]
+    assert raw_significant[1] and holm(p)[1] >= 0.05  # significant alone, not after correction
+
+
+def test_report_of_a_folder_that_is_not_a_study(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no study.json"):
+        write_report(tmp_path)
