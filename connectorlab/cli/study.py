@@ -54,7 +54,7 @@ def study_run(
     retry_failed: bool = typer.Option(False, help="run the cells that failed before again"),
     eval_batch: int = typer.Option(16, min=1, help="evaluation batch size (answers do not depend on it)"),
 ):
-    """Train and evaluate every cell (local engine), resuming finished work; then write the report."""
+    """Train and evaluate every cell on the plan's engine, resuming finished work; then write the report."""
     from ..study.plan import StudyPlan
     from ..study.report import write_report
     from ..study.runner import run_study
@@ -62,9 +62,6 @@ def study_run(
 
     setup_logging()
     study = StudyPlan.from_file(plan)
-    if study.execution.engine != "local":
-        raise typer.BadParameter(f"execution.engine = {study.execution.engine!r} is not built yet; only 'local' runs "
-                                 "(set execution.engine: local to run the cells in this process)")
     result = run_study(study, out, retry_failed=retry_failed, eval_batch=eval_batch)
     report = write_report(result.folder)
     console.print(f"report: {report['report']}\nresults: {report['results']}")

@@ -77,6 +77,7 @@ class BenchmarkSpec:
 
 @dataclass
 class SlurmSettings:
+    cluster: str = "slurm"  # submitit's executor: slurm, or local / debug to try a plan on one machine
     partition: str | None = None
     gpus_per_node: int = 8
     nodes: int = 1
@@ -86,6 +87,7 @@ class SlurmSettings:
     array_parallelism: int = 16
 
     def __post_init__(self) -> None:
+        check_choice(self.cluster, ("slurm", "local", "debug"), "execution.slurm.cluster")
         check_ranges(self, {"gpus_per_node": NON_NEGATIVE_INT, "nodes": POSITIVE_INT, "cpus_per_task": POSITIVE_INT,
                             "mem_gb": Range(1, integer=True, optional=True), "timeout_min": POSITIVE_INT,
                             "array_parallelism": POSITIVE_INT}, "execution.slurm")

@@ -19,9 +19,10 @@ from ..evaluation.benchmarks.mmbench import load_mmbench
 from ..evaluation.runner import evaluate, load_benchmark
 from ..model.mllm import MultimodalLM
 from ..training.run_folder import differences
-from ..training.trainer import make_accelerator, run_stage
+from ..training.trainer import make_accelerator
 from ..utils.io import atomic_write_json, exclusive
 from ..utils.progress import progress_bar
+from .engines import run_stage_here, run_stage_launched
 from .plan import Cell, StudyPlan, describe_cells, expand
 
 log = logging.getLogger("connectorlab.study")
@@ -99,12 +100,17 @@ def load_benchmarks(plan: StudyPlan) -> dict[str, object]:
 
 def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator) -> Path:
     """Stage 1 in the shared folder of its pre-training key, then stage 2 in the cell's own folder."""
+    launched = plan.execution.engine == "accelerate" or (plan.execution.engine == "slurm" and plan.execution.processes > 1)
+
+    def stage(cfg, name):
+        return run_stage_launched(cfg, name, plan.execution) if launched else run_stage_here(cfg, name, accelerator)
+
     pre_cfg = dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
-    pre = run_stage(pre_cfg, "pretrain", resume=True, accelerator=accelerator)
+    pre = stage(pre_cfg, "pretrain")
     state.pretrain_s, state.pretrain_folder, state.pretrain_peak_mb = pre.wall_clock_s, str(pre.folder), \
         pre.summary["peak_memory_mb"]
     finetune = dataclasses.replace(cell.config.finetune, init_connector=str(pre.artifact))
-    ft = run_stage(dataclasses.replace(cell.config, finetune=finetune), "finetune", resume=True, accelerator=accelerator)
+    ft = stage(dataclasses.replace(cell.config, finetune=finetune), "finetune")
     state.finetune_s, state.finetune_peak_mb = ft.wall_clock_s, ft.summary["peak_memory_mb"]
     return ft.artifact
 
@@ -133,6 +139,8 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
             "plan": plan.source, "name": plan.name, "reference_connector": plan.reference_connector,
             "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
                                 "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
+        if plan.execution.engine == "slurm":
+            return StudyRun(out, cells, submit_cells(plan, cells, out, retry_failed, eval_batch))
         benchmarks = load_benchmarks(plan)
         accelerator = make_accelerator()
         states = {}
@@ -163,6 +171,62 @@ def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerat
         log.error("cell %s failed: %s", cell.label, state.error)
     state.write(folder)
     return state
+
+
+class CellJob:
+    """One cell as a submitit job. Requeued after preemption or a time-out (submitit's `checkpoint`), it simply runs
+    again: every stage resumes from its last checkpoint and every evaluation from its last prediction."""
+
+    def __init__(self, plan_file: str, out: str, label: str, retry_failed: bool, eval_batch: int):
+        self.plan_file, self.out, self.label, self.retry_failed, self.eval_batch = plan_file, out, label, retry_failed, \
+            eval_batch
+
+    def __call__(self) -> dict:
+        plan = StudyPlan.from_file(self.plan_file)
+        cell = next(c for c in expand(plan, self.out) if c.label == self.label)
+        state = run_cell(plan, cell, Path(self.out), load_benchmarks(plan), make_accelerator(), self.retry_failed,
+                         self.eval_batch)
+        return dataclasses.asdict(state)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+def submit_cells(plan: StudyPlan, cells: list[Cell], out: Path, retry_failed: bool, eval_batch: int) -> dict[str, CellState]:
+    """One job per unfinished cell, submitted as an array through submitit; waits for them, then reads the states."""
+    try:
+        import submitit
+    except ImportError:
+        raise ValueError("execution.engine = 'slurm' needs submitit: pip install 'connectorlab[slurm]'") from None
+    if not Path(plan.source).is_file():
+        raise ValueError("execution.engine = 'slurm' runs a plan file (StudyPlan.from_file): the jobs read it again")
+    settings = plan.execution.slurm
+    executor = submitit.AutoExecutor(folder=str(out / "submitit"), cluster=settings.cluster)
+    params = {"timeout_min": settings.timeout_min, "nodes": settings.nodes, "cpus_per_task": settings.cpus_per_task,
+              "gpus_per_node": settings.gpus_per_node, "slurm_array_parallelism": settings.array_parallelism,
+              "name": f"connectorlab-{plan.name}"}
+    if settings.partition:
+        params["slurm_partition"] = settings.partition
+    if settings.mem_gb:
+        params["mem_gb"] = settings.mem_gb
+    executor.update_parameters(**params)
+    states = {c.label: CellState.read(cell_folder(c)) or CellState(c.label, c.cell_id) for c in cells}
+    todo = [c for c in cells if states[c.label].status not in ("done",) + (() if retry_failed else ("failed",))]
+    if not todo:
+        return states
+    with executor.batch():
+        jobs = [(c, executor.submit(CellJob(plan.source, str(out), c.label, retry_failed, eval_batch))) for c in todo]
+    for cell, job in jobs:
+        try:
+            states[cell.label] = CellState(**job.result())
+        except Exception as err:  # the job itself died (killed, out of memory): recorded like a failed cell
+            state = CellState.read(cell_folder(cell)) or CellState(cell.label, cell.cell_id)
+            state.status, state.error = "failed", f"job {job.job_id}: {type(err).__name__}: {err}"
+            state.write(cell_folder(cell))
+            states[cell.label] = state
+    return states
 
 
 def study_states(out: str | Path) -> list[tuple[dict, CellState | None]]:

@@ -92,6 +92,15 @@ def stage_artifact(folder: Path, stage: str) -> Path:
     return folder / ("connector.safetensors" if stage == "pretrain" else "model")
 
 
+def finished_stage(cfg: TrainConfig, stage: str) -> StageResult:
+    """The result of a stage that another process (e.g. `accelerate launch`) finished."""
+    folder = stage_dir(cfg, stage)
+    summary = folder / "summary.json"
+    if not summary.exists():
+        raise FileNotFoundError(f"{folder}: the {stage} stage has not finished (no summary.json)")
+    return StageResult(stage, folder, json.loads(summary.read_text()), stage_artifact(folder, stage))
+
+
 @dataclass
 class StageData:
     """A stage's records, validated and tokenized before any stage trains."""

@@ -1,0 +1,61 @@
+"""The study's engines: `accelerate launch` with 2 CPU processes matches the local engine; submitit's local
+executor runs a 2 x 2 grid as one job per cell."""
+import json
+
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from connectorlab.study.plan import StudyPlan
+from connectorlab.study.runner import run_study
+
+
+def plan_file(toy, out, execution, grid):
+    probe = toy / "probe"
+    data = {
+        "name": "engines", "output_dir": str(out),
+        "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "select_layer": -1,
+                  "template": "plain_v1", "max_length": 512},
+        "pretrain": {"data": str(probe / "pretrain.json"), "global_batch": 8, "micro_batch": 2},
+        "finetune": {"data": str(probe / "finetune.json"), "global_batch": 8, "micro_batch": 2, "max_steps": 3},
+        "training": {"checkpoint_every": 2},
+        "grid": grid,
+        "benchmarks": [{"name": "probe", "data": str(probe / "test.tsv"), "max_new_tokens": 3}],
+        "execution": execution,
+    }
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return StudyPlan.from_file(path)
+
+
+def losses(folder):
+    return [json.loads(line)["loss"] for line in (folder / "log.jsonl").read_text().splitlines()]
+
+
+def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
+    grid = {"connectors": ["mlp"], "resolutions": [32]}
+    local = run_study(plan_file(toy, tmp_path / "local", {"engine": "local"}, grid), show_progress=False)
+    launched = run_study(plan_file(toy, tmp_path / "acc", {"engine": "accelerate", "processes": 2}, grid),
+                         show_progress=False)
+    (a,), (b,) = local.states.values(), launched.states.values()
+    assert a.status == b.status == "done", (a.error, b.error)
+    for stage, x, y in (("pretrain", a.pretrain_folder, b.pretrain_folder),):
+        assert json.loads((tmp_path / y / "summary.json").read_text())["processes"] == 2
+        torch.testing.assert_close(torch.tensor(losses(tmp_path / y)), torch.tensor(losses(tmp_path / x)),
+                                   rtol=1e-5, atol=1e-6)  # only float summation order differs (two partial gradients)
+    wa, wb = (load_file(str(tmp_path / s.model / "connector.safetensors")) for s in (a, b))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / b.model).parent.joinpath("summary.json").read_text())["processes"] == 2
+
+
+def test_submitit_local_executor_runs_a_two_by_two_grid(toy, tmp_path):
+    grid = {"connectors": ["mlp", "avgpool"], "resolutions": [32, 48], "tokens": [4]}
+    plan = plan_file(toy, tmp_path / "slurm", {"engine": "slurm", "slurm": {"cluster": "local", "gpus_per_node": 0,
+                                                                             "cpus_per_task": 1, "timeout_min": 20}}, grid)
+    result = run_study(plan, show_progress=False)
+    assert sorted(result.states) == ["avgpool-4t-32px-s0", "avgpool-4t-48px-s0", "mlp-32px-s0", "mlp-48px-s0"]
+    assert all(s.status == "done" for s in result.states.values()), {k: s.error for k, s in result.states.items()}
+    assert len(list((tmp_path / "slurm/submitit").glob("*_result.pkl"))) == 4  # one job per cell
+    again = run_study(plan, show_progress=False)  # nothing left to submit
+    assert all(s.status == "done" for s in again.states.values())
