@@ -1,6 +1,7 @@
 """The study's engines: `accelerate launch` with 2 CPU processes matches the local engine; submitit's local
 executor runs a 2 x 2 grid as one job per cell."""
 import json
+from pathlib import Path
 
 import torch
 import yaml
@@ -39,14 +40,14 @@ def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
                          show_progress=False)
     (a,), (b,) = local.states.values(), launched.states.values()
     assert a.status == b.status == "done", (a.error, b.error)
-    for stage, x, y in (("pretrain", a.pretrain_folder, b.pretrain_folder),):
-        assert json.loads((tmp_path / y / "summary.json").read_text())["processes"] == 2
-        torch.testing.assert_close(torch.tensor(losses(tmp_path / y)), torch.tensor(losses(tmp_path / x)),
+    stages = [(Path(a.pretrain_folder), Path(b.pretrain_folder)), (Path(a.model).parent, Path(b.model).parent)]
+    for x, y in stages:  # pre-training, then fine-tuning
+        assert json.loads((y / "summary.json").read_text())["processes"] == 2
+        torch.testing.assert_close(torch.tensor(losses(y)), torch.tensor(losses(x)),
                                    rtol=1e-5, atol=1e-6)  # only float summation order differs (two partial gradients)
-    wa, wb = (load_file(str(tmp_path / s.model / "connector.safetensors")) for s in (a, b))
+    wa, wb = (load_file(str(Path(s.model) / "connector.safetensors")) for s in (a, b))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
-    assert json.loads((tmp_path / b.model).parent.joinpath("summary.json").read_text())["processes"] == 2
 
 
 def test_submitit_local_executor_runs_a_two_by_two_grid(toy, tmp_path):
