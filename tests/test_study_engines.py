@@ -60,3 +60,57 @@ def test_submitit_local_executor_runs_a_two_by_two_grid(toy, tmp_path):
     assert len(list((tmp_path / "slurm/submitit").glob("*_result.pkl"))) == 4  # one job per cell
     again = run_study(plan, show_progress=False)  # nothing left to submit
     assert all(s.status == "done" for s in again.states.values())
+
+
+def test_a_study_killed_mid_training_and_mid_evaluation_resumes_to_the_same_results(toy, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    grid = {"connectors": ["mlp"], "resolutions": [32]}
+
+    def make(name):
+        plan = plan_file(toy, tmp_path / name, {"engine": "local"}, grid)
+        data = yaml.safe_load(Path(plan.source).read_text())
+        data["pretrain"].update(epochs=6, micro_batch=1)
+        data["benchmarks"][0].update(max_new_tokens=12, blind=True)
+        Path(plan.source).write_text(yaml.safe_dump(data))
+        return StudyPlan.from_file(plan.source)
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    ref_plan = make("ref")  # uninterrupted, in a process like the killed one's (thread counts change float sums)
+    res = subprocess.run([sys.executable, "-m", "connectorlab", "study", "run", ref_plan.source, "--eval-batch", "1"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = run_study(ref_plan, show_progress=False, eval_batch=1)  # all done: reads the states back
+    plan = make("killed")
+    cmd = [sys.executable, "-m", "connectorlab", "study", "run", plan.source, "--eval-batch", "1"]
+
+    def run_until(ready):
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 180
+        while time.time() < deadline and not ready() and proc.poll() is None:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, "the study finished before it could be killed"
+
+    out = tmp_path / "killed"
+    run_until(lambda: any(out.glob("pretrain/*/pretrain/checkpoints/step-0000006")))
+    preds = lambda: list(out.glob("cells/*/eval/probe/predictions.jsonl"))  # noqa: E731
+    run_until(lambda: preds() and len(preds()[0].read_text().splitlines()) >= 5)
+    assert not list(out.glob("cells/*/eval/probe_blind/results.json"))
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (a,), = ref.states.values(),
+    b = json.loads(next(out.glob("cells/*/cell.json")).read_text())
+    assert b["status"] == "done"
+    for name in ("probe", "probe_blind"):
+        x, y = (json.loads(Path(p).read_text()) for p in (a.evaluations[name], b["evaluations"][name]))
+        assert x["scores"] == y["scores"] and y["resumed_predictions"] + y["answered_now"] == y["items"]
+    resumed = json.loads(Path(b["evaluations"]["probe"]).read_text())
+    assert resumed["resumed_predictions"] >= 5  # the killed evaluation's answers were kept, not recomputed
+    assert Path(a.model, "connector.safetensors").read_bytes() == Path(b["model"], "connector.safetensors").read_bytes()
