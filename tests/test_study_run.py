@@ -96,6 +96,8 @@ def test_report_tables_results_and_paired_comparisons(study):
     text = (out / "report.md").read_text()
     assert "Holm over" in text and all(c["cell"] in text for c in comps)
     assert (out / "task_types.png").stat().st_size > 1000
+    assert "## Resolution effect" in text and "preserving, fine, 32 -> 48 px" in text
+    assert "avgpool-4t-32px-s0-a vs mlp-32px-s0-a: pre-training" in text
 
 
 def test_status_lists_every_cell(study, capsys, monkeypatch):

@@ -21,9 +21,9 @@ from ..utils.io import atomic_write_text
 from .runner import study_states
 
 ALPHA = 0.05
-COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "seed", "benchmark", "level", "name", "n", "accuracy",
-           "ci_low", "ci_high", "visual_tokens", "connector_parameters", "connector_flops", "pretrain_s", "finetune_s",
-           "pretrain_peak_mb", "finetune_peak_mb"]
+COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "seed", "variant", "benchmark", "level", "name", "n",
+           "accuracy", "ci_low", "ci_high", "visual_tokens", "connector_parameters", "connector_flops", "pretrain_s",
+           "finetune_s", "pretrain_peak_mb", "finetune_peak_mb"]
 
 
 def load_cells(out: Path) -> list[dict]:
@@ -41,6 +41,7 @@ def _rows(cell: dict) -> list[dict]:
     entry, state, size = cell["entry"], cell["state"], cell["entry"]["size"]
     base = {"cell": entry["label"], "connector": size["connector"], "family": size["family"],
             "resolution": size["resolution"], "tokens": size["tokens_axis"], "seed": size["seed"],
+            "variant": size.get("variant"),
             "visual_tokens": size["visual_tokens"], "connector_parameters": size["parameters"],
             "connector_flops": size["flops"], "pretrain_s": state.pretrain_s, "finetune_s": state.finetune_s,
             "pretrain_peak_mb": state.pretrain_peak_mb, "finetune_peak_mb": state.finetune_peak_mb}
@@ -131,10 +132,69 @@ def write_report(out: str | Path) -> dict:
                   f"{len(comps)} comparisons, alpha {ALPHA})", ""]
         lines += [f"- {sentence(c)}" for c in comps]
         lines.append("")
+    lines += effects_section(tt[~tt.benchmark.str.endswith("_blind")], meta.get("reference_connector"))
     atomic_write_text(out / "report.md", "\n".join(lines))
     figure(df, out)
     return {"cells": len(cells), "rows": len(df), "comparisons": comps, "report": str(out / "report.md"),
             "results": str(out / "results.csv")}
+
+
+def resolution_effect(tt: pd.DataFrame) -> list[str]:
+    """Relative change of the family's mean accuracy from each resolution to the next, per benchmark and task type,
+    over the connectors present at both (as the paper states it: 224 -> 336 px, +12.6 % fine for preserving)."""
+    lines = []
+    resolutions = sorted(tt.resolution.dropna().unique())
+    for (bench, family, ttype), part in tt.groupby(["benchmark", "family", "name"], sort=True):
+        for lo, hi in zip(resolutions, resolutions[1:], strict=False):
+            a, b = part[part.resolution == lo], part[part.resolution == hi]
+            both = sorted(set(a.connector + a.tokens.astype(str)) & set(b.connector + b.tokens.astype(str)))
+            if not both:
+                continue
+            pick = lambda d, keep=both: d[(d.connector + d.tokens.astype(str)).isin(keep)].accuracy.mean()  # noqa: E731
+            x, y = pick(a), pick(b)
+            change = f"{100 * (y - x) / x:+.1f} %" if x > 0 else f"{100 * (y - x):+.1f} points (from 0)"
+            lines.append(f"- {bench}, {family}, {ttype}, {lo} -> {hi} px: {change} ({100 * x:.1f} -> {100 * y:.1f}, "
+                         f"mean of {len(both)} connector setting(s))")
+    return lines
+
+
+def budget_effect(tt: pd.DataFrame) -> list[str]:
+    lines = []
+    for (bench, connector, res, _seed, ttype), part in tt.groupby(["benchmark", "connector", "resolution", "seed", "name"]):
+        part = part.dropna(subset=["tokens"]).sort_values("tokens")
+        if len(part) < 2:
+            continue
+        lo, hi = part.iloc[0], part.iloc[-1]
+        lines.append(f"- {bench}, {connector} at {res} px, {ttype}: {int(lo.tokens)} -> {int(hi.tokens)} tokens "
+                     f"{100 * (hi.accuracy - lo.accuracy):+.1f} points ({100 * lo.accuracy:.1f} -> {100 * hi.accuracy:.1f})")
+    return lines
+
+
+def time_against_reference(tt: pd.DataFrame, reference: str | None) -> list[str]:
+    """Each cell's measured training time per stage relative to the reference connector at the same resolution and
+    seed (the paper: C-Abstractor -80 % pre-training, -51 % fine-tuning against the two-layer MLP at 448 px)."""
+    if not reference:
+        return []
+    cells = tt.drop_duplicates("cell")
+    refs = {(r.resolution, r.seed, r.variant): r for r in cells.itertuples() if r.connector == reference}
+    lines = []
+    for r in cells.itertuples():
+        ref = refs.get((r.resolution, r.seed, r.variant))
+        if ref is None or r.connector == reference or not ref.pretrain_s or not ref.finetune_s:
+            continue
+        lines.append(f"- {r.cell} vs {ref.cell}: pre-training {100 * (r.pretrain_s / ref.pretrain_s - 1):+.0f} %, "
+                     f"fine-tuning {100 * (r.finetune_s / ref.finetune_s - 1):+.0f} % (measured wall-clock time)")
+    return lines
+
+
+def effects_section(tt: pd.DataFrame, reference: str | None) -> list[str]:
+    lines = []
+    for title, body in (("Resolution effect (relative change of the family mean)", resolution_effect(tt)),
+                        ("Token-budget effect", budget_effect(tt)),
+                        (f"Training time against `{reference}`", time_against_reference(tt, reference))):
+        if body:
+            lines += [f"## {title}", "", *body, ""]
+    return lines
 
 
 def figure(df: pd.DataFrame, out: Path) -> None:
