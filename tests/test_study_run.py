@@ -15,7 +15,7 @@ def study(toy, tmp_path_factory):
     """A 2 x 2 grid (mlp, avgpool x 32, 48 px) plus two fine-tuning variants of mlp at 32 px, one of them broken."""
     out = tmp_path_factory.mktemp("study")
     probe = toy / "probe"
-    plan = StudyPlan.from_dict({
+    data = {
         "name": "tiny", "output_dir": str(out),
         "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "select_layer": -1,
                   "template": "plain_v1", "max_length": 512},
@@ -30,13 +30,14 @@ def study(toy, tmp_path_factory):
                              {"connector": "mlp", "resolution": 32, "variant": "broken"}]},
         "benchmarks": [{"name": "probe", "data": str(probe / "test.tsv"), "blind": True, "max_new_tokens": 4}],
         "reference_connector": "mlp",
-    })
+    }
+    plan = StudyPlan.from_dict(data)
     result = run_study(plan, show_progress=False)
-    return plan, out, result
+    return plan, out, result, data
 
 
 def test_every_cell_runs_and_a_failing_one_stops_no_other(study):
-    _, out, result = study
+    _, out, result, _ = study
     states = result.states
     assert len(states) == 6 and result.failed == ["mlp-32px-s0-broken"]
     assert "none.json" in states["mlp-32px-s0-broken"].error and "Traceback" in states["mlp-32px-s0-broken"].traceback
@@ -45,7 +46,7 @@ def test_every_cell_runs_and_a_failing_one_stops_no_other(study):
 
 
 def test_cells_with_the_same_pretraining_share_one_stage_1_run(study):
-    _, out, result = study
+    _, out, result, _ = study
     runs = sorted(p.parent.parent.name for p in (out / "pretrain").glob("*/pretrain/summary.json"))
     assert len(runs) == 4  # 2 connectors x 2 resolutions; variants a, b and broken of mlp at 32 px share one
     folders = {result.states[x].pretrain_folder for x in ("mlp-32px-s0-a", "mlp-32px-s0-b", "mlp-32px-s0-broken")}
@@ -53,7 +54,7 @@ def test_cells_with_the_same_pretraining_share_one_stage_1_run(study):
 
 
 def test_a_rerun_skips_finished_cells_and_retries_failed_ones_on_request(study):
-    plan, out, result = study
+    plan, out, result, _ = study
     model = out / "cells" / next(p.name for p in (out / "cells").iterdir() if p.name.startswith("mlp-48px-s0-a"))
     stamp = (model / "finetune/summary.json").stat().st_mtime_ns
     again = run_study(plan, show_progress=False)
@@ -66,20 +67,17 @@ def test_a_rerun_skips_finished_cells_and_retries_failed_ones_on_request(study):
 
 
 def test_a_changed_plan_entry_is_refused_by_name(study):
-    plan, out, _ = study
-    changed = StudyPlan.from_dict({**{k: v for k, v in plan.__dict__.items() if k not in ("grid", "source",
-                                   "benchmarks", "execution", "shape")},
-                                   "grid": {**plan.grid.__dict__, "connectors": [{"name": "mlp"}, {"name": "avgpool"}],
-                                            "finetune": plan.grid.finetune,
-                                            "seeds": [0]},
-                                   "benchmarks": [b.__dict__ for b in plan.benchmarks],
-                                   "finetune": {**plan.finetune, "max_steps": 2}})
+    import copy
+
+    _, _, _, data = study
+    changed = copy.deepcopy(data)
+    changed["finetune"]["max_steps"] = 2
     with pytest.raises(ValueError, match=r"mlp-32px-s0-a \(finetune.max_steps: 3 -> 2\)"):
-        run_study(changed, show_progress=False)
+        run_study(StudyPlan.from_dict(changed), show_progress=False)
 
 
 def test_report_tables_results_and_paired_comparisons(study):
-    _, out, _ = study
+    _, out, _, _ = study
     report = write_report(out)
     df = pd.read_csv(out / "results.csv")
     assert set(df.cell) == {"mlp-32px-s0-a", "mlp-48px-s0-a", "avgpool-4t-32px-s0-a", "avgpool-4t-48px-s0-a",
@@ -103,7 +101,7 @@ def test_report_tables_results_and_paired_comparisons(study):
 def test_status_lists_every_cell(study, capsys, monkeypatch):
     from test_bad_inputs import cli
 
-    _, out, _ = study
+    _, out, _, _ = study
     code, stdout, _ = cli(capsys, monkeypatch, "study", "status", out)
     assert code == 0 and "5 done, 1 failed" in stdout and "FileNotFoundError" in stdout
 
