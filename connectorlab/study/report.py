@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.skips import DataError
 from ..evaluation.paired import holm, mcnemar_exact
 from ..evaluation.stats import wilson
-from ..evaluation.task_types import TYPES
+from ..evaluation.task_types import TYPES, load_mapping
 from ..utils.io import atomic_write_text
 from .runner import study_states
 
@@ -133,6 +134,8 @@ def write_report(out: str | Path) -> dict:
         lines += [f"- {sentence(c)}" for c in comps]
         lines.append("")
     lines += effects_section(tt[~tt.benchmark.str.endswith("_blind")], meta.get("reference_connector"))
+    if meta.get("reference_results"):
+        lines += reference_section(Path(meta["reference_results"]))
     atomic_write_text(out / "report.md", "\n".join(lines))
     figure(df, out)
     return {"cells": len(cells), "rows": len(df), "comparisons": comps, "report": str(out / "report.md"),
@@ -194,6 +197,35 @@ def effects_section(tt: pd.DataFrame, reference: str | None) -> list[str]:
                         (f"Training time against `{reference}`", time_against_reference(tt, reference))):
         if body:
             lines += [f"## {title}", "", *body, ""]
+    return lines
+
+
+REFERENCE_COLUMNS = ("cell", "benchmark", "level", "name", "n", "accuracy")
+
+
+def reference_section(path: Path) -> list[str]:
+    """Cells made elsewhere, regrouped into task types with the built-in mapping (question-weighted over their
+    sub-tasks, Wilson interval), shown beside the study's own and marked as references."""
+    df = pd.read_csv(path, dtype={"name": str})
+    missing = [c for c in REFERENCE_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: reference results lack column(s) {', '.join(missing)}")
+    lines = []
+    for bench, part in df[df.level == "subtask"].groupby("benchmark", sort=True):
+        mapping = load_mapping(bench)
+        lines += [f"## Reference cells: {bench} (made elsewhere, from {path.name}; not run by this study)", "",
+                  "| reference cell | Q | px | " + " | ".join(TYPES) + " |", "|---|---:|---:|" + "---:|" * len(TYPES)]
+        for cell, rows in part.groupby("cell", sort=False):
+            cols = []
+            for ttype in TYPES:
+                sel = rows[rows.name.isin([s for s, e in mapping.items() if e["type"] == ttype])]
+                n, k = int(sel.n.sum()), float((sel.accuracy * sel.n).sum())
+                lo, hi = wilson(k, n)
+                cols.append(f"{100 * k / n:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if n else "-")
+            first = rows.iloc[0]
+            lines.append(f"| {cell} | {first.get('visual_tokens', '')} | {first.get('resolution', '')} | "
+                         + " | ".join(cols) + " |")
+        lines.append("")
     return lines
 
 
