@@ -102,6 +102,7 @@ def test_report_tables_results_and_paired_comparisons(study):
     # The authors' released SEED numbers, regrouped: paper.md gives mlp2-336 fine micro 64.6, reasoning micro 73.8.
     row = next(line for line in text.splitlines() if line.startswith("| paper:llava-mlp2-336 |"))
     assert row.startswith("| paper:llava-mlp2-336 | 576 | 336 | 74.4 [") and "| 64.6 [" in row and "| 73.8 [" in row
+    assert "## Recommendation" in text and report["recommendation"]["benchmark"] == "probe"
 
 
 def test_status_lists_every_cell(study, capsys, monkeypatch):
@@ -138,3 +139,44 @@ def test_holm_matches_its_step_down_definition():
 def test_report_of_a_folder_that_is_not_a_study(tmp_path):
     with pytest.raises(FileNotFoundError, match="no study.json"):
         write_report(tmp_path)
+
+
+def _fake_cell(label, tokens, fine_right, coarse_right, n=200, coarse_from_end=False):
+    coarse = [(i >= n - coarse_right) if coarse_from_end else (i < coarse_right) for i in range(n)]
+    units = [[f"f{i}", "fine_sub", i < fine_right] for i in range(n)] + \
+            [[f"c{i}", "coarse_sub", ok] for i, ok in enumerate(coarse)]
+    scores = {"units": units, "task_types": {"fine": {"subtasks": ["fine_sub"]}, "coarse": {"subtasks": ["coarse_sub"]},
+                                             "reasoning": {"subtasks": []}}}
+
+    class State:
+        pretrain_s, finetune_s = 10.0, 20.0
+
+    return {"entry": {"label": label, "size": {"visual_tokens": tokens}}, "state": State(), "scores": {"b": scores}}
+
+
+def test_recommendation_picks_the_best_within_budget_and_says_when_the_margin_is_noise():
+    from connectorlab.study.recommend import Recommendation, recommend, sentence
+
+    # coarse: 150 vs 148 right of 200, mostly on different questions (52 and 50 discordant): a null difference
+    cells = [_fake_cell("preserve", 576, 160, 150), _fake_cell("compress", 64, 100, 148, coarse_from_end=True)]
+    fine_first = recommend(cells, Recommendation("b", {"fine": 1.0}))
+    assert fine_first["best"] == "preserve" and fine_first["clear"] and fine_first["margin"] == pytest.approx(0.3)
+    assert "a clear margin" in sentence(fine_first)
+    coarse = recommend(cells, Recommendation("b", {"coarse": 1.0}))
+    assert coarse["best"] == "preserve" and not coarse["clear"]
+    assert coarse["margin_ci"][0] < 0 < coarse["margin_ci"][1] and "within noise" in sentence(coarse)
+    budget = recommend(cells, Recommendation("b", {"fine": 1.0}, max_visual_tokens=144))
+    assert budget["best"] == "compress" and "runner_up" not in budget
+    assert recommend(cells, Recommendation("b", max_visual_tokens=10)) is None
+    with pytest.raises(ValueError, match="recommend.weights"):
+        Recommendation("b", {"detail": 1.0})
+
+
+def test_spread_over_seeds():
+    from connectorlab.study.report import seeds_section
+
+    tt = pd.DataFrame([{"benchmark": "b", "connector": "mlp", "tokens": None, "resolution": 336, "variant": None,
+                        "name": "fine", "seed": s, "accuracy": a} for s, a in ((0, 0.60), (1, 0.64), (2, 0.62))])
+    (line,) = [x for x in seeds_section(tt) if x.startswith("- ")]
+    assert line == "- b, mlp-336px, fine: 62.0 +- 2.0 over 3 seeds (min 60.0, max 64.0)"
+    assert seeds_section(tt[tt.seed == 0]) == []

@@ -91,10 +91,27 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
 
 
 @study_app.command("report")
-def study_report(out: Path = typer.Argument(..., exists=True, file_okay=False, help="study folder")):
+def study_report(
+    out: Path = typer.Argument(..., exists=True, file_okay=False, help="study folder"),
+    benchmark: str = typer.Option(None, help="benchmark the recommendation is for (default: the plan's, or the first)"),
+    weights: str = typer.Option(None, help="task-type weights of the recommendation, e.g. fine=2,coarse=1,reasoning=1"),
+    max_tokens: int = typer.Option(None, min=1, help="recommend only cells with at most this many visual tokens"),
+    max_train_s: float = typer.Option(None, min=0, help="recommend only cells trained within this many seconds"),
+):
     """Write results.csv, report.md and task_types.png from the finished cells of a study folder."""
+    from ..study.recommend import Recommendation
     from ..study.report import write_report
 
-    report = write_report(out)
+    rec = None
+    if benchmark or weights or max_tokens or max_train_s:
+        try:
+            parsed = {k: float(v) for k, v in (item.split("=", 1) for item in weights.split(","))} if weights else None
+        except ValueError:
+            raise typer.BadParameter(f"--weights {weights!r}: expected type=number pairs, e.g. fine=2,coarse=1") from None
+        if benchmark is None:
+            raise typer.BadParameter("--benchmark is needed with --weights, --max-tokens or --max-train-s")
+        rec = Recommendation(benchmark, **({"weights": parsed} if parsed else {}), max_visual_tokens=max_tokens,
+                             max_train_s=max_train_s)
+    report = write_report(out, rec)
     console.print(f"{report['cells']} finished cells, {report['rows']} rows\nreport: {report['report']}\n"
                   f"results: {report['results']}")

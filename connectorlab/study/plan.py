@@ -141,6 +141,7 @@ class StudyPlan:
     shape: ModelShape | None = None  # widths, when the checkpoints' config files are not on this machine
     reference_connector: str | None = None  # training time is reported relative to it
     reference_results: str | None = None  # a results.csv made elsewhere (e.g. the paper's released numbers)
+    recommend: dict[str, Any] | None = None  # benchmark, weights, max_visual_tokens, max_train_s
     output_dir: str = "runs/study"
     name: str = "study"
     source: str = "<python>"
@@ -178,6 +179,10 @@ class StudyPlan:
         plan = from_mapping(cls, {**data, "source": source}, "plan")
         if plan.reference_connector and plan.reference_connector not in {c.name for c in plan.grid.connectors}:
             raise ConfigError(f"reference_connector = {plan.reference_connector!r}: not among grid.connectors")
+        if plan.recommend is not None:
+            from .recommend import Recommendation
+
+            from_mapping(Recommendation, _mapping(plan.recommend, "recommend"), "recommend")
         if plan.reference_results and not Path(plan.reference_results).is_file():
             raise ConfigError(f"reference_results = {plan.reference_results!r}: no such file")
         expand(plan)  # every cell's training configuration is validated here, before anything runs

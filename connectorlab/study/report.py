@@ -19,6 +19,8 @@ from ..evaluation.paired import holm, mcnemar_exact
 from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
 from ..utils.io import atomic_write_text
+from .recommend import Recommendation, recommend
+from .recommend import sentence as sentence_for
 from .runner import study_states
 
 ALPHA = 0.05
@@ -107,7 +109,8 @@ def sentence(c: dict) -> str:
             f"{c['n']} paired questions ({c['cell_only']} right only for the cell, {c['reference_only']} only for the reference)")
 
 
-def write_report(out: str | Path) -> dict:
+def write_report(out: str | Path, recommendation: Recommendation | None = None) -> dict:
+    """`recommendation` overrides the plan's `recommend:` (default: the first benchmark, equal task-type weights)."""
     out = Path(out)
     cells = load_cells(out)
     meta = json.loads((out / "study.json").read_text())
@@ -134,12 +137,39 @@ def write_report(out: str | Path) -> dict:
         lines += [f"- {sentence(c)}" for c in comps]
         lines.append("")
     lines += effects_section(tt[~tt.benchmark.str.endswith("_blind")], meta.get("reference_connector"))
+    lines += seeds_section(tt[~tt.benchmark.str.endswith("_blind")])
+    rec = recommendation or default_recommendation(meta, tt)
+    picked = recommend(cells, rec) if rec else None
+    if picked:
+        lines += ["## Recommendation", "", sentence_for(picked), ""]
     if meta.get("reference_results"):
         lines += reference_section(Path(meta["reference_results"]))
     atomic_write_text(out / "report.md", "\n".join(lines))
     figure(df, out)
-    return {"cells": len(cells), "rows": len(df), "comparisons": comps, "report": str(out / "report.md"),
-            "results": str(out / "results.csv")}
+    return {"cells": len(cells), "rows": len(df), "comparisons": comps, "recommendation": picked,
+            "report": str(out / "report.md"), "results": str(out / "results.csv")}
+
+
+def default_recommendation(meta: dict, tt: pd.DataFrame) -> Recommendation | None:
+    if meta.get("recommend"):
+        return Recommendation(**meta["recommend"])
+    benches = sorted(b for b in tt.benchmark.unique() if not b.endswith("_blind"))
+    return Recommendation(benches[0]) if benches else None
+
+
+def seeds_section(tt: pd.DataFrame) -> list[str]:
+    """Mean and spread (sample standard deviation) over seeds, for settings run with more than one seed."""
+    keys = ["benchmark", "connector", "tokens", "resolution", "variant", "name"]
+    groups = tt.fillna({"tokens": -1, "variant": ""}).groupby(keys, sort=True)
+    lines = []
+    for (bench, connector, tokens, res, variant, ttype), part in groups:
+        if part.seed.nunique() < 2:
+            continue
+        setting = f"{connector}{'' if tokens == -1 else f'-{int(tokens)}t'}-{res}px{f'-{variant}' if variant else ''}"
+        acc = 100 * part.accuracy
+        lines.append(f"- {bench}, {setting}, {ttype}: {acc.mean():.1f} +- {acc.std():.1f} over {part.seed.nunique()} "
+                     f"seeds (min {acc.min():.1f}, max {acc.max():.1f})")
+    return ["## Over seeds (mean +- sample standard deviation)", "", *lines, ""] if lines else []
 
 
 def resolution_effect(tt: pd.DataFrame) -> list[str]:

@@ -137,7 +137,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
         sizes = describe_cells(plan, cells)
         atomic_write_json(out / "study.json", {
             "plan": plan.source, "name": plan.name, "reference_connector": plan.reference_connector,
-            "reference_results": plan.reference_results,
+            "reference_results": plan.reference_results, "recommend": plan.recommend,
             "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
                                 "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
         if plan.execution.engine == "slurm":
