@@ -88,6 +88,13 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
                       fmt(state and state.eval_s), (state.error or "") if state else "")
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())), highlight=False)
+    spent = [sum(v or 0 for v in (s.pretrain_s, s.finetune_s, s.eval_s)) for _, s in study_states(out)
+             if s and s.status == "done"]
+    left = counts.get("pending", 0) + counts.get("running", 0)
+    if spent and left:
+        eta = left * sum(spent) / len(spent)
+        console.print(f"ETA about {eta / 60:.1f} min for {left} unfinished cell(s), at the mean time of the {len(spent)} "
+                      "finished one(s) (an over-estimate where cells share stage 1)", highlight=False)
 
 
 @study_app.command("report")

@@ -286,3 +286,28 @@ def figure(df: pd.DataFrame, out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "task_types.png", dpi=110)
     plt.close(fig)
+    subtask_figure(df[(df.level == "subtask") & ~df.benchmark.str.endswith("_blind")], out, plt)
+
+
+def subtask_figure(sub: pd.DataFrame, out: Path, plt) -> None:
+    """Every sub-task per connector at each resolution (the paper's Figure 1 view, as rows of bars, not a radar)."""
+    if sub.empty:
+        return
+    panels = sorted({(b, r) for b, r in zip(sub.benchmark, sub.resolution, strict=True)})
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.5 * sub.name.nunique() + 4), 3.2 * len(panels)),
+                             squeeze=False)
+    for ax, (bench, res) in zip(axes[:, 0], panels, strict=True):
+        part = sub[(sub.benchmark == bench) & (sub.resolution == res)]
+        names = sorted(part.name.astype(str).unique())
+        cells = list(dict.fromkeys(part.cell))
+        width = 0.8 / max(1, len(cells))
+        for i, cell in enumerate(cells):
+            rows = part[part.cell == cell].assign(name=lambda d: d.name.astype(str)).set_index("name").reindex(names)
+            ax.bar([j + i * width for j in range(len(names))], rows.accuracy, width, label=cell)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(f"{bench} at {res} px: accuracy per sub-task")
+        ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
+    fig.tight_layout()
+    fig.savefig(out / "subtasks.png", dpi=110)
+    plt.close(fig)
