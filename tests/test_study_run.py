@@ -1,4 +1,5 @@
 """`study run` on the local engine, its status and report, and the paired statistics behind the report."""
+import json
 import random
 
 import pandas as pd
@@ -180,3 +181,30 @@ def test_spread_over_seeds():
     (line,) = [x for x in seeds_section(tt) if x.startswith("- ")]
     assert line == "- b, mlp-336px, fine: 62.0 +- 2.0 over 3 seeds (min 60.0, max 64.0)"
     assert seeds_section(tt[tt.seed == 0]) == []
+
+
+def test_cells_with_one_frozen_tower_and_resolution_share_a_feature_cache(toy, tmp_path, monkeypatch):
+    from connectorlab.training.trainer import FeatureCache
+
+    computed = []
+    original = FeatureCache.add
+
+    def counting(self, paths, progress=None):
+        computed.append(len(set(paths) - set(self.store)))
+        return original(self, paths, progress)
+
+    monkeypatch.setattr(FeatureCache, "add", counting)
+    probe = toy / "probe"
+    plan = StudyPlan.from_dict({
+        "output_dir": str(tmp_path / "s"),
+        "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "select_layer": -1,
+                  "template": "plain_v1", "max_length": 512},
+        "pretrain": {"data": str(probe / "pretrain.json"), "global_batch": 8, "micro_batch": 8},
+        "finetune": {"data": str(probe / "finetune.json"), "global_batch": 8, "micro_batch": 8, "max_steps": 1},
+        "training": {"cache_features": True},
+        "grid": {"connectors": ["mlp", "avgpool"], "tokens": [4], "resolutions": [32]},
+    })
+    result = run_study(plan, show_progress=False)
+    assert all(s.status == "done" for s in result.states.values())
+    images = len({r["image"] for r in json.loads((probe / "pretrain.json").read_text())})
+    assert sum(computed) == images  # the second connector, and stage 2, reuse the first one's tower features

@@ -43,6 +43,18 @@ def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def build_vision(config: ModelConfig) -> VisionTower:
+    """The tower alone, as `MultimodalLM.build` makes it (e.g. for a feature cache shared by several models)."""
+    levels = CONNECTORS[config.connector].extra_feature_levels
+    return VisionTower.from_pretrained(config.vision, config.image_size, config.select_layer, levels,
+                                       frozen=config.freeze_vision, dtype=DTYPES[config.dtype])
+
+
+def image_transform_for(config: ModelConfig, vision: VisionTower) -> ImageTransform:
+    mean, std = normalisation_for(config.vision, vision.model.config.model_type)
+    return ImageTransform(vision.image_size, config.image_mode, mean, std)
+
+
 class MultimodalLM(nn.Module):
     def __init__(self, config: ModelConfig, vision: VisionTower, connector: Connector, llm: nn.Module, tokenizer):
         super().__init__()
@@ -50,8 +62,7 @@ class MultimodalLM(nn.Module):
         if connector.vision_dim != vision.hidden_size or connector.llm_dim != llm.get_input_embeddings().embedding_dim:
             raise ValueError("connector widths do not match the vision tower and LM")
         self.processor = MultimodalProcessor(tokenizer, config.template, connector.num_output_tokens, config.max_length)
-        mean, std = normalisation_for(config.vision, vision.model.config.model_type)
-        self.image_transform = ImageTransform(vision.image_size, config.image_mode, mean, std)
+        self.image_transform = image_transform_for(config, vision)
         self.set_trainable(vision=not config.freeze_vision, connector=not config.freeze_connector, llm=not config.freeze_llm)
         self.pretrained_path: Path | None = None  # the folder it was loaded from, if any
 
@@ -59,9 +70,7 @@ class MultimodalLM(nn.Module):
     @classmethod
     def build(cls, config: ModelConfig) -> MultimodalLM:
         dtype = DTYPES[config.dtype]
-        levels = CONNECTORS[config.connector].extra_feature_levels
-        vision = VisionTower.from_pretrained(config.vision, config.image_size, config.select_layer, levels,
-                                             frozen=config.freeze_vision, dtype=dtype)
+        vision = build_vision(config)
         llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(config.llm)
         connector = build_connector(config.connector, vision.hidden_size, llm.get_input_embeddings().embedding_dim,

@@ -9,13 +9,22 @@ from pathlib import Path
 
 import yaml
 
+from ..connectors import CONNECTORS
 from ..training.config import TrainConfig
-from ..training.trainer import StageResult, finished_stage, run_stage
+from ..training.trainer import FeatureCache, StageResult, finished_stage, run_stage
 from .plan import Execution
 
 
-def run_stage_here(cfg: TrainConfig, stage: str, accelerator) -> StageResult:
-    return run_stage(cfg, stage, resume=True, accelerator=accelerator)
+def run_stage_here(cfg: TrainConfig, stage: str, accelerator, caches: dict | None = None) -> StageResult:
+    """In this process; with `cache_features`, cells that share a frozen tower and resolution share its features."""
+    cache = None
+    if caches is not None and cfg.cache_features and not cfg.stage(stage).train_vision and cfg.model.freeze_vision:
+        m = cfg.model
+        key = (m.vision, m.image_size, m.select_layer, m.image_mode, m.dtype, CONNECTORS[m.connector].extra_feature_levels)
+        if key not in caches:
+            caches[key] = FeatureCache.for_model(m, cfg.stage(stage).image_workers)
+        cache = caches[key]
+    return run_stage(cfg, stage, resume=True, accelerator=accelerator, feature_cache=cache)
 
 
 def accelerate_command(execution: Execution, config: Path, stage: str) -> list[str]:

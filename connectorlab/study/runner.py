@@ -98,12 +98,13 @@ def load_benchmarks(plan: StudyPlan) -> dict[str, object]:
     return loaded
 
 
-def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator) -> Path:
+def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator,
+               caches: dict | None = None) -> Path:
     """Stage 1 in the shared folder of its pre-training key, then stage 2 in the cell's own folder."""
     launched = plan.execution.engine == "accelerate" or (plan.execution.engine == "slurm" and plan.execution.processes > 1)
 
     def stage(cfg, name):
-        return run_stage_launched(cfg, name, plan.execution) if launched else run_stage_here(cfg, name, accelerator)
+        return run_stage_launched(cfg, name, plan.execution) if launched else run_stage_here(cfg, name, accelerator, caches)
 
     pre_cfg = dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
     pre = stage(pre_cfg, "pretrain")
@@ -144,18 +145,18 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
             return StudyRun(out, cells, submit_cells(plan, cells, out, retry_failed, eval_batch))
         benchmarks = load_benchmarks(plan)
         accelerator = make_accelerator()
-        states = {}
+        states, caches = {}, {}  # caches: frozen-tower features by (tower, resolution, ...), shared by cells
         with progress_bar(show_progress) as bar:
             task = bar.add_task("study cells", total=len(cells))
             for cell in cells:
                 bar.update(task, info=cell.label)
-                states[cell.label] = run_cell(plan, cell, out, benchmarks, accelerator, retry_failed, eval_batch)
+                states[cell.label] = run_cell(plan, cell, out, benchmarks, accelerator, retry_failed, eval_batch, caches)
                 bar.advance(task)
     return StudyRun(out, cells, states)
 
 
 def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerator, retry_failed: bool,
-             eval_batch: int) -> CellState:
+             eval_batch: int, caches: dict | None = None) -> CellState:
     folder = cell_folder(cell)
     state = CellState.read(folder) or CellState(cell.label, cell.cell_id)
     if state.status == "done" or (state.status == "failed" and not retry_failed):
@@ -163,7 +164,7 @@ def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerat
     state.status, state.error, state.traceback = "running", None, None
     state.write(folder)
     try:
-        model = train_cell(plan, cell, out, state, accelerator)
+        model = train_cell(plan, cell, out, state, accelerator, caches)
         state.model = str(model)
         evaluate_cell(plan, model, folder, benchmarks, state, eval_batch)
         state.status = "done"

@@ -155,6 +155,14 @@ class FeatureCache:
         self.store: dict[Path, tuple] = {}
         self.add(paths, progress)
 
+    @classmethod
+    def for_model(cls, config, workers: int = 4) -> FeatureCache:
+        """An empty cache with the frozen tower of `config` (a ModelConfig), filled by the stages that use it."""
+        from ..model.mllm import build_vision, image_transform_for
+
+        vision = build_vision(config)
+        return cls(vision, image_transform_for(config, vision), workers=workers)
+
     def compatible(self, model: MultimodalLM) -> bool:
         a, b = model.vision, self.vision
         return (a.image_size, a.select_layer, a.level_layers) == (b.image_size, b.select_layer, b.level_layers) \
