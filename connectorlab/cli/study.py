@@ -80,7 +80,8 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
     for col in ("cell", "status", "pre-train s", "fine-tune s", "eval s", "error"):
         table.add_column(col, no_wrap=col != "error")
     counts: dict[str, int] = {}
-    for entry, state in study_states(out):
+    states = study_states(out)
+    for entry, state in states:
         status = state.status if state else "pending"
         counts[status] = counts.get(status, 0) + 1
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
@@ -88,8 +89,7 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
                       fmt(state and state.eval_s), (state.error or "") if state else "")
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())), highlight=False)
-    spent = [sum(v or 0 for v in (s.pretrain_s, s.finetune_s, s.eval_s)) for _, s in study_states(out)
-             if s and s.status == "done"]
+    spent = [sum(v or 0 for v in (s.pretrain_s, s.finetune_s, s.eval_s)) for _, s in states if s and s.status == "done"]
     left = counts.get("pending", 0) + counts.get("running", 0)
     if spent and left:
         eta = left * sum(spent) / len(spent)
