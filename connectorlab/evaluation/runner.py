@@ -51,9 +51,11 @@ def run_identity(model: MultimodalLM, bench: Benchmark, blind: bool, max_new_tok
     """What the predictions depend on; the model's content is in it, not only its path."""
     info = {"benchmark": bench.name, "data": bench.source, "blind": blind, "max_new_tokens": max_new_tokens,
             "template": model.processor.template.name, **(run_info or {})}
-    source = getattr(model, "pretrained_path", None)
-    if source is not None and "model_fingerprint" not in info:
-        info["model_fingerprint"] = fingerprint_folder(source)
+    if model.pretrained_path is not None and "model_fingerprint" not in info:
+        # Hashed once per loaded model (a 7B folder is ~14 GB), not once per benchmark and blind baseline.
+        if getattr(model, "_fingerprint", None) is None:
+            model._fingerprint = fingerprint_folder(model.pretrained_path)
+        info["model_fingerprint"] = model._fingerprint
     return info
 
 
