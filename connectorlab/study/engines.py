@@ -12,6 +12,7 @@ import yaml
 from ..connectors import CONNECTORS
 from ..training.config import TrainConfig
 from ..training.trainer import FeatureCache, StageResult, finished_stage, run_stage
+from ..utils.io import atomic_write_text
 from .plan import Execution
 
 
@@ -43,9 +44,8 @@ def accelerate_command(execution: Execution, config: Path, stage: str) -> list[s
 def run_stage_launched(cfg: TrainConfig, stage: str, execution: Execution) -> StageResult:
     """`connectorlab train --stage STAGE --resume` under `accelerate launch`; resumable like an in-process stage."""
     folder = Path(cfg.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
     config = folder / f"{stage}_launch.yaml"
-    config.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     res = subprocess.run(accelerate_command(execution, config, stage), capture_output=True, text=True)
     if res.returncode:
         tail = "\n".join(res.stderr.strip().splitlines()[-15:])
