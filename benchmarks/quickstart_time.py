@@ -47,13 +47,14 @@ def main():
             im.verify()
         with Image.open(png) as im:
             figures[png.name] = list(im.size)
-    df = pd.read_csv(out / "results.csv")
+    results = pd.read_csv(out / "results.csv")
+    df = results[(results.level == "task_type") & (results.benchmark == "probe")]  # the study's rows, as the report's
     mlp = df[df.connector == "mlp"]
-    twice = {f"{r.task_type}@{r.resolution}": round(r.accuracy / r.chance, 2) for r in mlp.itertuples()}
+    twice = {f"{r.name}@{r.resolution}": round(r.accuracy / r.chance, 2) for r in mlp.itertuples()}
     gaps = {}
     for res_px in sorted(df.resolution.unique()):
-        m = df[(df.connector == "mlp") & (df.resolution == res_px) & (df.task_type == "fine")].iloc[0]
-        a = df[(df.connector == "avgpool") & (df.resolution == res_px) & (df.task_type == "fine")].iloc[0]
+        m = df[(df.connector == "mlp") & (df.resolution == res_px) & (df.name == "fine")].iloc[0]
+        a = df[(df.connector == "avgpool") & (df.resolution == res_px) & (df.name == "fine")].iloc[0]
         gaps[str(res_px)] = {"mlp": [m.accuracy, m.ci_low, m.ci_high], "avgpool": [a.accuracy, a.ci_low, a.ci_high],
                              "outside_intervals": bool(m.ci_low > a.ci_high or a.ci_low > m.ci_high)}
     result = {
@@ -61,7 +62,8 @@ def main():
         "wall_clock_s": wall, "limit_s": args.limit_s, "within_limit": wall <= args.limit_s,
         "figures": figures, "mlp_accuracy_over_chance": twice,
         "mlp_at_least_twice_chance_everywhere": all(v >= 2 for v in twice.values()),
-        "fine_gap_mlp_vs_avgpool": gaps, "cells": int(len(df) / 3),
+        "fine_gap_mlp_vs_avgpool": gaps, "cells": int(df.cell.nunique()),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
     }
     atomic_write_json(args.json, result)

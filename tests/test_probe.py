@@ -1,4 +1,4 @@
-"""The granularity probe, its tower pre-training targets, the quick start and its report."""
+"""The granularity probe, its tower pre-training targets, the quick start (a built-in study plan) and the findings."""
 import dataclasses
 import hashlib
 import json
@@ -10,10 +10,10 @@ import pytest
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
 from connectorlab.probe.generate import TASK_TYPES, ProbeParams, generate
 from connectorlab.probe.presets import TinySizes
-from connectorlab.probe.quickstart import CellSpec, QuickstartConfig, quickstart
-from connectorlab.probe.report import findings, results_frame
 from connectorlab.probe.vision_pretrain import dense_targets
-from connectorlab.training.config import StageConfig
+from connectorlab.study.findings import findings, sanity
+from connectorlab.study.quickstart import QuickstartConfig, builtin_plan, fill, quickstart
+from connectorlab.study.runner import study_states
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -68,73 +68,108 @@ def test_dense_targets_mark_the_small_shape_and_specks():
     assert t["position"][0] == 0 and t["position"][63] == 15
 
 
-def cell(conn, family, res, fine, coarse=0.9, reasoning=0.8, tokens=64, pre=10.0, ft=20.0):
-    def tt(fine_acc, coarse_acc, reasoning_acc):
-        return {t: {"n": 200, "accuracy": a, "ci_low": a - 0.06, "ci_high": min(1, a + 0.06), "macro": a}
-                for t, a in (("coarse", coarse_acc), ("fine", fine_acc), ("reasoning", reasoning_acc))}
-    return {"connector": conn, "family": family, "mechanism": "x", "resolution": res, "visual_tokens": tokens,
-            "pretrain_s": pre, "finetune_s": ft, "scores": {"task_types": tt(fine, coarse, reasoning),
-                                                               "extraction_failures": 0},
-            "blind": {"task_types": tt(0.25, 0.25, 0.25)}, "chance": {"coarse": 0.25, "fine": 0.25, "reasoning": 0.25}}
+def frame(*cells) -> pd.DataFrame:
+    """Task-type rows of a study's results.csv, one benchmark; each cell (connector, family, resolution, fine, ...)."""
+    rows = []
+    for conn, family, res, fine, coarse, reasoning, tokens, pre, ft in cells:
+        for t, a in (("coarse", coarse), ("fine", fine), ("reasoning", reasoning)):
+            rows.append({"cell": f"{conn}-{res}px-s0", "connector": conn, "family": family, "resolution": res,
+                         "tokens": tokens, "seed": 0, "variant": None, "benchmark": "probe", "level": "task_type",
+                         "name": t, "n": 200, "accuracy": a, "ci_low": a - 0.06, "ci_high": min(1, a + 0.06),
+                         "chance": 0.25, "pretrain_s": pre, "finetune_s": ft})
+    return pd.DataFrame(rows)
+
+
+def cell(conn, family, res, fine, coarse=0.9, reasoning=0.8, tokens=None, pre=10.0, ft=20.0):
+    return (conn, family, res, fine, coarse, reasoning, tokens, pre, ft)
 
 
 def test_report_findings_follow_the_numbers():
-    holds = [cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=4, ft=10)]
-    text = " ".join(findings(results_frame(holds)))
+    holds = frame(cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=4, ft=10))
+    text = " ".join(findings(holds))
     assert "fine-grained perception: holds" in text and "do not overlap" in text
     assert "train faster: holds" in text and "60% less time" in text
-    flipped = [cell("mlp", "preserving", 64, 0.3), cell("avgpool", "compressing", 64, 0.9, tokens=9, pre=40, ft=80)]
-    text = " ".join(findings(results_frame(flipped)))
+    flipped = frame(cell("mlp", "preserving", 64, 0.3), cell("avgpool", "compressing", 64, 0.9, tokens=9, pre=40, ft=80))
+    text = " ".join(findings(flipped))
     assert "fine-grained perception: does not hold" in text and "train faster: does not hold" in text
-    noisy = [cell("mlp", "preserving", 64, 0.9, coarse=0.9), cell("avgpool", "compressing", 64, 0.3, coarse=0.5, tokens=9)]
-    assert "within noise of mlp on coarse perception and reasoning: partly holds" in " ".join(findings(results_frame(noisy)))
+    noisy = frame(cell("mlp", "preserving", 64, 0.9, coarse=0.9), cell("avgpool", "compressing", 64, 0.3, coarse=0.5, tokens=9))
+    assert "within noise of mlp on coarse perception and reasoning: partly holds" in " ".join(findings(noisy))
+
+
+def test_findings_compare_cells_of_the_same_seed_only():
+    one = frame(cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=4, ft=10))
+    other = one.assign(seed=1, accuracy=lambda d: d.accuracy.where(d.connector != "avgpool", 0.95))
+    text = " ".join(findings(pd.concat([one, other])))
+    assert "fine-grained perception: partly holds" in text and "seed 0" in text and "seed 1" in text
 
 
 def test_resolution_finding_asks_for_a_gain_beyond_noise():
     def study(fine_lo, fine_hi, coarse_lo=0.9):
-        return [cell("mlp", "preserving", 48, fine_lo, coarse=coarse_lo), cell("mlp", "preserving", 64, fine_hi)]
-    text = " ".join(findings(results_frame(study(0.5, 0.9))))
+        return frame(cell("mlp", "preserving", 48, fine_lo, coarse=coarse_lo), cell("mlp", "preserving", 64, fine_hi))
+    text = " ".join(findings(study(0.5, 0.9)))
     assert "helps fine-grained perception most: holds" in text and "mlp (50.0 -> 90.0)" in text
-    text = " ".join(findings(results_frame(study(0.90, 0.91))))
+    text = " ".join(findings(study(0.90, 0.91)))
     assert "most: not shown" in text and "margin: none" in text
-    assert "most: does not hold" in " ".join(findings(results_frame(study(0.5, 0.6, coarse_lo=0.3))))
+    assert "most: does not hold" in " ".join(findings(study(0.5, 0.6, coarse_lo=0.3)))
+
+
+def test_sanity_check_reads_chance_per_task_type():
+    lines = sanity(frame(cell("mlp", "preserving", 64, 0.9, reasoning=0.4)))
+    assert lines == ["mlp at 64 px scores 3.6x chance on coarse, 3.6x chance on fine, 1.6x chance on reasoning "
+                     "(not twice chance on every task type)."]
 
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs")
+    plan = builtin_plan()
+    plan["grid"].update(connectors=["linear", "mlp", "avgpool",
+                                    {"name": "perceiver", "options": {"layers": 1, "heads": 2, "dim_head": 8}},
+                                    {"name": "c_abstractor", "options": {"hidden": 16, "depth": 1}}],
+                        resolutions=[32, 48], tokens=[4])
+    plan["finetune"].update(global_batch=32, micro_batch=32, epochs=1)
+    plan["benchmarks"][0]["max_new_tokens"] = 3
     qc = QuickstartConfig(
-        out=str(out), probe=ProbeParams(image_size=48, n_train=64, n_test=3), resolutions=(32, 48),
+        out=str(out), probe=ProbeParams(image_size=48, n_train=64, n_test=3),
         sizes=TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=1, llm_heads=2),
-        vision_steps=4, connectors=[CellSpec("linear"), CellSpec("mlp"), CellSpec("avgpool", {"num_tokens": 4}),
-                                    CellSpec("perceiver", {"num_tokens": 4, "layers": 1, "heads": 2, "dim_head": 8}),
-                                    CellSpec("c_abstractor", {"num_tokens": 4, "hidden": 16, "depth": 1})],
-        pretrain=StageConfig(lr=1e-3, global_batch=32, micro_batch=32, template="plain"),
-        finetune=StageConfig(lr=1e-3, global_batch=32, micro_batch=32), eval_batch=64, max_new_tokens=3)
-    cells = quickstart(qc, show_progress=False)
-    return out, qc, cells
+        vision_steps=4, plan=plan, eval_batch=64)
+    return out, qc, quickstart(qc, show_progress=False)
 
 
 def test_quickstart_writes_results_figures_and_report(tiny_study):
-    out, _, cells = tiny_study
+    out, _, result = tiny_study
+    assert not result.run.failed and result.report["cells"] == 10
     df = pd.read_csv(out / "results.csv")
-    assert list(df.columns[:11]) == ["connector", "family", "resolution", "visual_tokens", "task_type", "n", "accuracy",
-                                     "ci_low", "ci_high", "pretrain_s", "finetune_s"]
-    assert len(df) == 5 * 2 * 3 and set(df.family) == {"preserving", "compressing"}
-    assert set(df[df.connector == "mlp"].visual_tokens) == {16, 36}
-    for png in ("task_type_accuracy.png", "accuracy_vs_tokens.png", "accuracy_vs_time.png"):
+    tt = df[(df.level == "task_type") & (df.benchmark == "probe")]
+    assert len(tt) == 5 * 2 * 3 and set(tt.family) == {"preserving", "compressing"}
+    assert set(tt[tt.connector == "mlp"].visual_tokens) == {16, 36} and set(tt[tt.connector == "avgpool"].visual_tokens) == {4}
+    assert tt.blind_accuracy.notna().all() and (tt.chance == 0.25).all() and (tt.pretrain_s > 0).all()
+    assert set(df.benchmark) == {"probe", "probe_blind"}
+    for png in ("task_type_accuracy.png", "accuracy_vs_tokens.png", "accuracy_vs_time.png", "subtasks.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "Preserving beats compressing on fine-grained perception:" in report and "task_type_accuracy.png" in report
-    assert all("blind" in c and c["pretrain_s"] > 0 for c in cells)
+    assert "## What was measured" in report and "twice chance" in report and "exact McNemar" in report
+
+
+def test_quickstart_is_a_study_folder(tiny_study):
+    out, _, result = tiny_study
+    states = study_states(out)
+    assert len(states) == 10 and all(s.status == "done" for _, s in states)
+    assert json.loads((out / "study.json").read_text())["plan"].endswith("quickstart.yaml")
+    # one stage-1 run per connector and resolution, under the study's shared pre-training folder
+    assert len(list((out / "pretrain").glob("*/pretrain/summary.json"))) == 10
 
 
 def test_quickstart_rerun_skips_finished_cells(tiny_study):
-    out, qc, cells = tiny_study
+    out, qc, result = tiny_study
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/cell.json")}
-    again = quickstart(qc, show_progress=False)
-    assert [c["scores"] for c in again] == [c["scores"] for c in cells]
+    before = (out / "results.csv").read_text()
+    quickstart(qc, show_progress=False)
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/cell.json")}
+    assert (out / "results.csv").read_text().replace("\r", "") .split("\n")[0] == before.split("\n")[0]
+    fields = ["cell", "benchmark", "level", "name", "n", "accuracy"]
+    assert pd.read_csv(out / "results.csv")[fields].equals(pd.read_csv(pd.io.common.StringIO(before))[fields])
 
 
 def test_quickstart_refuses_a_folder_made_with_other_settings(tiny_study):
@@ -142,3 +177,8 @@ def test_quickstart_refuses_a_folder_made_with_other_settings(tiny_study):
     other = dataclasses.replace(qc, probe=dataclasses.replace(qc.probe, clutter=qc.probe.clutter + 1))
     with pytest.raises(ValueError, match=r"probe\.clutter: 2 -> 3"):
         quickstart(other, show_progress=False)
+
+
+def test_plan_placeholders_keep_their_type():
+    assert fill({"a": ["${seed}"], "b": "${probe}/x.json", "c": 3}, {"seed": 7, "probe": "/p"}) == \
+        {"a": [7], "b": "/p/x.json", "c": 3}

@@ -97,7 +97,7 @@ def test_report_tables_results_and_paired_comparisons(study):
     assert {c["task_type"] for c in comps} == {"coarse", "fine", "reasoning"} and all(0 <= c["p_holm"] <= 1 for c in comps)
     text = (out / "report.md").read_text()
     assert "Holm over" in text and all(c["cell"] in text for c in comps)
-    assert (out / "task_types.png").stat().st_size > 1000 and (out / "subtasks.png").stat().st_size > 1000
+    assert (out / "task_type_accuracy.png").stat().st_size > 1000 and (out / "subtasks.png").stat().st_size > 1000
     assert "## Resolution effect" in text and "preserving, fine, 32 -> 48 px" in text
     assert "avgpool-4t-32px-s0-a vs mlp-32px-s0-a: pre-training" in text
     # The authors' released SEED numbers, regrouped: paper.md gives mlp2-336 fine micro 64.6, reasoning micro 73.8.

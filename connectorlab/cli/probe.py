@@ -52,15 +52,22 @@ def quickstart(
     object_scale: float = typer.Option(0.12, help="probe difficulty: side of the small shape, fraction of the image"),
     clutter: int = typer.Option(2, help="probe difficulty: at most this many decoy specks per image"),
 ):
-    """The whole study on a laptop CPU: probe, tiny MLLMs with five connectors at two resolutions, report."""
+    """The whole study on a laptop CPU: probe, tiny MLLMs with five connectors at two resolutions, report (a built-in
+    study plan, run like `connectorlab study run`)."""
     from ..probe.generate import ProbeParams
-    from ..probe.quickstart import QuickstartConfig
-    from ..probe.quickstart import quickstart as run
+    from ..study.quickstart import QuickstartConfig
+    from ..study.quickstart import quickstart as run
     from . import setup_logging
 
     setup_logging()
     import logging
 
     logging.getLogger("connectorlab").setLevel(logging.WARNING)  # the progress bars tell the story
-    run(QuickstartConfig(out=str(out), seed=seed, probe=ProbeParams(seed=seed, object_scale=object_scale, clutter=clutter)))
-    console.print(f"report: {out / 'report.md'}\nresults: {out / 'results.csv'}")
+    result = run(QuickstartConfig(out=str(out), seed=seed, probe=ProbeParams(seed=seed, object_scale=object_scale,
+                                                                          clutter=clutter)))
+    console.print(f"report: {result.report['report']}\nresults: {result.report['results']}")
+    if result.run.failed:
+        console.print(f"[red]{len(result.run.failed)} cell(s) failed: {', '.join(result.run.failed)} (errors in their "
+                      "cell.json; a re-run of the quick start tries them again)[/red]",
+                      highlight=False)
+        raise typer.Exit(1)

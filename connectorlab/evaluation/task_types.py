@@ -59,21 +59,24 @@ def choose_section(default: str, requested: str | None, categories: set[str],
 
 
 def aggregate(units: list[tuple[str, bool]], subtask_scores: dict[str, float], mapping: dict[str, dict],
-              sources: tuple[str, ...] = ("paper", "default")) -> dict:
+              sources: tuple[str, ...] = ("paper", "default"), chance: list[float] | None = None) -> dict:
     """units: (subtask, correct) per scoring unit (question, or circular group); subtask_scores: the
-    benchmark's own per-sub-task score (accuracy, or MME's 0-200 score) for the macro average."""
+    benchmark's own per-sub-task score (accuracy, or MME's 0-200 score) for the macro average; chance: per unit, the
+    accuracy of a guess (1 / options), so that a task type's score can be read against its own chance level."""
     report: dict = {}
     unmapped = sorted({s for s, _ in units} - set(mapping))
     for ttype in TYPES:
         subs = [s for s, e in mapping.items() if e["type"] == ttype and e.get("source", "default") in sources]
         present = [s for s in subs if s in subtask_scores]
         hits = [c for s, c in units if s in present]
+        guess = [g for (s, _), g in zip(units, chance or [], strict=False) if s in present]
         n, k = len(hits), sum(hits)
         lo, hi = wilson(k, n)
         report[ttype] = {
             "subtasks": present, "n": n, "correct": k,
             "accuracy": k / n if n else None, "ci_low": lo if n else None, "ci_high": hi if n else None,
             "macro": sum(subtask_scores[s] for s in present) / len(present) if present else None,
+            "chance": sum(guess) / len(guess) if guess and len(guess) == n else None,
         }
     if unmapped:
         report["unmapped_subtasks"] = unmapped

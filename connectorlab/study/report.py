@@ -19,14 +19,17 @@ from ..evaluation.paired import holm, mcnemar_exact
 from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
 from ..utils.io import atomic_write_text
+from .figures import figures
+from .findings import findings, sanity
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
 from .runner import study_states
 
 ALPHA = 0.05
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "seed", "variant", "benchmark", "level", "name", "n",
-           "accuracy", "ci_low", "ci_high", "visual_tokens", "connector_parameters", "connector_flops", "pretrain_s",
-           "finetune_s", "pretrain_peak_mb", "finetune_peak_mb"]
+           "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
+           "connector_flops", "pretrain_s", "finetune_s", "pretrain_peak_mb", "finetune_peak_mb"]
+ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
 
 
 def load_cells(out: Path) -> list[dict]:
@@ -54,7 +57,8 @@ def _rows(cell: dict) -> list[dict]:
             t = (scores.get("task_types") or {}).get(ttype)
             if t and t["n"]:
                 rows.append({**base, "benchmark": bench, "level": "task_type", "name": ttype, "n": t["n"],
-                             "accuracy": t["accuracy"], "ci_low": t["ci_low"], "ci_high": t["ci_high"]})
+                             "accuracy": t["accuracy"], "ci_low": t["ci_low"], "ci_high": t["ci_high"],
+                             "chance": t.get("chance")})
         by_sub = defaultdict(list)
         for _, sub, ok in scores.get("units", []):
             by_sub[sub].append(ok)
@@ -63,6 +67,15 @@ def _rows(cell: dict) -> list[dict]:
             rows.append({**base, "benchmark": bench, "level": "subtask", "name": sub, "n": len(oks),
                          "accuracy": sum(oks) / len(oks), "ci_low": lo, "ci_high": hi})
     return rows
+
+
+def with_blind(df: pd.DataFrame) -> pd.DataFrame:
+    """Each row's accuracy without the image (the cell's `<benchmark>_blind` row of the same level and name)."""
+    blind = df[df.benchmark.str.endswith("_blind")]
+    key = blind.assign(benchmark=blind.benchmark.str.removesuffix("_blind"))[["cell", "benchmark", "level", "name", "accuracy"]]
+    merged = df.drop(columns="blind_accuracy").merge(key.rename(columns={"accuracy": "blind_accuracy"}), how="left",
+                                                     on=["cell", "benchmark", "level", "name"])
+    return merged[COLUMNS]
 
 
 def _correct_by_unit(scores: dict, subtasks: set[str]) -> dict[str, bool]:
@@ -114,23 +127,16 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
     out = Path(out)
     cells = load_cells(out)
     meta = json.loads((out / "study.json").read_text())
-    df = pd.DataFrame([r for c in cells for r in _rows(c)], columns=COLUMNS)
+    df = with_blind(pd.DataFrame([r for c in cells for r in _rows(c)], columns=COLUMNS))
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
     comps = comparisons(cells, meta.get("reference_connector"))
-    lines = [f"# Study report: {meta['name']}", "", f"{len(cells)} finished cells of {len(meta['cells'])}.", ""]
+    lines = [f"# Study report: {meta['name']}", ""]
+    if (out / ABOUT).is_file():
+        lines += [(out / ABOUT).read_text().strip(), ""]
+    lines += [f"{len(cells)} finished cells of {len(meta['cells'])}.", ""]
     tt = df[df.level == "task_type"]
-    for bench, part in tt.groupby("benchmark", sort=True):
-        header = "| cell | Q | " + " | ".join(TYPES) + " | pre-train s | fine-tune s |"
-        lines += [f"## {bench}: accuracy by task type (%, Wilson 95% interval)", "", header,
-                  "|---|---:|" + "---:|" * (len(TYPES) + 2)]
-        for cell, rows in part.groupby("cell", sort=False):
-            by = {r.name: r for r in rows.itertuples()}
-            first = rows.iloc[0]
-            cols = [f"{100 * by[t].accuracy:.1f} [{100 * by[t].ci_low:.1f}, {100 * by[t].ci_high:.1f}]" if t in by else "-"
-                    for t in TYPES]
-            lines.append(f"| {cell} | {first.visual_tokens} | " + " | ".join(cols)
-                         + f" | {first.pretrain_s:.1f} | {first.finetune_s:.1f} |")
-        lines.append("")
+    lines += tables_section(tt)
+    lines += findings_section(tt, meta.get("reference_connector"))
     if comps:
         lines += [f"## Paired comparisons against `{meta['reference_connector']}` (exact McNemar, Holm over "
                   f"{len(comps)} comparisons, alpha {ALPHA})", ""]
@@ -144,10 +150,49 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
         lines += ["## Recommendation", "", sentence_for(picked), ""]
     if meta.get("reference_results"):
         lines += reference_section(Path(meta["reference_results"]))
+    pngs = figures(df, out)
+    lines += ["## Figures", "", *[f"![{name}]({name})" for name in pngs], ""] if pngs else []
     atomic_write_text(out / "report.md", "\n".join(lines))
-    figure(df, out)
     return {"cells": len(cells), "rows": len(df), "comparisons": comps, "recommendation": picked,
             "report": str(out / "report.md"), "results": str(out / "results.csv")}
+
+
+def tables_section(tt: pd.DataFrame) -> list[str]:
+    """Per benchmark, a row per cell: accuracy by task type with its interval and, where run, the no-image baseline."""
+    lines = []
+    for bench, part in tt[~tt.benchmark.str.endswith("_blind")].groupby("benchmark", sort=True):
+        header = "| cell | family | Q | " + " | ".join(TYPES) + " | pre-train s | fine-tune s |"
+        blind = "; without the image in brackets" if part.blind_accuracy.notna().any() else ""
+        lines += [f"## {bench}: accuracy by task type (%, Wilson 95% interval{blind})",
+                  "", header, "|---|---|---:|" + "---:|" * (len(TYPES) + 2)]
+        for cell, rows in part.groupby("cell", sort=False):
+            by = {r.name: r for r in rows.itertuples()}
+            first = rows.iloc[0]
+            cols = [f"{100 * by[t].accuracy:.1f} [{100 * by[t].ci_low:.1f}, {100 * by[t].ci_high:.1f}]"
+                    + (f" ({100 * by[t].blind_accuracy:.1f})" if pd.notna(by[t].blind_accuracy) else "") if t in by else "-"
+                    for t in TYPES]
+            lines.append(f"| {cell} | {first.family} | {first.visual_tokens} | " + " | ".join(cols)
+                         + f" | {first.pretrain_s:.1f} | {first.finetune_s:.1f} |")
+        chance = part.groupby("name").chance.mean().dropna()
+        if not chance.empty:
+            lines += ["", "Chance (a consistent guess among the options): "
+                      + ", ".join(f"{t} {100 * chance[t]:.1f}" for t in TYPES if t in chance) + "."]
+        lines.append("")
+    return lines
+
+
+def findings_section(tt: pd.DataFrame, reference: str | None) -> list[str]:
+    """The paper's findings on each benchmark that has both families and the reference connector."""
+    lines = []
+    for bench, part in tt[~tt.benchmark.str.endswith("_blind")].groupby("benchmark", sort=True):
+        if not reference or reference not in set(part.connector) or part.family.nunique() < 2:
+            continue
+        lines += [f"## The paper's findings on {bench} (against `{reference}`)", "",
+                  *[f"- {s}" for s in findings(part, reference)], ""]
+        checks = sanity(part, reference)
+        if checks:
+            lines += [f"Sanity check on {bench}:", "", *[f"- {s}" for s in checks], ""]
+    return lines
 
 
 def default_recommendation(meta: dict, tt: pd.DataFrame) -> Recommendation | None:
@@ -257,57 +302,3 @@ def reference_section(path: Path) -> list[str]:
                          + " | ".join(cols) + " |")
         lines.append("")
     return lines
-
-
-def figure(df: pd.DataFrame, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tt = df[(df.level == "task_type") & ~df.benchmark.str.endswith("_blind")]
-    if tt.empty:
-        return
-    benches = sorted(tt.benchmark.unique())
-    fig, axes = plt.subplots(1, len(benches), figsize=(6 * len(benches), 4), squeeze=False)
-    for ax, bench in zip(axes[0], benches, strict=True):
-        part = tt[tt.benchmark == bench]
-        cells = list(dict.fromkeys(part.cell))
-        width = 0.8 / max(1, len(cells))
-        for i, cell in enumerate(cells):
-            rows = part[part.cell == cell].set_index("name").reindex(list(TYPES))
-            xs = [j + i * width for j in range(len(TYPES))]
-            err = [(rows.accuracy - rows.ci_low).clip(lower=0), (rows.ci_high - rows.accuracy).clip(lower=0)]
-            ax.bar(xs, rows.accuracy, width, yerr=err, label=cell, capsize=2)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(TYPES))], list(TYPES))
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{bench}: accuracy by task type (95% CI)")
-    axes[0][-1].legend(fontsize=7, bbox_to_anchor=(1.02, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out / "task_types.png", dpi=110)
-    plt.close(fig)
-    subtask_figure(df[(df.level == "subtask") & ~df.benchmark.str.endswith("_blind")], out, plt)
-
-
-def subtask_figure(sub: pd.DataFrame, out: Path, plt) -> None:
-    """Every sub-task per connector at each resolution (the paper's Figure 1 view, as rows of bars, not a radar)."""
-    if sub.empty:
-        return
-    panels = sorted({(b, r) for b, r in zip(sub.benchmark, sub.resolution, strict=True)})
-    fig, axes = plt.subplots(len(panels), 1, figsize=(max(8, 0.5 * sub.name.nunique() + 4), 3.2 * len(panels)),
-                             squeeze=False)
-    for ax, (bench, res) in zip(axes[:, 0], panels, strict=True):
-        part = sub[(sub.benchmark == bench) & (sub.resolution == res)]
-        names = sorted(part.name.astype(str).unique())
-        cells = list(dict.fromkeys(part.cell))
-        width = 0.8 / max(1, len(cells))
-        for i, cell in enumerate(cells):
-            rows = part[part.cell == cell].assign(name=lambda d: d.name.astype(str)).set_index("name").reindex(names)
-            ax.bar([j + i * width for j in range(len(names))], rows.accuracy, width, label=cell)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names, rotation=30, ha="right", fontsize=7)
-        ax.set_ylim(0, 1)
-        ax.set_title(f"{bench} at {res} px: accuracy per sub-task")
-        ax.legend(fontsize=6, bbox_to_anchor=(1.01, 1), loc="upper left")
-    fig.tight_layout()
-    fig.savefig(out / "subtasks.png", dpi=110)
-    plt.close(fig)

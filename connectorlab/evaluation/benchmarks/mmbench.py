@@ -138,9 +138,12 @@ def score_mmbench(rows: list[dict], mapping: dict | None = None) -> dict:
         "units": [[str(g), main[g].get("category", ""), ok] for g, ok in sorted(circ.items())],
     }
     if mapping and result["categories"]:
-        units = [(main[g]["category"], ok) for g, ok in circ.items() if main[g].get("category")]
-        result["task_types"] = aggregate(units, result["categories"], mapping, sources=("paper",))
-        result["task_types_all"] = aggregate(units, result["categories"], mapping)
+        named = [g for g in circ if main[g].get("category")]
+        units = [(main[g]["category"], circ[g]) for g in named]
+        # A guess that picks the same option text in every rotation is right 1/k of the time, k options.
+        chance = [1 / len(main[g]["options"]) for g in named]
+        result["task_types"] = aggregate(units, result["categories"], mapping, sources=("paper",), chance=chance)
+        result["task_types_all"] = aggregate(units, result["categories"], mapping, chance=chance)
         if all(not v["subtasks"] for k, v in result["task_types"].items() if k != "unmapped_subtasks"):
             result["task_types"] = result["task_types_all"]  # a mapping without paper entries (e.g. the probe)
     return result

@@ -78,7 +78,8 @@ def score_lines(by_subtask: dict[str, list[Line]], mapping: dict | None = None) 
     }
     result["complete"] = not result["missing_subtasks"] and not result["short_subtasks"]
     if mapping:
-        result["task_types"] = aggregate(units, {s: v["score"] for s, v in subtasks.items()}, mapping)
+        result["task_types"] = aggregate(units, {s: v["score"] for s, v in subtasks.items()}, mapping,
+                                         chance=[0.5] * len(units))  # yes or no
     return result
 
 

@@ -56,7 +56,7 @@ def score_seed(rows: list[dict], names: dict[int, str] | None = None, mapping: d
         "image_first_char": first_char / len(rows) if rows else None,  # lmms-eval's rule, for comparison
     }
     if mapping:
-        result["task_types"] = aggregate(units, dims, mapping)
+        result["task_types"] = aggregate(units, dims, mapping, chance=[1 / len(r["options"]) for r in rows])
     return result
 
 
