@@ -242,6 +242,43 @@ def test_eval_cli_runs_a_saved_model(fixtures, tiny_model, tmp_path):
     assert json.loads((tmp_path / "ev/results.json").read_text())["scores"]["questions"] == 3
 
 
+def test_eval_sharded_over_two_processes_gives_the_in_process_answers(fixtures, tiny_model, tmp_path):
+    """`accelerate launch -m connectorlab eval` with 2 CPU processes: the batches are dealt out, each process appends
+    its own file, and the merged predictions are those of one process."""
+    import os
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    model = MultimodalLM.from_pretrained(tmp_path / "model")
+    here = evaluate(model, load_mme(fixtures / "MME"), tmp_path / "one", batch_size=2, max_new_tokens=4,
+                    run_info={"model": str(tmp_path / "model")}, show_progress=False)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "connectorlab", "eval", "--model", str(tmp_path / "model"),
+           "--benchmark", "mme", "--data", str(fixtures / "MME"), "--out", str(tmp_path / "two"), "--batch-size", "2",
+           "--max-new-tokens", "4", "--allow-incomplete"]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    two = json.loads((tmp_path / "two/results.json").read_text())
+    assert two["processes"] == 2 and two["scores"] == here["scores"] and res.stdout.count("MME perception") == 1
+    read = lambda p: sorted((p / "predictions.jsonl").read_text().splitlines())  # noqa: E731
+    assert read(tmp_path / "two") == read(tmp_path / "one") and not list((tmp_path / "two").glob("predictions.rank*"))
+
+
+def test_a_stopped_sharded_evaluation_resumes_with_another_process_count(fixtures, tiny_model, tmp_path):
+    bench = load_mmbench(fixtures / "mmb.tsv")
+    full = evaluate(tiny_model, bench, tmp_path / "ref", batch_size=2, max_new_tokens=4, show_progress=False)
+    lines = (tmp_path / "ref/predictions.jsonl").read_text().splitlines()
+    out = tmp_path / "stopped"
+    evaluate(tiny_model, bench, out, batch_size=2, max_new_tokens=4, show_progress=False)  # claims the folder
+    (out / "predictions.jsonl").write_text("")
+    (out / "results.json").unlink()
+    # what two processes had appended when they were killed: rank 1 in the middle of a line
+    (out / "predictions.rank0.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    (out / "predictions.rank1.jsonl").write_text("\n".join(lines[3:5]) + "\n" + lines[5][:7])
+    again = evaluate(tiny_model, bench, out, batch_size=2, max_new_tokens=4, show_progress=False)
+    assert again["resumed_predictions"] == 5 and again["answered_now"] == len(lines) - 5
+    assert again["scores"] == full["scores"] and not list(out.glob("predictions.rank*"))
+
+
 def test_seed_prediction_files(fixtures, tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text("\n".join(json.dumps({"question_id": str(100 + i), "prompt": "p", "text": t})

@@ -1,5 +1,5 @@
-"""The study's engines: `accelerate launch` with 2 CPU processes matches the local engine; submitit's local
-executor runs a 2 x 2 grid as one job per cell."""
+"""The study's engines: `accelerate launch` with 2 CPU processes (training and sharded evaluation) matches the local
+engine; submitit's local executor runs a 2 x 2 grid as one job per cell."""
 import json
 from pathlib import Path
 
@@ -45,6 +45,8 @@ def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
         assert json.loads((y / "summary.json").read_text())["processes"] == 2
         torch.testing.assert_close(torch.tensor(losses(y)), torch.tensor(losses(x)),
                                    rtol=1e-5, atol=1e-6)  # only float summation order differs (two partial gradients)
+    ra, rb = (json.loads(Path(s.evaluations["probe"]).read_text()) for s in (a, b))
+    assert (ra["processes"], rb["processes"]) == (1, 2) and ra["items"] == rb["items"] == rb["answered_now"]
     wa, wb = (load_file(str(Path(s.model) / "connector.safetensors")) for s in (a, b))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

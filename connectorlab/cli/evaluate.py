@@ -36,19 +36,25 @@ def eval_command(
     overwrite: bool = typer.Option(False, help="discard predictions that --out holds from another run"),
     allow_incomplete: bool = ALLOW_INCOMPLETE,
 ):
-    """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped."""
+    """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped. Under
+    `accelerate launch -m connectorlab eval ...` the batches are dealt out to the processes (same answers)."""
     from ..evaluation.runner import evaluate, load_benchmark
     from ..language.processor import MultimodalProcessor
     from ..model.mllm import MultimodalLM
+    from ..utils.distributed import process_state
 
     setup_logging()
     bench = load_benchmark(benchmark, data, image_folder, strict, task_types, task_section)
-    mllm = MultimodalLM.from_pretrained(model)
+    state = process_state()
+    mllm = MultimodalLM.from_pretrained(model).to(state.device)
     if template:
         mllm.processor = MultimodalProcessor(mllm.tokenizer, template, mllm.connector.num_output_tokens,
                                              mllm.config.max_length)
     result = evaluate(mllm, bench, out, batch_size, max_new_tokens, blind, {"model": str(model)},
-                      workers=image_workers, overwrite=overwrite)
+                      workers=image_workers, overwrite=overwrite, state=state)
+    if not state.is_main_process:  # the main process reports; every process exits with the same code
+        complete = result["scores"].get("complete", True) or allow_incomplete
+        raise typer.Exit(0 if complete else INCOMPLETE_EXIT)
     if result["resumed_predictions"]:
         console.print(f"[yellow]reused {result['resumed_predictions']} predictions already in {out / 'predictions.jsonl'}"
                       f" (same model content {result['model_fingerprint'][:19]}..., data and settings); answered "
@@ -153,8 +159,6 @@ def exit_if_incomplete(scores: dict, allow_incomplete: bool) -> None:
         errors.print(f"[red]exit code {INCOMPLETE_EXIT}: the score is incomplete (--allow-incomplete accepts it)[/red]",
                      highlight=False)
         raise typer.Exit(INCOMPLETE_EXIT)
-
-
 
 
 @score_app.command("mme")

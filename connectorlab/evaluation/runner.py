@@ -1,7 +1,10 @@
 """Batched evaluation that resumes: predictions are appended as they are made, keyed by item.
 
 Batches are formed over prompts sorted by length; that is safe because left-padded greedy
-generation gives the answers of batch size 1 (tested), so batch size never changes a score.
+generation gives the answers of batch size 1 (tested), so batch size never changes a score. For the
+same reason the batches can be dealt out to several processes (`accelerate launch -m connectorlab eval`):
+each appends to its own `predictions.rankN.jsonl`, and the main process merges them into
+`predictions.jsonl` before scoring and before a resumed run starts, whatever the number of processes.
 """
 from __future__ import annotations
 
@@ -12,12 +15,14 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 
 from ..data.images import ImageLoader
 from ..data.skips import SkipReport
 from ..language.processor import OverLength
 from ..model.mllm import MultimodalLM
-from ..utils.io import atomic_write_json, atomic_write_text, exclusive, fingerprint_folder, read_complete_jsonl
+from ..utils.distributed import main_process_lock, on_main, process_state
+from ..utils.io import atomic_write_json, atomic_write_text, fingerprint_folder, parse_jsonl, read_complete_jsonl
 from ..utils.progress import progress_bar
 from .base import Benchmark
 from .benchmarks.mmbench import load_mmbench
@@ -45,6 +50,27 @@ def read_predictions(path: Path) -> dict[str, str]:
 
 
 RUN_FILES = ("run.json", "predictions.jsonl", "records.jsonl", "results.json")
+SHARD_GLOB = "predictions.rank*.jsonl"
+
+
+def merge_shards(out: Path) -> int:
+    """Append each process's complete prediction lines to predictions.jsonl, then remove its file. A crash between
+    the two leaves lines that are read twice, with the same answer, never lost ones."""
+    merged = 0
+    read_complete_jsonl(out / "predictions.jsonl")  # a line cut short by a crash is trimmed before anything is appended
+    shards = sorted(out.glob(SHARD_GLOB))
+    if not shards:
+        return 0
+    with (out / "predictions.jsonl").open("a") as f:
+        for shard in shards:
+            for rec in read_complete_jsonl(shard):
+                f.write(json.dumps(rec) + "\n")
+                merged += 1
+        f.flush()
+        os.fsync(f.fileno())
+    for shard in shards:
+        shard.unlink()
+    return merged
 
 
 def run_identity(model: MultimodalLM, bench: Benchmark, blind: bool, max_new_tokens: int, run_info: dict | None) -> dict:
@@ -62,8 +88,8 @@ def run_identity(model: MultimodalLM, bench: Benchmark, blind: bool, max_new_tok
 def claim_folder(out: Path, info: dict, overwrite: bool) -> None:
     info_path = out / "run.json"
     if info_path.exists() and overwrite:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
+        for path in [*(out / name for name in RUN_FILES), *out.glob(SHARD_GLOB)]:
+            path.unlink(missing_ok=True)
     elif info_path.exists():
         before = json.loads(info_path.read_text())
         changed = [f"{k}: {before.get(k, '(absent)')} -> {info.get(k, '(absent)')}"
@@ -72,21 +98,26 @@ def claim_folder(out: Path, info: dict, overwrite: bool) -> None:
             raise ValueError(f"{out} holds predictions of another run ({'; '.join(changed)}); use a new --out folder "
                              "or --overwrite to discard them")
     atomic_write_json(info_path, info)
+    merge_shards(out)  # predictions of a sharded run that stopped, whatever its number of processes
 
 
 def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size: int = 8, max_new_tokens: int = 128,
              blind: bool = False, run_info: dict | None = None, show_progress: bool = True, workers: int = 4,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, state: PartialState | None = None) -> dict:
     """Predictions already in `out` from the same run (same model content, data and settings) are reused and
-    counted in `resumed_predictions`; another run's are refused."""
+    counted in `resumed_predictions`; another run's are refused. Under several processes (`state`, default the
+    launch's), each answers every N-th batch and every process returns the same result."""
     for name, value, low in (("batch_size", batch_size, 1), ("max_new_tokens", max_new_tokens, 1), ("workers", workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} = {value!r}: must be an integer >= {low}")
     out = Path(out)
-    with exclusive(out, "evaluation"):
+    state = state or process_state()
+    with main_process_lock(out, "evaluation", state):
         info = run_identity(model, bench, blind, max_new_tokens, run_info)
-        claim_folder(out, info, overwrite)
-        return _evaluate(model, bench, out, info, batch_size, max_new_tokens, blind, show_progress, workers)
+        on_main(state, lambda: claim_folder(out, info, overwrite))
+        result = _evaluate(model, bench, out, info, batch_size, max_new_tokens, blind, show_progress, workers, state)
+        state.wait_for_everyone()
+        return result if state.is_main_process else json.loads((out / "results.json").read_text())
 
 
 def distinct_images(chunk: list) -> tuple[list, list[int]]:
@@ -103,9 +134,10 @@ def distinct_images(chunk: list) -> tuple[list, list[int]]:
 
 
 def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batch_size: int, max_new_tokens: int,
-              blind: bool, show_progress: bool, workers: int) -> dict:
+              blind: bool, show_progress: bool, workers: int, state: PartialState) -> dict | None:
     pred_path = out / "predictions.jsonl"
-    preds = read_predictions(pred_path)
+    preds = {rec["key"]: rec["prediction"] for rec in parse_jsonl(pred_path.read_text(), pred_path)} \
+        if pred_path.exists() else {}  # complete: the main process merged and trimmed it
     resumed = len(preds)
     if resumed:
         log.info("reusing %d predictions in %s made by the same run (%s)", resumed, pred_path,
@@ -125,12 +157,16 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
     todo.sort(key=lambda t: (t[0], t[1].image_key or ""))  # copies of one image side by side: encoded once
     model.eval()
     t0 = time.perf_counter()
-    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-    with progress_bar(show_progress) as bar, pred_path.open("a") as f, ImageLoader(model.image_transform, workers) as loader:
+    world, rank = state.num_processes, state.process_index
+    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)][rank::world]  # dealt out in turn
+    own = pred_path if world == 1 else out / f"predictions.rank{rank}.jsonl"
+    with progress_bar(show_progress and state.is_main_process) as bar, own.open("a") as f, \
+            ImageLoader(model.image_transform, workers) as loader:
         # Each chunk's images, decoded while the chunk before it generates (none for the blind baseline).
         groups = [distinct_images(chunk) for chunk in chunks]
         images = loader.stream([] if blind else loads for loads, _ in groups)
-        task = bar.add_task(f"eval {bench.name}{' (blind)' if blind else ''}", total=len(bench.items), completed=resumed)
+        shown = (len(bench.items), resumed) if world == 1 else (sum(map(len, chunks)), 0)  # this process's share
+        task = bar.add_task(f"eval {bench.name}{' (blind)' if blind else ''}", total=shown[0], completed=shown[1])
         for chunk, (_, which), pixels in zip(chunks, groups, images, strict=True):
             with torch.inference_mode():
                 features = None if pixels is None else model.encode_images(pixels.to(model.lm_head.weight.device))[which]
@@ -143,11 +179,17 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
             os.fsync(f.fileno())
             bar.advance(task, len(chunk))
     elapsed = time.perf_counter() - t0
+    if world > 1:
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            return None
+        merge_shards(out)
+        preds = read_predictions(pred_path)
     scores = bench.score(preds)
     atomic_write_text(out / "records.jsonl", "".join(
         json.dumps({"key": it.key, "prompt": it.prompt, "prediction": preds.get(it.key), **it.meta}, default=str) + "\n"
         for it in bench.items))
-    result = {**info, "items": len(bench.items), "answered_now": len(todo), "resumed_predictions": resumed,
+    result = {**info, "items": len(bench.items), "answered_now": len(todo), "resumed_predictions": resumed, "processes": world,
               "skipped_items": bench.skips.to_dict(), "skipped_prompts": skips.to_dict(), "eval_seconds": elapsed,
               "scores": scores}
     atomic_write_json(out / "results.json", result)

@@ -1,8 +1,9 @@
-"""Where a cell's training runs: in this process, or as `accelerate launch` subprocesses (one per stage) with the
-plan's Accelerate config and process count. Both call the same `connectorlab train` code; the study only reads
-the typed stage results back."""
+"""Where a cell's training and evaluation run: in this process, or as `accelerate launch` subprocesses (one per
+stage, one per benchmark) with the plan's Accelerate config and process count. Both call the same `connectorlab
+train` and `connectorlab eval` code; the study only reads the typed stage results and results.json back."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from ..connectors import CONNECTORS
 from ..training.config import TrainConfig
 from ..training.trainer import FeatureCache, StageResult, finished_stage, run_stage
 from ..utils.io import atomic_write_text
-from .plan import Execution
+from .plan import BenchmarkSpec, Execution
 
 
 def run_stage_here(cfg: TrainConfig, stage: str, accelerator, caches: dict | None = None) -> StageResult:
@@ -28,7 +29,8 @@ def run_stage_here(cfg: TrainConfig, stage: str, accelerator, caches: dict | Non
     return run_stage(cfg, stage, resume=True, accelerator=accelerator, feature_cache=cache)
 
 
-def accelerate_command(execution: Execution, config: Path, stage: str) -> list[str]:
+def launch_prefix(execution: Execution) -> list[str]:
+    """`accelerate launch` with the plan's config and process count, up to the module it runs."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     if execution.accelerate_config:
         cmd += ["--config_file", execution.accelerate_config]
@@ -36,9 +38,39 @@ def accelerate_command(execution: Execution, config: Path, stage: str) -> list[s
         cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
         if execution.processes > 1:
             cmd.append("--multi_gpu")  # on a machine without GPUs, Accelerate runs the processes on CPU over gloo
-    cmd += ["--num_processes", str(execution.processes), "-m", "connectorlab", "train", "--config", str(config),
-            "--stage", stage, "--resume"]
-    return cmd
+    return cmd + ["--num_processes", str(execution.processes), "-m", "connectorlab"]
+
+
+def accelerate_command(execution: Execution, config: Path, stage: str) -> list[str]:
+    return launch_prefix(execution) + ["train", "--config", str(config), "--stage", stage, "--resume"]
+
+
+def eval_command(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
+                 blind: bool) -> list[str]:
+    """`connectorlab eval` of one benchmark, its batches dealt out to the launch's processes."""
+    probe = spec.name == "probe"  # the probe's test set is an MMBench-layout file with its own task types
+    cmd = ["eval", "--model", str(model), "--benchmark", "mmbench" if probe else spec.name, "--data", spec.data,
+           "--out", str(target), "--batch-size", str(batch_size), "--max-new-tokens", str(spec.max_new_tokens),
+           "--allow-incomplete"]
+    section = spec.task_section or ("probe" if probe else None)
+    for flag, value in (("--task-section", section), ("--task-types", spec.task_types), ("--image-folder", spec.image_folder)):
+        if value:
+            cmd += [flag, str(value)]
+    return launch_prefix(execution) + cmd + (["--blind"] if blind else [])
+
+
+def launch(cmd: list[str], what: str) -> None:
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode:
+        tail = "\n".join(res.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"accelerate launch of {what} exited with {res.returncode}:\n{tail}")
+
+
+def evaluate_launched(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
+                      blind: bool) -> dict:
+    """One benchmark evaluated under `accelerate launch`; resumable like an in-process evaluation (same run identity)."""
+    launch(eval_command(execution, model, spec, target, batch_size, blind), f"eval {spec.name} into {target}")
+    return json.loads((target / "results.json").read_text())
 
 
 def run_stage_launched(cfg: TrainConfig, stage: str, execution: Execution) -> StageResult:
@@ -46,8 +78,5 @@ def run_stage_launched(cfg: TrainConfig, stage: str, execution: Execution) -> St
     folder = Path(cfg.output_dir)
     config = folder / f"{stage}_launch.yaml"
     atomic_write_text(config, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    res = subprocess.run(accelerate_command(execution, config, stage), capture_output=True, text=True)
-    if res.returncode:
-        tail = "\n".join(res.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"accelerate launch of {stage} in {folder} exited with {res.returncode}:\n{tail}")
+    launch(accelerate_command(execution, config, stage), f"{stage} in {folder}")
     return finished_stage(cfg, stage)

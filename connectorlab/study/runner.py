@@ -22,7 +22,7 @@ from ..training.run_folder import differences
 from ..training.trainer import make_accelerator
 from ..utils.io import atomic_write_json, exclusive
 from ..utils.progress import progress_bar
-from .engines import run_stage_here, run_stage_launched
+from .engines import evaluate_launched, run_stage_here, run_stage_launched
 from .plan import Cell, StudyPlan, describe_cells, expand
 
 log = logging.getLogger("connectorlab.study")
@@ -98,33 +98,50 @@ def load_benchmarks(plan: StudyPlan) -> dict[str, object]:
     return loaded
 
 
-def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator,
-               caches: dict | None = None) -> Path:
-    """Stage 1 in the shared folder of its pre-training key, then stage 2 in the cell's own folder."""
-    launched = plan.execution.engine == "accelerate" or (plan.execution.engine == "slurm" and plan.execution.processes > 1)
+def quiet(phase: str) -> None:
+    """The default of `note`: where a cell is, for a live view (ignored)."""
 
+
+def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator,
+               caches: dict | None = None, note=quiet) -> Path:
+    """Stage 1 in the shared folder of its pre-training key, then stage 2 in the cell's own folder."""
     def stage(cfg, name):
-        return run_stage_launched(cfg, name, plan.execution) if launched else run_stage_here(cfg, name, accelerator, caches)
+        if launched(plan.execution):
+            return run_stage_launched(cfg, name, plan.execution)
+        return run_stage_here(cfg, name, accelerator, caches)
 
     pre_cfg = dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
+    note("pre-training")
     pre = stage(pre_cfg, "pretrain")
     state.pretrain_s, state.pretrain_folder, state.pretrain_peak_mb = pre.wall_clock_s, str(pre.folder), \
         pre.summary["peak_memory_mb"]
     finetune = dataclasses.replace(cell.config.finetune, init_connector=str(pre.artifact))
+    note("fine-tuning")
     ft = stage(dataclasses.replace(cell.config, finetune=finetune), "finetune")
     state.finetune_s, state.finetune_peak_mb = ft.wall_clock_s, ft.summary["peak_memory_mb"]
     return ft.artifact
 
 
+def launched(execution) -> bool:
+    return execution.engine == "accelerate" or (execution.engine == "slurm" and execution.processes > 1)
+
+
 def evaluate_cell(plan: StudyPlan, model_path: Path, folder: Path, benchmarks: dict, state: CellState,
-                  batch_size: int) -> None:
-    model = MultimodalLM.from_pretrained(model_path)
+                  batch_size: int, note=quiet) -> None:
+    """Each benchmark (and its blind baseline) in this process, or sharded over the launch's processes; the run
+    identity is the same either way, so a cell may resume its evaluation under the other engine."""
+    model = None if launched(plan.execution) else MultimodalLM.from_pretrained(model_path)
     t0 = time.perf_counter()
     for spec in plan.benchmarks:
         for blind in (False, True) if spec.blind else (False,):
             name = spec.name + ("_blind" if blind else "")
             target = folder / "eval" / name
-            evaluate(model, benchmarks[spec.name], target, batch_size, spec.max_new_tokens, blind, show_progress=False)
+            note(f"evaluating {name}")
+            if model is None:
+                evaluate_launched(plan.execution, model_path, spec, target, batch_size, blind)
+            else:
+                evaluate(model, benchmarks[spec.name], target, batch_size, spec.max_new_tokens, blind,
+                         {"model": str(model_path)}, show_progress=False)
             state.evaluations[name] = str(target / "results.json")
     state.eval_s = time.perf_counter() - t0
 
@@ -149,14 +166,28 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
         with progress_bar(show_progress) as bar:
             task = bar.add_task("study cells", total=len(cells))
             for cell in cells:
-                bar.update(task, info=cell.label)
-                states[cell.label] = run_cell(plan, cell, out, benchmarks, accelerator, retry_failed, eval_batch, caches)
-                bar.advance(task)
+                note = lambda phase, label=cell.label: bar.update(task, info=f"{label}: {phase}")  # noqa: E731
+                state = states[cell.label] = run_cell(plan, cell, out, benchmarks, accelerator, retry_failed,
+                                                      eval_batch, caches, note)
+                if show_progress:
+                    bar.console.log(cell_line(state), highlight=False)
+                done = sum(s.status == "done" for s in states.values())
+                failed = sum(s.status == "failed" for s in states.values())
+                bar.update(task, advance=1, description=f"study cells ({done} done{f', {failed} failed' if failed else ''})")
     return StudyRun(out, cells, states)
 
 
+def cell_line(state: CellState) -> str:
+    """One line per finished cell above the live progress bar: its status, time per stage, or its error."""
+    if state.status == "failed":
+        return f"[red]{state.label}: failed: {state.error}[/red]"
+    times = ", ".join(f"{name} {value:.1f} s" for name, value in (("pre-train", state.pretrain_s),
+                      ("fine-tune", state.finetune_s), ("eval", state.eval_s)) if value is not None)
+    return f"{state.label}: {state.status} ({times})"
+
+
 def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerator, retry_failed: bool,
-             eval_batch: int, caches: dict | None = None) -> CellState:
+             eval_batch: int, caches: dict | None = None, note=quiet) -> CellState:
     folder = cell_folder(cell)
     state = CellState.read(folder) or CellState(cell.label, cell.cell_id)
     if state.status == "done" or (state.status == "failed" and not retry_failed):
@@ -164,9 +195,9 @@ def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerat
     state.status, state.error, state.traceback = "running", None, None
     state.write(folder)
     try:
-        model = train_cell(plan, cell, out, state, accelerator, caches)
+        model = train_cell(plan, cell, out, state, accelerator, caches, note)
         state.model = str(model)
-        evaluate_cell(plan, model, folder, benchmarks, state, eval_batch)
+        evaluate_cell(plan, model, folder, benchmarks, state, eval_batch, note)
         state.status = "done"
     except Exception as err:  # one failing cell must not stop the others; its error and traceback are kept
         state.status, state.error, state.traceback = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()

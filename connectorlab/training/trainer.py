@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, broadcast_object_list, gather_object, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, gather_object, set_seed
 from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from ..data.batching import StepPlan, accumulation_steps, collate
@@ -27,7 +27,8 @@ from ..data.skips import SkipReport
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
 from ..model.mllm import MultimodalLM
 from ..model.shape import meta_connector
-from ..utils.io import BusyError, atomic_write_json, exclusive
+from ..utils.distributed import main_process_lock
+from ..utils.io import atomic_write_json
 from ..utils.progress import progress_bar
 from ..utils.validation import ConfigError
 from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
@@ -336,31 +337,11 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     return StageResult(stage, out, summary, artifact)
 
 
-@contextlib.contextmanager
-def run_lock(out: Path, accelerator: Accelerator):
-    """The main process holds `out/.lock`; whether it got it is broadcast, so that every process refuses together
-    instead of the others waiting at the next barrier for a main process that has gone."""
-    with contextlib.ExitStack() as stack:
-        refused = None
-        if accelerator.is_main_process:
-            try:
-                stack.enter_context(exclusive(out, "training run"))
-            except BusyError as err:
-                refused = str(err)
-        if accelerator.num_processes > 1:
-            message = [refused]
-            broadcast_object_list(message, from_process=0)
-            refused = message[0]
-        if refused:
-            raise BusyError(refused)
-        yield
-
-
 def train(cfg: TrainConfig, stages: list[str], resume: bool = False, accelerator: Accelerator | None = None,
           feature_cache: FeatureCache | None = None, overwrite: bool = False) -> dict[str, StageResult]:
     """Every stage's folder, model config and data are checked before the first stage trains."""
     accelerator = accelerator or make_accelerator()
-    with run_lock(Path(cfg.output_dir), accelerator):
+    with main_process_lock(Path(cfg.output_dir), "training run", accelerator.state):
         for stage in STAGES:  # later stages too: they were built on the earlier ones
             check_stage_folder(cfg, stage, resume, overwrite, will_run=stage in stages, clear=accelerator.is_main_process)
         if accelerator.is_main_process:
