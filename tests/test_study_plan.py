@@ -31,6 +31,27 @@ def test_paper_grid_expands_without_weights(path):
     assert plan.execution.processes == 8 and plan.execution.engine in ("accelerate", "slurm")
 
 
+def test_the_cpu_example_plan_expands_on_the_readme_presets(toy, tmp_path):
+    """configs/studies/probe_cpu.yaml with runs/toy made as its header says (here: the tests' toy probe and presets)."""
+    text = (ROOT / "configs/studies/probe_cpu.yaml").read_text()
+    path = tmp_path / "probe_cpu.yaml"
+    path.write_text(text.replace("runs/toy/models", str(toy / "models")).replace("runs/toy", str(toy / "probe")))
+    plan = StudyPlan.from_file(path)
+    rows = {r["cell"]: r for r in describe_cells(plan, expand(plan))}
+    assert sorted(rows) == ["avgpool-16t-64px-s0", "avgpool-4t-32px-s0", "avgpool-4t-64px-s0", "c_abstractor-16t-64px-s0",
+                            "c_abstractor-4t-32px-s0", "c_abstractor-4t-64px-s0", "mlp-32px-s0", "mlp-64px-s0"]
+    assert rows["mlp-64px-s0"]["visual_tokens"] == 64 and rows["avgpool-16t-64px-s0"]["visual_tokens"] == 16
+
+
+def test_a_missing_checkpoint_folder_is_named_with_its_key(tmp_path):
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump({"model": {"vision": str(tmp_path / "nothing"), "llm": str(tmp_path / "nothing")},
+                                    "grid": {"connectors": ["mlp"]}}))
+    res = subprocess.run([sys.executable, "-m", "connectorlab", "study", "plan", str(path)], cwd=ROOT, capture_output=True,
+                         text=True)
+    assert res.returncode == 2 and f"model.vision = '{tmp_path / 'nothing'}': no config.json there" in res.stderr
+
+
 def test_study_plan_cli_prints_the_grid():
     res = subprocess.run([sys.executable, "-m", "connectorlab", "study", "plan", str(PAPER_PLANS[0]), "--json"],
                          cwd=ROOT, capture_output=True, text=True)

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoConfig
 
 from ..connectors import Connector, build_connector
-from ..utils.validation import POSITIVE_INT, check_ranges
+from ..utils.validation import POSITIVE_INT, ConfigError, check_ranges
 from .config import ModelConfig
 
 
@@ -29,9 +29,9 @@ class ModelShape:
     @classmethod
     def read(cls, config: ModelConfig) -> ModelShape:
         """From the checkpoints' config files (a local folder, or the Hugging Face cache)."""
-        vision = AutoConfig.from_pretrained(config.vision)
+        vision = _config(config.vision, "model.vision")
         vision = getattr(vision, "vision_config", vision)  # a full CLIP/SigLIP checkpoint nests the tower's config
-        llm = AutoConfig.from_pretrained(config.llm)
+        llm = _config(config.llm, "model.llm")
         return cls(vision.hidden_size, vision.patch_size, vision.num_hidden_layers, vision.image_size,
                    llm.get_text_config().hidden_size)
 
@@ -42,6 +42,16 @@ class ModelShape:
         if not -self.vision_layers <= config.select_layer <= self.vision_layers:
             raise ValueError(f"model.select_layer = {config.select_layer}: outside the tower's {self.vision_layers} layers")
         return (size // self.patch_size,) * 2
+
+
+def _config(path_or_id: str, key: str):
+    """A checkpoint's config; a path that is neither a folder here nor a Hub id in the cache is named with its key
+    (transformers' own message, about repo-id syntax, hides that the folder is simply missing)."""
+    try:
+        return AutoConfig.from_pretrained(path_or_id)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{key} = {path_or_id!r}: no config.json there (not a local checkpoint folder, nor a Hub "
+                          f"id this machine can reach or has cached): {type(err).__name__}") from None
 
 
 def meta_connector(config: ModelConfig, shape: ModelShape | None = None) -> Connector:
