@@ -184,7 +184,7 @@ def test_spread_over_seeds():
 
 
 def test_cells_with_one_frozen_tower_and_resolution_share_a_feature_cache(toy, tmp_path, monkeypatch):
-    from connectorlab.training.trainer import FeatureCache
+    from connectorlab.training.feature_cache import FeatureCache
 
     computed = []
     original = FeatureCache.add

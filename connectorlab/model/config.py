@@ -16,6 +16,7 @@ from ..utils.validation import POSITIVE_INT, Range, check_choice, check_ranges
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 IMAGE_MODES = ("pad", "resize", "crop")
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -67,6 +68,7 @@ class ModelConfig:
     image_mode: str = "pad"  # pad | resize | crop
     max_length: int = 2048
     dtype: str = "float32"
+    attn_implementation: str = "sdpa"  # the LM's attention: sdpa | eager | flash_attention_2 (needs flash-attn)
     freeze_vision: bool = True
     freeze_connector: bool = False
     freeze_llm: bool = False
@@ -76,6 +78,7 @@ class ModelConfig:
                             "select_layer": Range(integer=True)}, "model")
         check_choice(self.dtype, DTYPES, "model.dtype")
         check_choice(self.image_mode, IMAGE_MODES, "model.image_mode")
+        check_choice(self.attn_implementation, ATTENTION, "model.attn_implementation")
         if not isinstance(self.connector_options, dict):
             raise ValueError(f"model.connector_options = {self.connector_options!r}: must be a mapping")
 

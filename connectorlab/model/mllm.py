@@ -71,7 +71,10 @@ class MultimodalLM(nn.Module):
     def build(cls, config: ModelConfig) -> MultimodalLM:
         dtype = DTYPES[config.dtype]
         vision = build_vision(config)
-        llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype)
+        try:
+            llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, attn_implementation=config.attn_implementation)
+        except ImportError as err:  # flash_attention_2 without the flash-attn package (or without a GPU)
+            raise ValueError(f"model.attn_implementation = {config.attn_implementation!r}: {err}") from None
         tokenizer = AutoTokenizer.from_pretrained(config.llm)
         connector = build_connector(config.connector, vision.hidden_size, llm.get_input_embeddings().embedding_dim,
                                     vision.grid, **config.connector_options).to(dtype)

@@ -12,7 +12,8 @@ import yaml
 
 from ..connectors import CONNECTORS
 from ..training.config import TrainConfig
-from ..training.trainer import FeatureCache, StageResult, finished_stage, run_stage
+from ..training.feature_cache import FeatureCache
+from ..training.trainer import StageResult, finished_stage, run_stage
 from ..utils.io import atomic_write_text
 from .plan import BenchmarkSpec, Execution
 

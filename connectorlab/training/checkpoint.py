@@ -1,7 +1,9 @@
 """Checkpoints that make a resumed run bitwise equal to an uninterrupted one on CPU.
 
 A checkpoint holds only what training changes (trainable weights, optimizer, scheduler), every
-process's RNG states and the data position. It is written into a hidden temporary folder and
+process's RNG states and the data position; frozen weights are never written. Replicated runs (one
+process, DDP) write the main process's copy; FSDP runs write torch DCP shards, every process its own.
+It is written into a hidden temporary folder and
 renamed into place, so `--resume` only ever sees complete ones. Everything in it loads with
 `torch.load(weights_only=True)` or as safetensors/JSON: resuming from a checkpoint someone else made
 cannot run code.
@@ -20,8 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..utils.io import DiskFullError, atomic_write_json, free_mib, is_disk_full
+from .sharding import load_sharded, save_sharded
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
+SHARDED = "sharded"  # the DCP folder of an FSDP checkpoint: one file per process, trainable tensors only
 
 
 def rng_state() -> dict:
@@ -53,8 +57,9 @@ def list_checkpoints(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.is_dir() and STEP_DIR.match(p.name)), key=lambda p: p.name)
 
 
-def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int) -> Path:
-    """Collective: every process calls it (each saves its own RNG state)."""
+def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
+                    sharded: bool = False) -> Path:
+    """Collective: every process calls it (each saves its own RNG state, and under FSDP its own shards)."""
     final = folder / f"step-{step:07d}"
     marker = folder / f".step-{step:07d}.tmp"  # a fixed name that every process can find
     if accelerator.is_main_process:
@@ -63,11 +68,15 @@ def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, sche
     accelerator.wait_for_everyone()
     try:
         torch.save(rng_state(), marker / f"rng-rank{accelerator.process_index}.pt")
+        if sharded:
+            save_sharded(marker / SHARDED, model, optimizer)
         if accelerator.is_main_process:
-            save_file(trainable_state(accelerator.unwrap_model(model)), str(marker / "trainable.safetensors"))
-            torch.save(optimizer.state_dict(), marker / "optimizer.pt")
+            if not sharded:  # replicated (one process, DDP): the main process's copy is everyone's
+                save_file(trainable_state(accelerator.unwrap_model(model)), str(marker / "trainable.safetensors"))
+                torch.save(optimizer.state_dict(), marker / "optimizer.pt")
             torch.save(scheduler.state_dict(), marker / "scheduler.pt")
-            atomic_write_json(marker / "state.json", {**state, "step": step, "processes": accelerator.num_processes})
+            atomic_write_json(marker / "state.json", {**state, "step": step, "processes": accelerator.num_processes,
+                                                      "sharding": "fsdp" if sharded else "none"})
     except (OSError, RuntimeError) as err:
         full = is_disk_full(err, folder)
         shutil.rmtree(marker, ignore_errors=True)
@@ -87,11 +96,27 @@ def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, sche
     return final
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False) -> dict:
+    """Replicated checkpoints resume with the process count that wrote them; FSDP ones with any (DCP reshards the
+    weights and optimizer state; the data order is global, so only the per-process RNG streams start afresh)."""
     state = json.loads((path / "state.json").read_text())
+    written = state.get("sharding", "none")
+    if written != ("fsdp" if sharded else "none"):
+        raise ValueError(f"{path}: written with sharding = {written!r}; this run has sharding = "
+                         f"{'fsdp' if sharded else 'none'!r} (resume with the setting that wrote it)")
+    if sharded:
+        load_sharded(path / SHARDED, model, optimizer)
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = path / f"rng-rank{accelerator.process_index}.pt"
+        if state["processes"] == accelerator.num_processes:
+            set_rng_state(torch.load(rng, weights_only=True))
+        else:
+            state["resharded_from"] = state["processes"]
+        return state
     if state["processes"] != accelerator.num_processes:
         raise ValueError(f"{path}: written by {state['processes']} processes; resuming with "
-                         f"{accelerator.num_processes} would change the RNG streams (exact resume needs the same count)")
+                         f"{accelerator.num_processes} would change the RNG streams (exact resume needs the same count; "
+                         "sharding: fsdp checkpoints reshard)")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]

@@ -17,10 +17,13 @@ from ..utils.validation import (
     POSITIVE_INT,
     ConfigError,
     Range,
+    check_choice,
     check_ranges,
 )
+from .sharding import SHARDINGS
 
 STAGES = ("pretrain", "finetune")
+TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
 
 
 @dataclass
@@ -39,9 +42,9 @@ class StageConfig:
     data: str | None = None  # LLaVA JSON / JSONL
     image_folder: str | None = None  # default: the data file's folder
     template: str | None = None  # default: plain for pretrain, the model's for finetune
-    lr: float = 1e-3
+    lr: float | None = None  # default: the stage's (STAGE_DEFAULTS), filled in by TrainConfig
     connector_lr: float | None = None  # a separate rate for the connector (LLaVA's mm_projector_lr); None = lr
-    global_batch: int = 256
+    global_batch: int | None = None  # default: the stage's
     micro_batch: int = 16  # per process; accumulation makes up the rest of the global batch
     epochs: int = 1
     max_steps: int | None = None  # stop early (for quick runs); None = full epochs
@@ -68,12 +71,10 @@ class StageConfig:
             self.lora.validate(f"{where}.lora")
 
 
-def pretrain_defaults() -> StageConfig:
-    return StageConfig(lr=1e-3, global_batch=256, template="plain")
-
-
-def finetune_defaults() -> StageConfig:
-    return StageConfig(lr=2e-5, global_batch=128)
+# LLaVA-1.5's per-stage settings. A StageConfig leaves them None and its TrainConfig fills them in, so that a stage
+# built in Python gets the same defaults as one read from YAML (a fine-tuning stage never inherits pre-training's).
+STAGE_DEFAULTS = {"pretrain": {"lr": 1e-3, "global_batch": 256, "template": "plain"},
+                  "finetune": {"lr": 2e-5, "global_batch": 128}}
 
 
 @dataclass
@@ -81,8 +82,8 @@ class TrainConfig:
     model: ModelConfig
     output_dir: str = "runs/train"
     seed: int = 0
-    pretrain: StageConfig = field(default_factory=pretrain_defaults)
-    finetune: StageConfig = field(default_factory=finetune_defaults)
+    pretrain: StageConfig = field(default_factory=StageConfig)
+    finetune: StageConfig = field(default_factory=StageConfig)
     checkpoint_every: int = 500  # optimizer steps; a checkpoint is also written at the end of each stage
     keep_checkpoints: int = 2
     log_every: int = 1
@@ -91,14 +92,29 @@ class TrainConfig:
     # Decode every image once before training (split over processes) so that a truncated or corrupt file is
     # skipped and counted instead of crashing the stage; false: the header check alone.
     check_images: bool = True
-    bf16: bool = False
+    bf16: bool = False  # autocast to bfloat16 (weights and optimizer stay in the model's dtype)
+    fp16: bool = False  # autocast to float16 with a gradient scaler
+    gradient_checkpointing: bool = False  # recompute the LM's (and a training tower's) activations in backward
+    fused_adamw: bool = False  # torch's fused AdamW kernel (CUDA; CPU in recent torch)
+    compile_connector: bool = False  # torch.compile the connector's forward (in place: its weight names stay)
+    peak_tflops: float | None = None  # per process, for MFU; default: known for common GPUs, none on CPU
+    report_to: str = "none"  # none | tensorboard | wandb | mlflow: Accelerate's trackers get the step log's scalars
+    sharding: str = "none"  # none: replicated (one process, DDP) | fsdp: torch FSDP2 over the launch's processes
 
     RANGES = {"seed": NON_NEGATIVE_INT, "checkpoint_every": POSITIVE_INT, "keep_checkpoints": NON_NEGATIVE_INT,
-              "log_every": POSITIVE_INT}
+              "log_every": POSITIVE_INT, "peak_tflops": Range(0, low_open=True, optional=True)}
 
     def __post_init__(self) -> None:
         check_ranges(self, self.RANGES, "")
+        check_choice(self.report_to, TRACKERS, "report_to")
+        check_choice(self.sharding, SHARDINGS, "sharding")
+        if self.bf16 and self.fp16:
+            raise ConfigError("bf16 and fp16 are both true: choose one mixed precision")
         for name in STAGES:
+            stage = self.stage(name)
+            fills = {k: v for k, v in STAGE_DEFAULTS[name].items() if getattr(stage, k) is None}
+            if fills:  # a copy: the caller's StageConfig may serve another TrainConfig too
+                setattr(self, name, dataclasses.replace(stage, **fills))
             self.stage(name).validate(name)
 
     def stage(self, name: str) -> StageConfig:
@@ -114,8 +130,8 @@ class TrainConfig:
         if "model" not in data:
             raise ValueError("training config: missing required key 'model'")
         data["model"] = ModelConfig.from_dict(data["model"])
-        for name, defaults in (("pretrain", pretrain_defaults), ("finetune", finetune_defaults)):
-            stage = dataclasses.asdict(defaults())
+        for name in STAGES:
+            stage = dataclasses.asdict(StageConfig())
             given = data.get(name) or {}
             if not isinstance(given, dict):
                 raise ValueError(f"{name}: expected a mapping of keys, got {given!r}")

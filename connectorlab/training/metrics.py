@@ -19,10 +19,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class StepLog:
-    """Appends one JSON line per optimizer step; on resume, drops lines past the checkpoint."""
+    """Appends one JSON line per optimizer step (and sends its scalars to a tracker, if any); on resume, drops lines
+    past the checkpoint."""
 
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None, tracker=None):
+        self.path, self.tracker = path, tracker
         path.parent.mkdir(parents=True, exist_ok=True)
         # A last line cut short by a crash or a full disk is dropped, as are the steps after the checkpoint.
         kept = [row for row in read_complete_jsonl(path) if row["step"] <= resume_step] if resume_step is not None else []
@@ -30,6 +31,14 @@ class StepLog:
         self.losses = [row["loss"] for row in kept]
 
     def write(self, row: dict) -> None:
+        from .tracking import scalars
+
         self.losses.append(row["loss"])
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tracker is not None:
+            self.tracker.log(scalars(row), step=row["step"])
+
+    def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.finish()

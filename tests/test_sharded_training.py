@@ -1,0 +1,136 @@
+"""FSDP (torch FSDP2 over 2 gloo CPU processes): trains like one process, writes each process's shards of the trainable
+weights only, resumes after SIGKILL to the uninterrupted run's weights, reshards onto another process count, and
+gathers a whole model that loads and answers like the unsharded one."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, run_cli, write_config
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def launch(config: Path, *args: str, processes: int = 2) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", str(processes), *(["--multi_gpu"] if processes > 1 else []),
+           "-m", "connectorlab", "train", "--config", str(config), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+
+
+def losses(path: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines()]
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def assert_close(a: dict, b: dict, exact: bool = False) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:  # only float summation order differs (reduce-scatter of two partial gradients)
+            torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def runs(toy, tmp_path_factory):
+    """One process (replicated) and FSDP over two processes, both stages, same configuration."""
+    root = tmp_path_factory.mktemp("fsdp")
+    single, sharded = root / "single", root / "fsdp"
+    res = run_cli(["train", "--config", str(write_config(toy, single, **{"finetune.max_steps": 3}))])
+    assert res.returncode == 0, res.stderr[-3000:]
+    finish(launch(write_config(toy, sharded, **{"finetune.max_steps": 3, "sharding": "fsdp"})))
+    return single, sharded
+
+
+def test_fsdp_trains_like_one_process(runs):
+    single, sharded = runs
+    for stage in ("pretrain", "finetune"):
+        summary = json.loads((sharded / stage / "summary.json").read_text())
+        assert summary["processes"] == 2 and summary["sharding"] == "fsdp"
+        assert len(summary["peak_memory_mb_per_process"]) == 2 and summary["tokens_per_s"] > 0
+        torch.testing.assert_close(torch.tensor(losses(sharded / stage / "log.jsonl")),
+                                   torch.tensor(losses(single / stage / "log.jsonl")), rtol=1e-5, atol=1e-6)
+    assert_close(weights(single / "pretrain/connector.safetensors"), weights(sharded / "pretrain/connector.safetensors"))
+
+
+def test_fsdp_checkpoints_hold_each_process_shard_of_the_trainable_weights_only(runs):
+    from torch.distributed.checkpoint import FileSystemReader
+
+    _, sharded = runs
+    for stage, trained in (("pretrain", ("connector.",)), ("finetune", ("connector.", "llm."))):
+        ckpt = sorted((sharded / stage / "checkpoints").iterdir())[-1] / "sharded"
+        assert len(list(ckpt.glob("*.distcp"))) == 2  # one file per process
+        keys = [k for k in FileSystemReader(str(ckpt)).read_metadata().state_dict_metadata if k.startswith("model.")]
+        assert keys and all(k.removeprefix("model.").startswith(trained) for k in keys), keys[:5]
+        assert not any(k.startswith("model.vision.") for k in keys)  # the frozen tower is never written
+        if stage == "pretrain":
+            assert not any(k.startswith("model.llm.") for k in keys)  # nor the frozen LM of stage 1
+
+
+def test_the_gathered_model_loads_and_answers_like_the_unsharded_one(runs, toy):
+    from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
+    from connectorlab.model.mllm import MultimodalLM
+
+    single, sharded = runs
+    a, b = (MultimodalLM.from_pretrained(p / "finetune/model").eval() for p in (single, sharded))
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=name)
+    bench = load_mmbench(toy / "probe/test.tsv", mapping_section="probe")
+    items = bench.items[:8]
+    prompts = [a.processor.encode_prompt(it.prompt, num_images=1) for it in items]
+    pixels = torch.stack([a.image_transform(it.load_image()) for it in items])
+    with torch.inference_mode():
+        answers = [m.processor.decode(o) for m in (a, b) for o in m.generate(prompts, pixel_values=pixels,
+                                                                               max_new_tokens=4)]
+    assert answers[:8] == answers[8:]
+
+
+def run_until_checkpoint(config: Path, folder: Path, step: int, processes: int = 2) -> None:
+    proc = launch(config, "--stage", "pretrain", processes=processes)
+    ckpts = folder / "pretrain/checkpoints"
+    reached = lambda: any(int(p.name[5:]) >= step for p in ckpts.glob("step-*"))  # noqa: E731  (older ones are pruned)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (ckpts.exists() and reached()) and proc.poll() is None:
+        time.sleep(0.01)
+    # Every process of the launch at once, as a node failure would: torchrun starts its workers in sessions of their own,
+    # so they are found by the config file in their command line.
+    subprocess.run(["pkill", "-KILL", "-f", str(config)], check=False)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert not (folder / "pretrain/summary.json").exists(), "the run finished before it could be killed"
+
+
+@pytest.mark.parametrize("resume_processes", [2, 1], ids=["same-count", "resharded-onto-1"])
+def test_fsdp_sigkill_then_resume(toy, tmp_path, resume_processes):
+    extra = {"pretrain.epochs": 8, "pretrain.micro_batch": 1, "sharding": "fsdp", "checkpoint_every": 4}
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    finish(launch(write_config(toy, ref, **extra), "--stage", "pretrain"))
+    cfg = write_config(toy, killed, **extra)
+    run_until_checkpoint(cfg, killed, 8)
+    finish(launch(cfg, "--stage", "pretrain", "--resume", processes=resume_processes))
+    summary = json.loads((killed / "pretrain/summary.json").read_text())
+    assert summary["resumed_from"] is not None and summary["steps"] == 64
+    a, b = weights(ref / "pretrain/connector.safetensors"), weights(killed / "pretrain/connector.safetensors")
+    if resume_processes == 2:
+        assert summary["resharded_from"] is None
+        assert_close(a, b, exact=True)  # gloo's reductions are deterministic on CPU: bitwise equal
+    else:
+        assert summary["resharded_from"] == 2
+        assert_close(a, b)  # one process sums the two halves' gradients in another order
