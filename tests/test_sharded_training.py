@@ -1,6 +1,6 @@
 """FSDP (torch FSDP2 over 2 gloo CPU processes): trains like one process, writes each process's shards of the trainable
 weights only, resumes after SIGKILL to the uninterrupted run's weights, reshards onto another process count, and
-gathers a whole model that loads and answers like the unsharded one."""
+gathers a whole model that loads and answers like the unsharded one. DDP's kill and resume with 2 processes too."""
 import json
 import os
 import signal
@@ -18,9 +18,19 @@ from conftest import ROOT, run_cli, write_config
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
+def free_port() -> int:
+    """A port of its own for each launch: a killed launch's rendezvous port may linger a moment."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(config: Path, *args: str, processes: int = 2) -> subprocess.Popen:
+    multi = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_processes", str(processes), *(["--multi_gpu"] if processes > 1 else []),
+           "--dynamo_backend", "no", "--num_processes", str(processes), *multi,
            "-m", "connectorlab", "train", "--config", str(config), *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
@@ -117,9 +127,10 @@ def run_until_checkpoint(config: Path, folder: Path, step: int, processes: int =
     assert not (folder / "pretrain/summary.json").exists(), "the run finished before it could be killed"
 
 
-@pytest.mark.parametrize("resume_processes", [2, 1], ids=["same-count", "resharded-onto-1"])
-def test_fsdp_sigkill_then_resume(toy, tmp_path, resume_processes):
-    extra = {"pretrain.epochs": 8, "pretrain.micro_batch": 1, "sharding": "fsdp", "checkpoint_every": 4}
+@pytest.mark.parametrize("sharding,resume_processes", [("fsdp", 2), ("fsdp", 1), ("none", 2)],
+                         ids=["fsdp", "fsdp-resharded-onto-1", "ddp"])
+def test_sigkill_of_two_processes_then_resume(toy, tmp_path, sharding, resume_processes):
+    extra = {"pretrain.epochs": 8, "pretrain.micro_batch": 1, "sharding": sharding, "checkpoint_every": 4}
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     finish(launch(write_config(toy, ref, **extra), "--stage", "pretrain"))
     cfg = write_config(toy, killed, **extra)
@@ -127,6 +138,9 @@ def test_fsdp_sigkill_then_resume(toy, tmp_path, resume_processes):
     finish(launch(cfg, "--stage", "pretrain", "--resume", processes=resume_processes))
     summary = json.loads((killed / "pretrain/summary.json").read_text())
     assert summary["resumed_from"] is not None and summary["steps"] == 64
+    if sharding == "none":  # DDP: the main process's copy, of the trainable weights only
+        last = sorted((killed / "pretrain/checkpoints").iterdir())[-1]
+        assert all(k.startswith("connector.") for k in load_file(str(last / "trainable.safetensors")))
     a, b = weights(ref / "pretrain/connector.safetensors"), weights(killed / "pretrain/connector.safetensors")
     if resume_processes == 2:
         assert summary["resharded_from"] is None

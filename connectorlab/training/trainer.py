@@ -66,10 +66,11 @@ def build_stage_model(cfg: TrainConfig, stage: str, sc: StageConfig) -> Multimod
                                                              lora_dropout=sc.lora.dropout,
                                                              target_modules=sc.lora.target_modules, task_type="CAUSAL_LM"))
     if cfg.gradient_checkpointing:  # non-reentrant: works when only the inputs need a gradient (stage 1's frozen LM)
-        kwargs = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
-        model.llm.gradient_checkpointing_enable(**kwargs)
-        if not model.vision.frozen:
-            model.vision.model.gradient_checkpointing_enable(**kwargs)
+        for part in [model.llm] + ([] if model.vision.frozen else [model.vision.model]):
+            if hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+                part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile_connector:
         model.connector.compile()  # in place: parameter names, and so checkpoints and saved models, are unchanged
     return model
@@ -138,12 +139,6 @@ def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: 
     if plan.steps_per_epoch == 0:
         raise ValueError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
     total = plan.steps_per_epoch * sc.epochs if sc.max_steps is None else min(sc.max_steps, plan.steps_per_epoch * sc.epochs)
-    ds = accelerator.state.deepspeed_plugin
-    if ds is not None:  # DeepSpeed steps its optimizer inside every backward, so it cannot accumulate for us
-        if accum != 1:
-            raise ValueError(f"with DeepSpeed, set micro_batch = global_batch / processes "
-                             f"({sc.global_batch} / {world}); accumulation would step the optimizer every micro-batch")
-        ds.deepspeed_config["train_micro_batch_size_per_gpu"] = sc.micro_batch
     fsdp = check_engine(cfg, accelerator)
     if fsdp:  # sharded in place before the optimizer is made, so that it holds the shards
         model = shard(model, accelerator.device, world)
@@ -174,8 +169,11 @@ def check_engine(cfg: TrainConfig, accelerator: Accelerator) -> bool:
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigError("this launch enables Accelerate's FSDP plugin; connectorlab shards with torch FSDP2 itself: "
                           "launch as plain multi-process (configs/accelerate/ddp.yaml) and set sharding: fsdp")
-    if cfg.sharding == "fsdp" and accelerator.state.deepspeed_plugin is not None:
-        raise ConfigError("sharding = 'fsdp' under a DeepSpeed launch: choose one (DeepSpeed ZeRO shards by itself)")
+    if accelerator.state.deepspeed_plugin is not None:
+        # Its optimizer (and, with ZeRO-3, its parameters) live in shards that a rank-0 save would write as empty
+        # placeholders: refused until checkpoints go through DeepSpeed's own engine, rather than saved wrongly.
+        raise ConfigError("DeepSpeed ZeRO launches are not supported yet: connectorlab's checkpoints would not hold "
+                          "its sharded state; use sharding: fsdp (torch FSDP2) under a plain multi-process launch")
     return cfg.sharding == "fsdp"
 
 
