@@ -113,12 +113,11 @@ def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, acceler
     pre_cfg = dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
     note("pre-training")
     pre = stage(pre_cfg, "pretrain")
-    state.pretrain_s, state.pretrain_folder, state.pretrain_peak_mb = pre.wall_clock_s, str(pre.folder), \
-        pre.summary["peak_memory_mb"]
+    state.pretrain_s, state.pretrain_folder, state.pretrain_peak_mb = pre.wall_clock_s, str(pre.folder), pre.peak_memory_mb
     finetune = dataclasses.replace(cell.config.finetune, init_connector=str(pre.artifact))
     note("fine-tuning")
     ft = stage(dataclasses.replace(cell.config, finetune=finetune), "finetune")
-    state.finetune_s, state.finetune_peak_mb = ft.wall_clock_s, ft.summary["peak_memory_mb"]
+    state.finetune_s, state.finetune_peak_mb = ft.wall_clock_s, ft.peak_memory_mb
     return ft.artifact
 
 

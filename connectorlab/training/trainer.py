@@ -103,6 +103,11 @@ class StageResult:
     def wall_clock_s(self) -> float:
         return self.summary["wall_clock_s"]
 
+    @property
+    def peak_memory_mb(self) -> float:
+        """The largest peak of the stage's processes."""
+        return self.summary["peak_memory_mb"]
+
 
 def stage_artifact(folder: Path, stage: str) -> Path:
     return folder / ("connector.safetensors" if stage == "pretrain" else "model")
