@@ -116,6 +116,7 @@ def setup_logging() -> None:
 
 
 from . import evaluate as _evaluate  # noqa: E402,F401  (registers eval and score)
+from . import interop as _interop  # noqa: E402,F401  (registers export and import)
 from . import probe as _probe  # noqa: E402,F401  (registers probe)
 from . import study as _study  # noqa: E402,F401  (registers study)
 

@@ -41,7 +41,7 @@ class ImageTransform:
             w, h = image.size
             if w != h:
                 side = max(w, h)
-                fill = tuple(int(round(c * 255)) for c in self.mean)
+                fill = tuple(int(c * 255) for c in self.mean)  # truncated, as LLaVA's expand2square and llava-hf do
                 canvas = Image.new("RGB", (side, side), fill)
                 canvas.paste(image, ((side - w) // 2, (side - h) // 2))
                 image = canvas

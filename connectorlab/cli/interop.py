@@ -1,0 +1,44 @@
+"""`connectorlab export` and `connectorlab import`: models to and from the Hugging Face ecosystem's layouts."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from . import app, console
+
+FORMATS = ("llava-hf", "hf-remote-code")
+import_app = typer.Typer(no_args_is_help=True, help="Bring a released checkpoint into connectorlab's layout.")
+app.add_typer(import_app, name="import")
+
+
+@app.command("export")
+def export(
+    model: Path = typer.Argument(..., exists=True, file_okay=False, help="a saved MultimodalLM folder"),
+    format: str = typer.Option("llava-hf", "--format", help=f"one of: {', '.join(FORMATS)}"),
+    out: Path = typer.Option(..., help="folder to write (LlavaForConditionalGeneration + LlavaProcessor)"),
+):
+    """Write a trained model in a layout that plain transformers (and lmms-eval, vLLM) load."""
+    if format not in FORMATS:
+        raise typer.BadParameter(f"--format {format!r}: one of {', '.join(FORMATS)}")
+    if format == "hf-remote-code":
+        raise ValueError("--format hf-remote-code is not built yet (issue 12 continues); llava-hf exports linear and mlp")
+    from ..interop.llava_hf import export_llava_hf
+
+    console.print(f"llava-hf model and processor: {export_llava_hf(model, out)}")
+
+
+@import_app.command("llava-hf")
+def import_llava_hf(
+    src: str = typer.Argument(..., help="a llava-hf folder or Hub id (e.g. llava-hf/llava-1.5-7b-hf, from the cache)"),
+    out: Path = typer.Option(..., help="folder for the connectorlab model (`connectorlab eval --model OUT`)"),
+    template: str = typer.Option("vicuna_v1", help="conversation template the checkpoint was trained with"),
+    image_mode: str = typer.Option(None, help="pad | resize | crop (default: pad when the processor pads)"),
+):
+    """A llava-hf checkpoint as a connectorlab model (its projector an `mlp` connector), e.g. to score it on the
+    paper's task types with `connectorlab eval`."""
+    from ..model.mllm import MultimodalLM
+
+    model = MultimodalLM.from_llava_hf(src, template, image_mode)
+    model.save_pretrained(out)
+    console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens): {out}")

@@ -1,0 +1,141 @@
+"""Hugging Face interop on tiny models built from configs: the llava-hf export loads with stock classes and gives
+connectorlab's logits, answers, token ids and pixels; import gives the source model's logits; export -> import is the
+identity on weights; bad input is named."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from connectorlab.interop.llava_hf import NotExportable, export_llava_hf, from_llava_hf
+from connectorlab.language.processor import IMAGE_TOKEN_ID
+from connectorlab.model.config import ModelConfig
+from connectorlab.model.mllm import MultimodalLM
+
+from conftest import ROOT
+
+QUESTION = "What colour is the thing?"
+IMAGES = [Image.new("RGB", (32, 32), (200, 30, 40)), Image.new("RGB", (48, 20), (10, 200, 40))]  # square, padded
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "connectorlab", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_dir, tmp_path_factory):
+    """connectorlab models (mlp with GELU, mlp with SiLU, linear) saved, and their llava-hf exports."""
+    root = tmp_path_factory.mktemp("interop")
+    out = {}
+    for name, conn, options in (("mlp", "mlp", {}), ("mlp-silu", "mlp", {"activation": "silu"}), ("linear", "linear", {})):
+        torch.manual_seed(0)
+        model = MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector=conn,
+                                               connector_options=options, template="vicuna_v1")).eval()
+        model.save_pretrained(root / name)
+        out[name] = (model, export_llava_hf(root / name, root / f"{name}-hf"))
+    return out
+
+
+def stock(folder):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    return LlavaForConditionalGeneration.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+
+
+def hf_ids(model: MultimodalLM, image_id: int) -> list[int]:
+    return [image_id if t == IMAGE_TOKEN_ID else t for t in model.processor.encode_prompt(f"<image>\n{QUESTION}", num_images=1)]
+
+
+def last_logits(model: MultimodalLM, image: Image.Image) -> torch.Tensor:
+    ids = torch.tensor([model.processor.encode_prompt(f"<image>\n{QUESTION}", num_images=1)])
+    with torch.no_grad():
+        return model.llm(inputs_embeds=model.embed(ids, model.image_transform(image)[None])).logits[0, -1]
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp-silu", "linear"])
+def test_stock_llava_gives_connectorlab_logits_answers_ids_and_pixels(exported, name):
+    model, folder = exported[name]
+    hf, processor = stock(folder)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    for image in IMAGES:
+        enc = processor(text=text, images=image, return_tensors="pt")
+        expected = hf_ids(model, hf.config.image_token_index)
+        assert enc["input_ids"][0].tolist() == expected  # the same prompt, `<image>` expanded to the same count
+        assert torch.equal(enc["pixel_values"], model.image_transform(image)[None])  # pad, resize, normalise alike
+        with torch.no_grad():
+            logits = hf(**enc).logits[0, -1, :model.llm.config.vocab_size]
+        torch.testing.assert_close(logits, last_logits(model, image), rtol=1e-5, atol=1e-5)
+        ours = model.generate([model.processor.encode_prompt(f"<image>\n{QUESTION}", num_images=1)], enc["pixel_values"],
+                              max_new_tokens=8)[0]
+        theirs = hf.generate(**enc, max_new_tokens=8, do_sample=False)[0, len(expected):].tolist()
+        stop = model.tokenizer.eos_token_id
+        assert theirs[:len(ours)] == ours and (len(ours) == 8 or theirs[len(ours)] == stop)
+
+
+def test_export_then_import_is_the_identity_on_weights(exported):
+    for name, (model, folder) in exported.items():
+        back = from_llava_hf(folder, template="vicuna_v1")
+        assert back.config.connector == model.config.connector
+        for part in ("connector", "vision"):
+            a, b = getattr(model, part).state_dict(), getattr(back, part).state_dict()
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (name, part)
+        a, b = model.llm.state_dict(), back.llm.state_dict()
+        vocab = model.llm.config.vocab_size  # the export adds `<image>` and pads the vocabulary to 64 rows
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k][:vocab] if b[k].shape[0] > a[k].shape[0] else b[k])
+                                            for k in a), name
+
+
+def test_import_of_a_llava_hf_checkpoint_gives_its_logits(tiny_dir, tmp_path):
+    """A llava-hf model made from configs (not by our export): imported, it computes the source's logits."""
+    from transformers import AutoConfig, AutoTokenizer, LlavaConfig, LlavaForConditionalGeneration
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir / "llm")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]}, replace_extra_special_tokens=False)
+    text = AutoConfig.from_pretrained(tiny_dir / "llm").to_dict()
+    text["vocab_size"] = len(tok)
+    config = LlavaConfig(vision_config=AutoConfig.from_pretrained(tiny_dir / "clip").to_dict(), text_config=text,
+                         image_token_index=tok.convert_tokens_to_ids("<image>"), image_seq_length=16,
+                         projector_hidden_act="gelu", vision_feature_layer=-2)
+    config.vision_config.model_type = "clip_vision_model"
+    torch.manual_seed(1)
+    source = LlavaForConditionalGeneration(config).eval()
+    source.save_pretrained(tmp_path / "src")
+    tok.save_pretrained(tmp_path / "src")
+    model = MultimodalLM.from_llava_hf(tmp_path / "src", template="vicuna_v1", image_mode="resize").eval()
+    assert model.config.connector == "mlp" and model.connector.num_output_tokens == 16
+    image = IMAGES[0]
+    ids = hf_ids(model, config.image_token_index)
+    with torch.no_grad():
+        theirs = source(input_ids=torch.tensor([ids]), pixel_values=model.image_transform(image)[None]).logits[0, -1]
+    torch.testing.assert_close(last_logits(model, image), theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_an_imported_model_is_evaluated_end_to_end(exported, tmp_path):
+    from connectorlab.probe.generate import ProbeParams, generate
+
+    _, folder = exported["mlp"]
+    res = cli("import", "llava-hf", str(folder), "--out", str(tmp_path / "imported"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    generate(tmp_path / "probe", ProbeParams(image_size=32, n_train=2, n_test=2))
+    res = cli("eval", "--model", str(tmp_path / "imported"), "--benchmark", "mmbench", "--data",
+              str(tmp_path / "probe/test.tsv"), "--out", str(tmp_path / "eval"), "--max-new-tokens", "3")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((tmp_path / "eval/results.json").read_text())["scores"]["questions"] == 12  # 6 questions per probe image
+
+
+def test_bad_input_is_named(exported, tiny_dir, tmp_path):
+    torch.manual_seed(0)
+    pooled = MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector="avgpool",
+                                            connector_options={"num_tokens": 4}))
+    pooled.save_pretrained(tmp_path / "pooled")
+    with pytest.raises(NotExportable, match="feature-compressing.*hf-remote-code"):
+        export_llava_hf(tmp_path / "pooled", tmp_path / "out")
+    res = cli("export", str(tmp_path / "pooled"), "--format", "llava-hf", "--out", str(tmp_path / "out"))
+    assert res.returncode == 2 and "feature-compressing" in res.stderr
+    res = cli("export", str(exported["mlp"][1].parent / "mlp"), "--format", "onnx", "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "one of llava-hf, hf-remote-code" in res.stderr
+    res = cli("import", "llava-hf", str(tiny_dir / "llm"), "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "not a llava-hf checkpoint" in res.stderr and "'llama'" in res.stderr
