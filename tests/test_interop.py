@@ -139,3 +139,45 @@ def test_bad_input_is_named(exported, tiny_dir, tmp_path):
     assert res.returncode == 2 and "one of llava-hf, hf-remote-code" in res.stderr
     res = cli("import", "llava-hf", str(tiny_dir / "llm"), "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "not a llava-hf checkpoint" in res.stderr and "'llama'" in res.stderr
+
+
+@pytest.mark.parametrize("separate_projector", [False, True], ids=["projector-in-weights", "mm_projector.bin"])
+def test_import_of_the_original_llava_layout_gives_the_same_model(tiny_dir, tmp_path, separate_projector):
+    """A LLaVA-release folder made from the tiny LM: config.json with the mm_* keys, the projector inside the weights
+    (a fine-tuned release) or in mm_projector.bin (a pre-training output)."""
+    import shutil
+
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(2)
+    reference = MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector="mlp",
+                                               template="vicuna_v1")).eval()
+    src = tmp_path / "llava-v1.5-tiny"
+    lm = AutoModelForCausalLM.from_pretrained(tiny_dir / "llm")
+    lm.save_pretrained(src)
+    for f in [*(tiny_dir / "llm").glob("tokenizer*"), *(tiny_dir / "llm").glob("special_tokens_map.json")]:
+        shutil.copy(f, src / f.name)
+    config = json.loads((src / "config.json").read_text())
+    config.update(architectures=["LlavaLlamaForCausalLM"], model_type="llava_llama",
+                  mm_vision_tower="openai/clip-vit-large-patch14-336", mm_projector_type="mlp2x_gelu", mm_hidden_size=32, mm_vision_select_layer=-2,
+                  mm_vision_select_feature="patch", image_aspect_ratio="pad", mm_use_im_start_end=False)
+    (src / "config.json").write_text(json.dumps(config))
+    projector = {f"model.mm_projector.{k}": v.detach().clone() for k, v in reference.connector.mlp.state_dict().items()}
+    if separate_projector:
+        torch.save(projector, src / "mm_projector.bin")
+    else:
+        weights = {k: v.contiguous() for k, v in lm.state_dict().items()}
+        (src / "model.safetensors").unlink()
+        save_file({**weights, **projector}, str(src / "model.safetensors"))
+    res = cli("import", "llava", str(src), "--vision", str(tiny_dir / "clip"), "--out", str(tmp_path / "imported"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    imported = MultimodalLM.from_pretrained(tmp_path / "imported").eval()
+    assert (imported.config.connector, imported.config.select_layer, imported.image_transform.mode) == ("mlp", -2, "pad")
+    for image in IMAGES:
+        torch.testing.assert_close(last_logits(imported, image), last_logits(reference, image), rtol=0, atol=0)
+
+
+def test_a_folder_that_is_not_a_llava_release_is_named(tiny_dir, tmp_path):
+    res = cli("import", "llava", str(tiny_dir / "llm"), "--out", str(tmp_path / "x"))
+    assert res.returncode == 2 and "not a LLaVA release (config.json lacks mm_vision_tower, mm_projector_type)" in res.stderr

@@ -42,3 +42,18 @@ def import_llava_hf(
     model = MultimodalLM.from_llava_hf(src, template, image_mode)
     model.save_pretrained(out)
     console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens): {out}")
+
+
+@import_app.command("llava")
+def import_llava(
+    src: Path = typer.Argument(..., exists=True, file_okay=False, help="a LLaVA release folder (e.g. llava-v1.5-7b)"),
+    out: Path = typer.Option(..., help="folder for the connectorlab model"),
+    vision: str = typer.Option(None, help="the CLIP tower (default: the folder's mm_vision_tower; a local copy offline)"),
+    template: str = typer.Option("vicuna_v1", help="conversation template the checkpoint was trained with"),
+):
+    """LLaVA's original layout (an LM folder with mm_projector weights and mm_* config keys) as a connectorlab model."""
+    from ..interop.llava_original import from_llava_original
+
+    model = from_llava_original(src, vision, template)
+    model.save_pretrained(out)
+    console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens): {out}")

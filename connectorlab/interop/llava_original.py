@@ -1,0 +1,87 @@
+"""LLaVA's original release layout (liuhaotian/llava-v1.5-7b and its kin) as a MultimodalLM.
+
+That layout is one LM folder: a Llama checkpoint whose config.json adds the multimodal keys (`mm_vision_tower` naming
+the CLIP tower, `mm_projector_type` such as `mlp2x_gelu`, `mm_vision_select_layer`, `mm_vision_select_feature`,
+`image_aspect_ratio`) and whose weights add `model.mm_projector.*` (or a pre-training checkpoint's separate
+`mm_projector.bin`). Its vocabulary has no image token: the image is the -200 sentinel, as in connectorlab, so the
+32,000 rows are kept as they are (the llava-hf conversion is what grows them to 32,064).
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..model.config import ModelConfig
+from ..model.mllm import MultimodalLM
+
+PROJECTOR = re.compile(r"^mlp(\d+)x_(gelu|relu|silu)$")
+PREFIX = "model.mm_projector."
+IMAGE_MODES = {"pad": "pad", "square": "resize", None: "crop", "anyres": None}
+
+
+def connector_for(projector_type: str) -> tuple[str, dict]:
+    if projector_type == "linear":
+        return "linear", {}
+    match = PROJECTOR.match(projector_type or "")
+    if not match:
+        raise ValueError(f"mm_projector_type {projector_type!r}: connectorlab maps 'linear' and 'mlp<N>x_<act>'")
+    return "mlp", {"depth": int(match.group(1)), "activation": match.group(2)}
+
+
+def read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    files = sorted(folder.glob("*.safetensors")) or sorted(p for p in folder.glob("pytorch_model*.bin"))
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True))
+    return state
+
+
+def from_llava_original(folder: str | Path, vision: str | None = None, template: str = "vicuna_v1") -> MultimodalLM:
+    """`vision` replaces `mm_vision_tower` (e.g. a local copy of openai/clip-vit-large-patch14-336)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (not a LLaVA checkpoint folder)")
+    data = json.loads(cfg_path.read_text())
+    missing = [k for k in ("mm_vision_tower", "mm_projector_type") if k not in data]
+    if missing:
+        raise ValueError(f"{folder}: not a LLaVA release (config.json lacks {', '.join(missing)})")
+    if data.get("mm_use_im_start_end"):
+        raise ValueError(f"{folder}: mm_use_im_start_end = true (image start/end tokens) is not supported")
+    mode = IMAGE_MODES.get(data.get("image_aspect_ratio"), "pad")
+    if mode is None:
+        raise ValueError(f"{folder}: image_aspect_ratio {data['image_aspect_ratio']!r} (LLaVA-NeXT tiles) is not supported")
+    connector, options = connector_for(data["mm_projector_type"])
+    if data.get("mm_vision_select_feature", "patch") != "patch":
+        raise ValueError(f"{folder}: mm_vision_select_feature {data['mm_vision_select_feature']!r}; connectorlab drops CLS")
+    state = read_weights(folder)
+    projector = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    if not projector and (folder / "mm_projector.bin").is_file():
+        projector = {k.split("mm_projector.", 1)[1]: v
+                     for k, v in torch.load(folder / "mm_projector.bin", map_location="cpu", weights_only=True).items()}
+    if not projector:
+        raise ValueError(f"{folder}: no projector weights (model.mm_projector.* in the weights, or mm_projector.bin)")
+    lm_state = {k: v for k, v in state.items() if not k.startswith(("model.mm_projector.", "model.vision_tower."))}
+    text = {k: v for k, v in data.items() if not k.startswith("mm_") and k not in ("architectures", "model_type")}
+    with tempfile.TemporaryDirectory() as tmp:
+        lm = AutoModelForCausalLM.from_config(LlamaConfig(**text))
+        lm.load_state_dict(lm_state, strict=not getattr(lm.config, "tie_word_embeddings", False))
+        lm.save_pretrained(Path(tmp) / "llm")
+        AutoTokenizer.from_pretrained(str(folder)).save_pretrained(Path(tmp) / "llm")
+        model = MultimodalLM.build(ModelConfig(vision=vision or data["mm_vision_tower"], llm=str(Path(tmp) / "llm"),
+                                               connector=connector, connector_options=options,
+                                               select_layer=data.get("mm_vision_select_layer", -2), template=template,
+                                               image_mode=mode, max_length=data.get("tokenizer_model_max_length", 2048)))
+    key = {"linear": lambda k: f"proj.{k}" if not k[0].isdigit() else f"proj.{k.split('.', 1)[1]}"}.get(connector,
+                                                                                                      lambda k: f"mlp.{k}")
+    model.connector.load_state_dict({key(k): v for k, v in projector.items()})
+    return model
