@@ -160,8 +160,9 @@ def test_import_of_the_original_llava_layout_gives_the_same_model(tiny_dir, tmp_
         shutil.copy(f, src / f.name)
     config = json.loads((src / "config.json").read_text())
     config.update(architectures=["LlavaLlamaForCausalLM"], model_type="llava_llama",
-                  mm_vision_tower="openai/clip-vit-large-patch14-336", mm_projector_type="mlp2x_gelu", mm_hidden_size=32, mm_vision_select_layer=-2,
-                  mm_vision_select_feature="patch", image_aspect_ratio="pad", mm_use_im_start_end=False)
+                  mm_vision_tower="openai/clip-vit-large-patch14-336", mm_projector_type="mlp2x_gelu", mm_hidden_size=32,
+                  mm_vision_select_layer=-2, mm_vision_select_feature="patch", image_aspect_ratio="pad",
+                  mm_use_im_start_end=False)
     (src / "config.json").write_text(json.dumps(config))
     projector = {f"model.mm_projector.{k}": v.detach().clone() for k, v in reference.connector.mlp.state_dict().items()}
     if separate_projector:
