@@ -4,6 +4,7 @@ identity on weights; bad input is named."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -182,3 +183,71 @@ def test_import_of_the_original_llava_layout_gives_the_same_model(tiny_dir, tmp_
 def test_a_folder_that_is_not_a_llava_release_is_named(tiny_dir, tmp_path):
     res = cli("import", "llava", str(tiny_dir / "llm"), "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "not a LLaVA release (config.json lacks mm_vision_tower, mm_projector_type)" in res.stderr
+
+
+# ---- hf-remote-code: every connector of the zoo, loaded where connectorlab cannot be imported -----------------------
+
+CHILD = r'''
+import json, sys
+sys.modules["connectorlab"] = None  # any import of connectorlab now fails: the folders must stand alone
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sys.argv[1]}]}]
+for folder in sys.argv[3:]:
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    enc = processor(text=text, images=Image.open(sys.argv[2]), return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits[0, -1]
+    answer = model.generate(**enc, max_new_tokens=6, do_sample=False)[0, enc["input_ids"].shape[1]:].tolist()
+    print(json.dumps({"folder": folder, "ids": enc["input_ids"][0].tolist(), "logits": logits.tolist(), "answer": answer}))
+'''
+
+
+@pytest.fixture(scope="module")
+def remote(tiny_dir, tmp_path_factory):
+    import inspect
+
+    from connectorlab.connectors import CONNECTORS
+    from connectorlab.interop.hf_remote import export_remote_code
+
+    root = tmp_path_factory.mktemp("remote")
+    models, folders = {}, []
+    for name, cls in CONNECTORS.items():
+        options = dict(cls.tiny_options)
+        if "num_tokens" in inspect.signature(cls.__init__).parameters:
+            options.setdefault("num_tokens", 4)
+        torch.manual_seed(0)
+        model = MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector=name,
+                                               connector_options=options, template="vicuna_v1")).eval()
+        model.save_pretrained(root / name)
+        folders.append(export_remote_code(root / name, root / f"{name}-remote"))
+        models[str(folders[-1])] = (name, model)
+    IMAGES[1].save(root / "image.png")
+    res = subprocess.run([sys.executable, "-c", CHILD, QUESTION, str(root / "image.png"), *map(str, folders)],
+                         capture_output=True, text=True, cwd=root)
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+    return {models[r["folder"]][0]: (models[r["folder"]][1], r) for r in results}
+
+
+def test_every_connector_exports_with_remote_code(remote):
+    from connectorlab.connectors import CONNECTORS
+
+    assert sorted(remote) == sorted(CONNECTORS.names())
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp", "avgpool", "qformer", "perceiver", "cross_attn", "c_abstractor",
+                                  "d_abstractor", "ldp", "ldpv2", "pixel_shuffle", "tokenpacker"])
+def test_the_remote_code_export_answers_like_connectorlab(remote, name):
+    model, theirs = remote[name]
+    image_id = json.loads((Path(theirs["folder"]) / "config.json").read_text())["image_token_id"]
+    prompt = model.processor.encode_prompt(f"<image>\n{QUESTION}", num_images=1)
+    assert theirs["ids"] == [image_id if t == IMAGE_TOKEN_ID else t for t in prompt]  # exactly Q image tokens
+    vocab = model.llm.config.vocab_size
+    torch.testing.assert_close(torch.tensor(theirs["logits"][:vocab]), last_logits(model, IMAGES[1]), rtol=1e-5, atol=1e-5)
+    ours = model.generate([prompt], model.image_transform(IMAGES[1])[None], max_new_tokens=6)[0]
+    assert theirs["answer"][:len(ours)] == ours

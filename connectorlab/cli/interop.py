@@ -16,13 +16,16 @@ app.add_typer(import_app, name="import")
 def export(
     model: Path = typer.Argument(..., exists=True, file_okay=False, help="a saved MultimodalLM folder"),
     format: str = typer.Option("llava-hf", "--format", help=f"one of: {', '.join(FORMATS)}"),
-    out: Path = typer.Option(..., help="folder to write (LlavaForConditionalGeneration + LlavaProcessor)"),
+    out: Path = typer.Option(..., help="folder to write (a model and its processor)"),
 ):
     """Write a trained model in a layout that plain transformers (and lmms-eval, vLLM) load."""
     if format not in FORMATS:
         raise typer.BadParameter(f"--format {format!r}: one of {', '.join(FORMATS)}")
     if format == "hf-remote-code":
-        raise ValueError("--format hf-remote-code is not built yet (issue 12 continues); llava-hf exports linear and mlp")
+        from ..interop.hf_remote import export_remote_code
+
+        console.print(f"remote-code model and processor (load with trust_remote_code=True): {export_remote_code(model, out)}")
+        return
     from ..interop.llava_hf import export_llava_hf
 
     console.print(f"llava-hf model and processor: {export_llava_hf(model, out)}")

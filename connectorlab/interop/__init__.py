@@ -1,0 +1,1 @@
+"""Connectorlab models to and from the Hugging Face ecosystem's layouts."""
