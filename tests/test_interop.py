@@ -251,3 +251,21 @@ def test_the_remote_code_export_answers_like_connectorlab(remote, name):
     torch.testing.assert_close(torch.tensor(theirs["logits"][:vocab]), last_logits(model, IMAGES[1]), rtol=1e-5, atol=1e-5)
     ours = model.generate([prompt], model.image_transform(IMAGES[1])[None], max_new_tokens=6)[0]
     assert theirs["answer"][:len(ours)] == ours
+
+
+@pytest.mark.parametrize("template", ["vicuna_v1", "llama_2", "chatml"])
+def test_the_exported_chat_template_renders_connectorlab_prompts(tiny_dir, tmp_path, template):
+    """Two turns and a question, through the processor's chat template, give encode_prompt's ids (images expanded)."""
+    torch.manual_seed(0)
+    model = MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector="mlp",
+                                           template=template))
+    model.save_pretrained(tmp_path / "model")
+    hf, processor = stock(export_llava_hf(tmp_path / "model", tmp_path / "hf"))
+    history = [("user", "<image>\nWhat colour is it?"), ("assistant", "red")]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+                {"role": "user", "content": [{"type": "text", "text": "And its shape?"}]}]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    enc = processor(text=text, images=IMAGES[0], return_tensors="pt")
+    ours = model.processor.encode_prompt("And its shape?", history, num_images=1)
+    assert enc["input_ids"][0].tolist() == [hf.config.image_token_index if t == IMAGE_TOKEN_ID else t for t in ours]

@@ -129,18 +129,27 @@ def adds_bos(tokenizer) -> bool:
 
 def chat_template(name: str, tokenizer_adds_bos: bool) -> str:
     """A Jinja chat template that renders connectorlab's template of that name (user text with `<image>` where the
-    image goes; the generation prompt ends where the answer starts)."""
+    image goes; the generation prompt ends where the answer starts). The tests hold each against `encode_prompt`."""
     from ..language.templates import TEMPLATES
 
-    t = TEMPLATES[name]
+    system = TEMPLATES[name].system
     user = ("{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}"
             "{{ c['text'] }}{% endif %}{% endfor %}")
+    answer = "{{ m['content'] if m['content'] is string else m['content'][0]['text'] }}"
+    bos = "{% if not loop.first %}{{ bos_token }}{% endif %}" if tokenizer_adds_bos else "{{ bos_token }}"
     if name in ("vicuna_v1", "plain_v1"):
-        head = ("" if tokenizer_adds_bos else "{{ bos_token }}") + f"{t.system} "
-        return (head + "{% for m in messages %}{% if m['role'] == 'user' %}USER: " + user + " ASSISTANT:"
-                "{% else %} {{ m['content'][0]['text'] if m['content'] is not string else m['content'] }}{{ eos_token }}"
+        return (("" if tokenizer_adds_bos else "{{ bos_token }}") + system + " {% for m in messages %}"
+                "{% if m['role'] == 'user' %}USER: " + user + " ASSISTANT:{% else %} " + answer + "{{ eos_token }}"
                 "{% endif %}{% endfor %}")
-    raise NotExportable(f"template {name!r}: no chat template written for it yet (vicuna_v1 and plain_v1 are)")
+    if name == "llama_2":
+        return ("{% for m in messages %}{% if m['role'] == 'user' %}" + bos + "{% if loop.first %}[INST] <<SYS>>\n"
+                + system + "\n<</SYS>>\n\n{% else %}[INST] {% endif %}" + user + " [/INST]{% else %} " + answer
+                + " {{ eos_token }}{% endif %}{% endfor %}")
+    if name == "chatml":
+        return ("<|im_start|>system\n" + system + "<|im_end|>\n{% for m in messages %}{% if m['role'] == 'user' %}"
+                "<|im_start|>user\n" + user + "<|im_end|>\n<|im_start|>assistant\n{% else %}" + answer
+                + "<|im_end|>\n{% endif %}{% endfor %}")
+    raise NotExportable(f"template {name!r}: no chat template is written for it (vicuna_v1, plain_v1, llama_2, chatml)")
 
 
 def from_llava_hf(path_or_id: str | Path, template: str = "vicuna_v1", image_mode: str | None = None) -> MultimodalLM:
