@@ -21,8 +21,11 @@ TASK_TYPES = typer.Option(None, help="task-type mapping YAML replacing the built
 def eval_command(
     model: Path = typer.Option(..., exists=True, file_okay=False, help="a saved MultimodalLM folder"),
     benchmark: str = typer.Option(..., help="mmbench | mme | seedbench"),
-    data: Path = typer.Option(..., exists=True, help="MMBench TSV, MME release folder, or SEED-Bench JSON"),
+    data: str = typer.Option(..., help="MMBench TSV, MME release folder, SEED-Bench JSON; or the Hub dataset lmms-eval "
+                                       "reads (lmms-lab/MME, lmms-lab/MMBench, lmms-lab/SEED-Bench) or parquet files of it"),
     out: Path = typer.Option(..., help="output folder (predictions.jsonl, records.jsonl, results.json)"),
+    subset: str = typer.Option(None, help="Hub dataset: its subset (default: en for MMBench)"),
+    split: str = typer.Option(None, help="Hub dataset: its split (default: dev for MMBench, test otherwise)"),
     image_folder: Path = typer.Option(None, help="SEED-Bench image folder (default: beside the JSON)"),
     batch_size: int = typer.Option(8, min=1, help="prompts generated together (answers do not depend on it)"),
     max_new_tokens: int = typer.Option(128, min=1, help="longest answer generated, in tokens"),
@@ -44,7 +47,11 @@ def eval_command(
     from ..utils.distributed import process_state
 
     setup_logging()
-    bench = load_benchmark(benchmark, data, image_folder, strict, task_types, task_section)
+    from ..evaluation.hub import is_hub_source
+
+    if not is_hub_source(data) and not Path(data).exists():
+        raise FileNotFoundError(f"--data {data}: no such file or folder (nor an owner/name Hub dataset id)")
+    bench = load_benchmark(benchmark, data, image_folder, strict, task_types, task_section, subset, split)
     state = process_state()
     mllm = MultimodalLM.from_pretrained(model).to(state.device)
     if template:

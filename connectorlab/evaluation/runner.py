@@ -34,7 +34,13 @@ log = logging.getLogger("connectorlab.eval")
 
 
 def load_benchmark(name: str, data: str | Path, image_folder: str | Path | None = None, strict: bool = False,
-                   task_types: str | Path | None = None, task_section: str | None = None) -> Benchmark:
+                   task_types: str | Path | None = None, task_section: str | None = None, subset: str | None = None,
+                   split: str | None = None) -> Benchmark:
+    """The release files, or (a Hub id such as lmms-lab/MME, or parquet files of that schema) the Hub's dataset."""
+    from .hub import is_hub_source, load_hub_benchmark
+
+    if name in BENCHMARKS and is_hub_source(data):
+        return load_hub_benchmark(name, data, subset, split, strict, task_types, task_section)
     if name == "mmbench":
         return load_mmbench(data, strict, task_section, task_types)
     if name == "mme":

@@ -62,7 +62,12 @@ def options_of(row) -> dict[str, str]:
 
 def load_mmbench(path: str | Path, strict: bool = False, mapping_section: str | None = None,
                  mapping_file: str | Path | None = None) -> Benchmark:
-    df = read_table(path)
+    return mmbench_from_frame(read_table(path), str(path), strict, mapping_section, mapping_file)
+
+
+def mmbench_from_frame(df: pd.DataFrame, path: str, strict: bool = False, mapping_section: str | None = None,
+                       mapping_file: str | Path | None = None) -> Benchmark:
+    """Rows as the TSV has them (every cell a string, the image base64): the release file, or a Hub dataset's rows."""
     missing = [c for c in ("question", "image") if c not in df.columns]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")

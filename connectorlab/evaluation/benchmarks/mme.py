@@ -227,6 +227,13 @@ def load_mme(folder: str | Path, strict: bool = False, mapping_file: str | Path 
                 order[sub.name].append(key)
     if not items:
         raise DataError(f"{folder}: no MME sub-task folders found")
+    return mme_benchmark(str(folder), items, order, skips, mapping_file)
+
+
+def mme_benchmark(source: str, items: list[EvalItem], order: dict[str, list[str]], skips: SkipReport,
+                  mapping_file: str | Path | None = None) -> Benchmark:
+    """Items with meta subtask, image, question (as the release writes it) and answer; `order` lists each sub-task's
+    keys two per image, in release order, as the official tool pairs them."""
     by_key = {it.key: it for it in items}
     mapping = load_mapping("mme", mapping_file)
 
@@ -239,4 +246,4 @@ def load_mme(folder: str | Path, strict: bool = False, mapping_file: str | Path 
         result["complete"] = result["complete"] and not result["missing_predictions"]
         return result
 
-    return Benchmark("mme", str(folder), items, skips, score)
+    return Benchmark("mme", source, items, skips, score)

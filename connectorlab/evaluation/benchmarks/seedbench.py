@@ -64,6 +64,18 @@ def load_seedbench(questions: str | Path, image_folder: str | Path | None = None
                    mapping_file: str | Path | None = None) -> Benchmark:
     qs, names = read_questions(questions)
     folder = Path(image_folder) if image_folder else Path(questions).parent
+
+    def image_of(q: dict):
+        image = folder / str(q.get("data_id", ""))
+        return (image_from_path(image), str(image)) if image.is_file() else None
+
+    return seed_benchmark(str(questions), qs, names, image_of, strict, mapping_file,
+                          lambda q: f"field 'data_id': {folder / str(q.get('data_id', ''))} not found")
+
+
+def seed_benchmark(source: str, qs: list[dict], names: dict, image_of, strict: bool = False,
+                   mapping_file: str | Path | None = None, why_missing=lambda q: "no image") -> Benchmark:
+    """Questions as SEED-Bench.json has them; `image_of(question)` gives (loader, key), or None when it is missing."""
     skips = SkipReport(strict=strict)
     items, rows = [], []
     for n, q in enumerate(qs):
@@ -73,21 +85,20 @@ def load_seedbench(questions: str | Path, image_folder: str | Path | None = None
             options = _options(q)
             answer = q["answer"]
         except (KeyError, ValueError, TypeError) as err:
-            skips.skip("malformed_row", qid, f"missing or bad field {err}", str(questions))
+            skips.skip("malformed_row", qid, f"missing or bad field {err}", source)
             continue
         if q.get("data_type", "image") != "image" or dim not in IMAGE_DIMENSIONS:
-            skips.skip("video_question", qid, f"dimension {dim} is video", str(questions))
+            skips.skip("video_question", qid, f"dimension {dim} is video", source)
             continue
-        image = folder / str(q.get("data_id", ""))
-        if not image.is_file():
-            skips.skip("missing_image", qid, f"field 'data_id': {image} not found", str(questions))
+        found = image_of(q)
+        if found is None:
+            skips.skip("missing_image", qid, why_missing(q), source)
             continue
         meta = {"question_id": qid, "dimension": dim, "answer": answer, "options": options}
-        items.append(EvalItem(qid, mc_prompt(str(q["question"]), options), image_from_path(image), meta,
-                              image_key=str(image)))
+        items.append(EvalItem(qid, mc_prompt(str(q["question"]), options), found[0], meta, image_key=found[1]))
         rows.append(meta)
     mapping = load_mapping("seedbench", mapping_file)
-    return Benchmark("seedbench", str(questions), items, skips,
+    return Benchmark("seedbench", source, items, skips,
                      lambda preds: score_seed([{**r, "prediction": preds.get(r["question_id"])} for r in rows], names, mapping))
 
 
