@@ -28,7 +28,8 @@ REMOTE = Path(__file__).with_name("remote_code")
 SHARED = ("base.py", "layers.py")  # what every connector module imports (relative imports, resolved by transformers)
 AUTO_MAP = {"AutoConfig": "configuration_connectorlab.ConnectorlabConfig",
             "AutoModelForImageTextToText": "modeling_connectorlab.ConnectorlabForConditionalGeneration",
-            "AutoModelForCausalLM": "modeling_connectorlab.ConnectorlabForConditionalGeneration"}
+            "AutoModelForCausalLM": "modeling_connectorlab.ConnectorlabForConditionalGeneration",
+            "AutoModel": "modeling_connectorlab.ConnectorlabForConditionalGeneration"}  # lmms-eval's fallback class
 
 
 def export_remote_code(model_dir: str | Path, out: str | Path) -> Path:
