@@ -24,7 +24,8 @@ def export(
     if format == "hf-remote-code":
         from ..interop.hf_remote import export_remote_code
 
-        console.print(f"remote-code model and processor (load with trust_remote_code=True): {export_remote_code(model, out)}")
+        folder = export_remote_code(model, out)
+        console.print(f"remote-code model and processor (load it with trust_remote_code enabled): {folder}")
         return
     from ..interop.llava_hf import export_llava_hf
 

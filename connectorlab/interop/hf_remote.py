@@ -1,5 +1,6 @@
-"""`--format hf-remote-code`: any connector of the zoo as a folder that `AutoModelForImageTextToText.from_pretrained(
-DIR, trust_remote_code=True)` and `AutoProcessor` load without connectorlab installed.
+"""`--format hf-remote-code`: any connector of the zoo as a folder that `AutoModelForImageTextToText.from_pretrained`
+and `AutoProcessor` load with `trust_remote_code` enabled, without connectorlab installed (connectorlab itself never
+enables it: it writes this code, it does not run other people's).
 
 The folder carries connectorlab's own connector module (copied, with the `base.py` and `layers.py` it imports), a
 small model class (`remote_code/modeling_connectorlab.py`: tower -> connector -> LM, with `get_image_features`), and
