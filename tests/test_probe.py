@@ -182,3 +182,24 @@ def test_quickstart_refuses_a_folder_made_with_other_settings(tiny_study):
 def test_plan_placeholders_keep_their_type():
     assert fill({"a": ["${seed}"], "b": "${probe}/x.json", "c": 3}, {"seed": 7, "probe": "/p"}) == \
         {"a": [7], "b": "/p/x.json", "c": 3}
+
+
+def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
+    plan = builtin_plan()
+    plan["grid"].update(connectors=["mlp", "avgpool"], resolutions=[32], tokens=[4])
+    plan["finetune"].update(global_batch=32, micro_batch=32, epochs=1)
+    plan["benchmarks"][0]["max_new_tokens"] = 3
+    qc = QuickstartConfig(
+        out=str(tmp_path / "qs"), seeds=2, probe=ProbeParams(image_size=32, n_train=64, n_test=3),
+        sizes=TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=1, llm_heads=2),
+        vision_steps=4, plan=plan, eval_batch=64)
+    result = quickstart(qc, show_progress=False)
+    assert sorted(result.run.states) == ["avgpool-4t-32px-s0", "avgpool-4t-32px-s1", "mlp-32px-s0", "mlp-32px-s1"]
+    report = (tmp_path / "qs/report.md").read_text()
+    assert "## Over seeds (mean +- sample standard deviation)" in report and "over 2 seeds" in report
+    assert "at 32 px, seed 1" in report  # the findings compare cells of one seed with each other
+
+
+def test_quickstart_seed_counts_are_checked():
+    with pytest.raises(ValueError, match="quickstart.seeds = 0"):
+        QuickstartConfig(seeds=0)

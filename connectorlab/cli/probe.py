@@ -48,7 +48,8 @@ def probe_models(
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder (re-running skips finished cells)"),
-    seed: int = typer.Option(0, help="seed of the probe, the presets and every training run"),
+    seed: int = typer.Option(0, help="seed of the probe, the presets and the first training seed"),
+    seeds: int = typer.Option(1, min=1, help="training seeds per cell (seed, seed+1, ...); the report gives the spread"),
     object_scale: float = typer.Option(0.12, help="probe difficulty: side of the small shape, fraction of the image"),
     clutter: int = typer.Option(2, help="probe difficulty: at most this many decoy specks per image"),
 ):
@@ -63,8 +64,8 @@ def quickstart(
     import logging
 
     logging.getLogger("connectorlab").setLevel(logging.WARNING)  # the progress bars tell the story
-    result = run(QuickstartConfig(out=str(out), seed=seed, probe=ProbeParams(seed=seed, object_scale=object_scale,
-                                                                          clutter=clutter)))
+    result = run(QuickstartConfig(out=str(out), seed=seed, seeds=seeds,
+                                  probe=ProbeParams(seed=seed, object_scale=object_scale, clutter=clutter)))
     console.print(f"report: {result.report['report']}\nresults: {result.report['results']}")
     if result.run.failed:
         console.print(f"[red]{len(result.run.failed)} cell(s) failed: {', '.join(result.run.failed)} (errors in their "

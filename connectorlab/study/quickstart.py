@@ -23,6 +23,7 @@ from ..probe.presets import TinySizes, build_presets
 from ..training.run_folder import differences
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.progress import progress_bar
+from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, check_ranges
 from .plan import StudyPlan
 from .report import ABOUT, write_report
 from .runner import StudyRun, run_study
@@ -38,12 +39,16 @@ def builtin_plan() -> dict[str, Any]:
 @dataclass
 class QuickstartConfig:
     out: str = "runs/quickstart"
-    seed: int = 0  # of the probe, the presets and every cell
+    seed: int = 0  # of the probe, the presets and the first training seed of every cell
+    seeds: int = 1  # training seeds per cell (seed, seed + 1, ...): the report gives the spread over them
     probe: ProbeParams = field(default_factory=ProbeParams)
     sizes: TinySizes = field(default_factory=TinySizes)
     vision_steps: int = 800
     warmup_epochs: int = 1
-    plan: dict[str, Any] = field(default_factory=builtin_plan)  # a study plan with ${probe} ${vision} ${llm} ${seed}
+    plan: dict[str, Any] = field(default_factory=builtin_plan)  # a study plan with ${probe} ${vision} ${llm} ${seeds}
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"seed": NON_NEGATIVE_INT, "seeds": POSITIVE_INT}, "quickstart")
     eval_batch: int = 128
 
     @property
@@ -87,7 +92,8 @@ def prepare(qc: QuickstartConfig, bar) -> tuple[Path, Path, Path]:
 
 
 def quickstart_plan(qc: QuickstartConfig, probe: Path, vision: Path, llm: Path) -> StudyPlan:
-    values = {"probe": str(probe), "vision": str(vision), "llm": str(llm), "seed": qc.seed}
+    values = {"probe": str(probe), "vision": str(vision), "llm": str(llm), "seed": qc.seed,
+              "seeds": list(range(qc.seed, qc.seed + qc.seeds))}
     data = fill(copy.deepcopy(qc.plan), values)
     return StudyPlan.from_dict({**data, "output_dir": qc.out}, str(BUILTIN_PLAN))
 
