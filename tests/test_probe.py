@@ -150,6 +150,8 @@ def test_quickstart_writes_results_figures_and_report(tiny_study):
     report = (out / "report.md").read_text()
     assert "Preserving beats compressing on fine-grained perception:" in report and "task_type_accuracy.png" in report
     assert "## What was measured" in report and "twice chance" in report and "exact McNemar" in report
+    assert "Training cost at the paper's shape (a projection" in report and "model FLOPs per sample" in report
+    assert (tt.pretrain_flops_per_sample > 0).all() and (tt.finetune_flops_per_sample > tt.pretrain_flops_per_sample).all()
 
 
 def test_quickstart_is_a_study_folder(tiny_study):
@@ -203,3 +205,16 @@ def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
 def test_quickstart_seed_counts_are_checked():
     with pytest.raises(ValueError, match="quickstart.seeds = 0"):
         QuickstartConfig(seeds=0)
+
+
+def test_the_projection_at_the_paper_shape_follows_tokens():
+    from connectorlab.study.projection import LLM_WEIGHTS, TEXT_TOKENS, project, stage_flops
+
+    rows = {(r["connector"], r["visual_tokens"]): r for r in project(["c_abstractor", "avgpool"])}
+    assert rows[("mlp", 1024)]["pretrain_change_pct"] == 0 and set(rows) >= {("c_abstractor", 64), ("avgpool", 144)}
+    # the LM dominates: 2 x weights x (Q + text) per token forward, 2x in stage 1 (input gradient), 3x in stage 2
+    assert stage_flops(100, 0, "finetune") - stage_flops(0, 0, "finetune") == 3 * 2 * LLM_WEIGHTS * 100
+    ca = rows[("c_abstractor", 64)]
+    expected = (64 + TEXT_TOKENS["pretrain"]) / (1024 + TEXT_TOKENS["pretrain"]) - 1
+    assert ca["pretrain_change_pct"] == pytest.approx(100 * expected, abs=2)  # the tower and connector add a little
+    assert ca["pretrain_change_pct"] < ca["finetune_change_pct"] < 0  # longer text dilutes the saving in stage 2

@@ -21,6 +21,7 @@ from ..evaluation.task_types import TYPES, load_mapping
 from ..utils.io import atomic_write_text
 from .figures import figures
 from .findings import findings, sanity
+from .projection import projection_section
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
 from .runner import study_states
@@ -28,7 +29,8 @@ from .runner import study_states
 ALPHA = 0.05
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "seed", "variant", "benchmark", "level", "name", "n",
            "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
-           "connector_flops", "pretrain_s", "finetune_s", "pretrain_peak_mb", "finetune_peak_mb"]
+           "connector_flops", "pretrain_s", "finetune_s", "pretrain_flops_per_sample", "finetune_flops_per_sample",
+           "pretrain_peak_mb", "finetune_peak_mb"]
 ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
 
 
@@ -50,7 +52,9 @@ def _rows(cell: dict) -> list[dict]:
             "variant": size.get("variant"),
             "visual_tokens": size["visual_tokens"], "connector_parameters": size["parameters"],
             "connector_flops": size["flops"], "pretrain_s": state.pretrain_s, "finetune_s": state.finetune_s,
-            "pretrain_peak_mb": state.pretrain_peak_mb, "finetune_peak_mb": state.finetune_peak_mb}
+            "pretrain_peak_mb": state.pretrain_peak_mb, "finetune_peak_mb": state.finetune_peak_mb,
+            "pretrain_flops_per_sample": state.pretrain_flops_per_sample,
+            "finetune_flops_per_sample": state.finetune_flops_per_sample}
     rows = []
     for bench, scores in cell["scores"].items():
         for ttype in TYPES:
@@ -150,6 +154,8 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
         lines += ["## Recommendation", "", sentence_for(picked), ""]
     if meta.get("reference_results"):
         lines += reference_section(Path(meta["reference_results"]))
+    if cells:
+        lines += projection_section(sorted({c["entry"]["size"]["connector"] for c in cells}))
     pngs = figures(df, out)
     lines += ["## Figures", "", *[f"![{name}]({name})" for name in pngs], ""] if pngs else []
     atomic_write_text(out / "report.md", "\n".join(lines))
@@ -260,8 +266,13 @@ def time_against_reference(tt: pd.DataFrame, reference: str | None) -> list[str]
         ref = refs.get((r.resolution, r.seed, r.variant))
         if ref is None or r.connector == reference or not ref.pretrain_s or not ref.finetune_s:
             continue
+        flops = ""
+        if pd.notna(r.pretrain_flops_per_sample) and pd.notna(ref.pretrain_flops_per_sample):
+            flops = (f"; model FLOPs per sample {100 * (r.pretrain_flops_per_sample / ref.pretrain_flops_per_sample - 1):+.0f} %"
+                     f" and {100 * (r.finetune_flops_per_sample / ref.finetune_flops_per_sample - 1):+.0f} % "
+                     f"({r.pretrain_flops_per_sample / 1e9:.2f} and {r.finetune_flops_per_sample / 1e9:.2f} GFLOP)")
         lines.append(f"- {r.cell} vs {ref.cell}: pre-training {100 * (r.pretrain_s / ref.pretrain_s - 1):+.0f} %, "
-                     f"fine-tuning {100 * (r.finetune_s / ref.finetune_s - 1):+.0f} % (measured wall-clock time)")
+                     f"fine-tuning {100 * (r.finetune_s / ref.finetune_s - 1):+.0f} % (measured wall-clock time){flops}")
     return lines
 
 

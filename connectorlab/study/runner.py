@@ -39,6 +39,8 @@ class CellState:
     eval_s: float | None = None
     pretrain_peak_mb: float | None = None
     finetune_peak_mb: float | None = None
+    pretrain_flops_per_sample: float | None = None
+    finetune_flops_per_sample: float | None = None
     pretrain_folder: str | None = None
     model: str | None = None
     evaluations: dict[str, str] = field(default_factory=dict)  # benchmark[/blind] -> results.json
@@ -48,7 +50,10 @@ class CellState:
     @classmethod
     def read(cls, folder: Path) -> CellState | None:
         path = folder / CELL_STATE
-        return cls(**json.loads(path.read_text())) if path.exists() else None
+        if not path.exists():
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}  # a cell.json written before a field existed still reads
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
     def write(self, folder: Path) -> None:
         atomic_write_json(folder / CELL_STATE, dataclasses.asdict(self))
@@ -114,10 +119,12 @@ def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, acceler
     note("pre-training")
     pre = stage(pre_cfg, "pretrain")
     state.pretrain_s, state.pretrain_folder, state.pretrain_peak_mb = pre.wall_clock_s, str(pre.folder), pre.peak_memory_mb
+    state.pretrain_flops_per_sample = pre.flops_per_sample
     finetune = dataclasses.replace(cell.config.finetune, init_connector=str(pre.artifact))
     note("fine-tuning")
     ft = stage(dataclasses.replace(cell.config, finetune=finetune), "finetune")
     state.finetune_s, state.finetune_peak_mb = ft.wall_clock_s, ft.peak_memory_mb
+    state.finetune_flops_per_sample = ft.flops_per_sample
     return ft.artifact
 
 

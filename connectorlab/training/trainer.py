@@ -104,6 +104,11 @@ class StageResult:
         return self.summary["wall_clock_s"]
 
     @property
+    def flops_per_sample(self) -> float | None:
+        """Model FLOPs of one training sample (forward and backward), counted from the model's own shape."""
+        return self.summary.get("model_flops_per_sample")
+
+    @property
     def peak_memory_mb(self) -> float:
         """The largest peak of the stage's processes."""
         return self.summary["peak_memory_mb"]
@@ -203,6 +208,7 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
         "tokens_per_s": totals.tokens / session_s if session_s > 0 and totals.steps else None,
         "model_tflops_per_s": totals.flops / session_s / 1e12 if session_s > 0 and totals.steps else None,
         "mfu": totals.flops / session_s / (peak * world) if peak and session_s > 0 and totals.steps else None,
+        "model_flops_per_sample": totals.flops / (totals.steps * sc.global_batch) if totals.steps else None,
         "peak_flops_per_process": peak,
         "final_loss": steplog.losses[-1] if steplog and steplog.losses else None,
         "first_loss": steplog.losses[0] if steplog and steplog.losses else None,
