@@ -37,6 +37,8 @@ def eval_command(
     strict: bool = typer.Option(False, help="raise on the first malformed row instead of skipping it"),
     image_workers: int = typer.Option(4, min=0, help="threads decoding the next batch's images (0: inline)"),
     overwrite: bool = typer.Option(False, help="discard predictions that --out holds from another run"),
+    reduce: str = typer.Option(None, help="training-free token reduction of a preserving connector's output, "
+                                          "METHOD:TOKENS with METHOD random | avgpool | cls_attention"),
     allow_incomplete: bool = ALLOW_INCOMPLETE,
 ):
     """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped. Under
@@ -57,6 +59,10 @@ def eval_command(
     if template:
         mllm.processor = MultimodalProcessor(mllm.tokenizer, template, mllm.connector.num_output_tokens,
                                              mllm.config.max_length)
+    if reduce:
+        from ..reduction import parse
+
+        mllm.set_reduction(parse(reduce))
     result = evaluate(mllm, bench, out, batch_size, max_new_tokens, blind, {"model": str(model)},
                       workers=image_workers, overwrite=overwrite, state=state)
     if not state.is_main_process:  # the main process reports; every process exits with the same code

@@ -83,6 +83,8 @@ def run_identity(model: MultimodalLM, bench: Benchmark, blind: bool, max_new_tok
     """What the predictions depend on; the model's content is in it, not only its path."""
     info = {"benchmark": bench.name, "data": bench.source, "blind": blind, "max_new_tokens": max_new_tokens,
             "template": model.processor.template.name, **(run_info or {})}
+    if getattr(model, "reduction", None) is not None:  # reduced answers never mix with the full model's
+        info["reduction"] = model.reduction.label
     if model.pretrained_path is not None and "model_fingerprint" not in info:
         # Hashed once per loaded model (a 7B folder is ~14 GB), not once per benchmark and blind baseline.
         if getattr(model, "_fingerprint", None) is None:

@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 
 from ..connectors import CONNECTORS, Connector, build_connector
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
+from ..reduction import Reduction
 from ..utils.io import atomic_dir, atomic_write_json
 from ..vision.tower import VisionTower
 from ..vision.transforms import ImageTransform, normalisation_for
@@ -65,6 +66,7 @@ class MultimodalLM(nn.Module):
         self.image_transform = image_transform_for(config, vision)
         self.set_trainable(vision=not config.freeze_vision, connector=not config.freeze_connector, llm=not config.freeze_llm)
         self.pretrained_path: Path | None = None  # the folder it was loaded from, if any
+        self.reduction: Reduction | None = None  # training-free token reduction at inference (set_reduction)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -148,7 +150,25 @@ class MultimodalLM(nn.Module):
                       vision_features: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> torch.Tensor:
         """Connector outputs from pixels, or from tower outputs computed earlier (a frozen-feature cache)."""
         features, levels = vision_features if vision_features is not None else self.vision(pixel_values)
-        return self.connector(features.to(self.connector_dtype), None if levels is None else levels.to(self.connector_dtype))
+        out = self.connector(features.to(self.connector_dtype), None if levels is None else levels.to(self.connector_dtype))
+        if self.reduction is None:
+            return out
+        attention = None
+        if self.reduction.method == "cls_attention":
+            if pixel_values is None:
+                raise ValueError("cls_attention reduction needs the images (not cached tower features)")
+            attention = self.vision.patch_attention(pixel_values)
+        return self.reduction(out, self.connector.grid, attention)
+
+    def set_reduction(self, reduction: Reduction | None) -> None:
+        """Training-free token reduction of a preserving connector's output at inference (`connectorlab.reduction`);
+        None removes it. `<image>` then expands to the reduced count."""
+        if reduction is not None:
+            reduction.check(self.connector.grid, self.connector.family)
+            if reduction.method == "cls_attention":
+                self.vision.model.set_attn_implementation("eager")  # sdpa returns no attention weights
+        self.reduction = reduction
+        self.processor.num_image_tokens = reduction.tokens if reduction else self.connector.num_output_tokens
 
     @property
     def connector_dtype(self) -> torch.dtype:

@@ -111,3 +111,14 @@ class VisionTower(nn.Module):
         features = hs[self.select_layer][:, start:]
         levels = torch.cat([hs[i][:, start:] for i in self.level_layers], dim=-1) if self.level_layers else None
         return features, levels
+
+    @torch.no_grad()
+    def patch_attention(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """[B, P]: the attention each patch receives at the selected layer, from the CLS token (mean over heads), or
+        from every position for a tower without CLS. Needs eager attention (`set_attn_implementation("eager")`)."""
+        out = self.model(pixel_values=pixel_values.to(self.dtype), output_attentions=True)
+        if not out.attentions or out.attentions[0] is None:
+            raise ValueError("the vision tower returned no attention weights (it needs eager attention)")
+        layer = self.select_layer if self.select_layer < 0 else self.select_layer - 1  # hidden_states[0] is the input
+        attn = out.attentions[layer].float().mean(1)  # [B, T, T]
+        return attn[:, 0, 1:] if self.has_cls else attn.mean(1)
