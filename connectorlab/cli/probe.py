@@ -59,6 +59,7 @@ def quickstart(
     from ..study.quickstart import QuickstartConfig
     from ..study.quickstart import quickstart as run
     from . import setup_logging
+    from .study import exit_if_failed
 
     setup_logging()
     import logging
@@ -67,8 +68,4 @@ def quickstart(
     result = run(QuickstartConfig(out=str(out), seed=seed, seeds=seeds,
                                   probe=ProbeParams(seed=seed, object_scale=object_scale, clutter=clutter)))
     console.print(f"report: {result.report['report']}\nresults: {result.report['results']}")
-    if result.run.failed:
-        console.print(f"[red]{len(result.run.failed)} cell(s) failed: {', '.join(result.run.failed)} (errors in their "
-                      "cell.json; a re-run of the quick start tries them again)[/red]",
-                      highlight=False)
-        raise typer.Exit(1)
+    exit_if_failed(result.run.failed, "a re-run of the quick start tries them again")

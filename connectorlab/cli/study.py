@@ -65,9 +65,14 @@ def study_run(
     result = run_study(study, out, retry_failed=retry_failed, eval_batch=eval_batch)
     report = write_report(result.folder)
     console.print(f"report: {report['report']}\nresults: {report['results']}")
-    if result.failed:
-        console.print(f"[red]{len(result.failed)} cell(s) failed: {', '.join(result.failed)} (errors in their "
-                      "cell.json; --retry-failed runs them again)[/red]", highlight=False)
+    exit_if_failed(result.failed, "--retry-failed runs them again")
+
+
+def exit_if_failed(failed: list[str], retry: str) -> None:
+    """Exit 1 naming the failed cells (their errors are in their cell.json), after the report is written."""
+    if failed:
+        console.print(f"[red]{len(failed)} cell(s) failed: {', '.join(failed)} (errors in their cell.json; {retry})[/red]",
+                      highlight=False)
         raise typer.Exit(1)
 
 
@@ -105,7 +110,7 @@ def study_report(
     max_tokens: int = typer.Option(None, min=1, help="recommend only cells with at most this many visual tokens"),
     max_train_s: float = typer.Option(None, min=0, help="recommend only cells trained within this many seconds"),
 ):
-    """Write results.csv, report.md and task_types.png from the finished cells of a study folder."""
+    """Write results.csv, report.md and the figures from the finished cells of a study folder."""
     from ..study.recommend import Recommendation
     from ..study.report import write_report
 

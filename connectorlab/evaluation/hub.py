@@ -46,8 +46,7 @@ def load_rows(name: str, source: str | Path, subset: str | None = None, split: s
         files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
         rows = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     else:
-        _, default_subset, default_split = HUB.get(name, (None, None, "test"))
-        rows = datasets.load_dataset(str(source), subset or default_subset, split=split or default_split)
+        rows = datasets.load_dataset(str(source), subset, split=split)
     missing = [c for c in REQUIRED[name] if c not in rows.column_names]
     if missing:
         raise DataError(f"{source}: not a {name} dataset as lmms-eval reads it: no column(s) {', '.join(missing)} "
@@ -72,9 +71,11 @@ def from_bytes(data: bytes):
 def load_hub_benchmark(name: str, source: str | Path, subset: str | None = None, split: str | None = None,
                        strict: bool = False, task_types: str | Path | None = None,
                        task_section: str | None = None) -> Benchmark:
+    if not Path(source).exists():
+        _, default_subset, default_split = HUB[name]
+        subset, split = subset or default_subset, split or default_split
     rows = load_rows(name, source, subset, split)
-    label = f"{source}" + (f" [{subset or HUB.get(name, ('', None, None))[1] or ''}/{split or HUB[name][2]}]"
-                           if not Path(source).exists() else "")
+    label = str(source) if Path(source).exists() else f"{source} [{subset or ''}/{split}]"
     if name == "mmbench":
         return mmbench_from_frame(mmbench_frame(rows), label, strict, task_section, task_types)
     if name == "mme":

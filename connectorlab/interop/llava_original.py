@@ -81,7 +81,6 @@ def from_llava_original(folder: str | Path, vision: str | None = None, template:
                                                connector=connector, connector_options=options,
                                                select_layer=data.get("mm_vision_select_layer", -2), template=template,
                                                image_mode=mode, max_length=data.get("tokenizer_model_max_length", 2048)))
-    key = {"linear": lambda k: f"proj.{k}" if not k[0].isdigit() else f"proj.{k.split('.', 1)[1]}"}.get(connector,
-                                                                                                      lambda k: f"mlp.{k}")
-    model.connector.load_state_dict({key(k): v for k, v in projector.items()})
+    prefix = "proj." if connector == "linear" else "mlp."  # LLaVA's nn.Linear / nn.Sequential keys, under our module
+    model.connector.load_state_dict({prefix + k: v for k, v in projector.items()})
     return model

@@ -166,7 +166,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
                                 "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
         if plan.execution.engine == "slurm":
             return StudyRun(out, cells, submit_cells(plan, cells, out, retry_failed, eval_batch))
-        benchmarks = load_benchmarks(plan)
+        benchmarks = {} if launched(plan.execution) else load_benchmarks(plan)  # launched cells load their own
         accelerator = make_accelerator()
         states, caches = {}, {}  # caches: frozen-tower features by (tower, resolution, ...), shared by cells
         with progress_bar(show_progress) as bar:

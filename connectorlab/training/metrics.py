@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..utils.io import atomic_write_text, read_complete_jsonl
+from .tracking import scalars
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -31,8 +32,6 @@ class StepLog:
         self.losses = [row["loss"] for row in kept]
 
     def write(self, row: dict) -> None:
-        from .tracking import scalars
-
         self.losses.append(row["loss"])
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
