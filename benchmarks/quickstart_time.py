@@ -31,12 +31,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "runs" / "quickstart_bench"))
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "quickstart_time.json"))
-    ap.add_argument("--limit-s", type=float, default=600.0)
+    ap.add_argument("--limit-s", type=float, default=300.0)
+    ap.add_argument("quickstart", nargs="*", help="extra quick start options, after --, e.g. -- --seed 1")
     args = ap.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, "-m", "connectorlab", "quickstart", "--out", str(out)], cwd=ROOT,
+    res = subprocess.run([sys.executable, "-m", "connectorlab", "quickstart", "--out", str(out), *args.quickstart], cwd=ROOT,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
     wall = time.perf_counter() - t0
     if res.returncode:
@@ -52,17 +53,19 @@ def main():
     mlp = df[df.connector == "mlp"]
     twice = {f"{r.name}@{r.resolution}": round(r.accuracy / r.chance, 2) for r in mlp.itertuples()}
     gaps = {}
-    for res_px in sorted(df.resolution.unique()):
-        m = df[(df.connector == "mlp") & (df.resolution == res_px) & (df.name == "fine")].iloc[0]
-        a = df[(df.connector == "avgpool") & (df.resolution == res_px) & (df.name == "fine")].iloc[0]
-        gaps[str(res_px)] = {"mlp": [m.accuracy, m.ci_low, m.ci_high], "avgpool": [a.accuracy, a.ci_low, a.ci_high],
-                             "outside_intervals": bool(m.ci_low > a.ci_high or a.ci_low > m.ci_high)}
+    for a in df[(df.connector == "avgpool") & (df.name == "fine")].itertuples():  # every resolution and budget
+        m = df[(df.connector == "mlp") & (df.resolution == a.resolution) & (df.name == "fine")].iloc[0]
+        gaps[f"{a.resolution}px-{int(a.tokens)}t"] = {
+            "mlp": [m.accuracy, m.ci_low, m.ci_high], "avgpool": [a.accuracy, a.ci_low, a.ci_high],
+            "outside_intervals": bool(m.ci_low > a.ci_high or a.ci_low > m.ci_high)}
+    report = (out / "report.md").read_text()
+    verdicts = [line.removeprefix("- ").split("**")[1] for line in report.splitlines() if line.startswith("- **")]
     result = {
         "benchmark": "connectorlab quickstart, fresh output folder, one process",
         "wall_clock_s": wall, "limit_s": args.limit_s, "within_limit": wall <= args.limit_s,
         "figures": figures, "mlp_accuracy_over_chance": twice,
         "mlp_at_least_twice_chance_everywhere": all(v >= 2 for v in twice.values()),
-        "fine_gap_mlp_vs_avgpool": gaps, "cells": int(df.cell.nunique()),
+        "options": args.quickstart, "fine_gap_mlp_vs_avgpool": gaps, "cells": int(df.cell.nunique()), "verdicts": verdicts,
         "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
     }

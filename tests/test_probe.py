@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
-from connectorlab.probe.generate import TASK_TYPES, ProbeParams, generate
+from connectorlab.probe.generate import ProbeParams, generate, task_types
 from connectorlab.probe.presets import TinySizes
 from connectorlab.probe.vision_pretrain import dense_targets
 from connectorlab.study.findings import findings, sanity
@@ -36,14 +36,35 @@ def test_probe_test_set_is_mmbench_layout_with_circular_copies(tmp_path):
     assert len(bench.items) == meta["test_rows"] == 4 * meta["test_questions"]
     df = pd.read_csv(tmp_path / "test.tsv", sep="\t", keep_default_na=False)
     assert set(df["l2-category"]) == {"coarse_perception", "finegrained_perception", "reasoning"}
-    assert set(df.category) == set(TASK_TYPES)
+    assert set(df.category) == set(task_types()) and len(set(df.category)) >= 11
     for _, group in df.groupby(df["index"] % 1_000_000):
         texts = {row[row.answer] for _, row in group.iterrows()}
         assert len(group) == 4 and len(texts) == 1  # the gold text is the same in every rotation
         assert len(set(group.answer)) == 4  # while its letter moves
     perfect = bench.score({it.key: it.meta["options"][it.meta["answer"]] for it in bench.items})
     assert perfect["circular"] == 1.0
-    assert {t: v["n"] for t, v in perfect["task_types"].items()} == {"coarse": 15, "fine": 5, "reasoning": 10}
+    assert {t: v["n"] for t, v in perfect["task_types"].items()} == {"coarse": 20, "fine": 20, "reasoning": 15}
+
+
+def test_every_sub_task_has_its_own_type_in_the_mapping_yaml():
+    """The probe's regrouping lives where the real benchmarks' does, with at least the issue's sub-tasks per type."""
+    from connectorlab.evaluation.task_types import load_mapping
+
+    mapping = load_mapping("probe")
+    by_type = {t: {k for k, v in mapping.items() if v["type"] == t} for t in ("coarse", "fine", "reasoning")}
+    assert by_type["fine"] >= {"colour", "count", "digit", "locate"}
+    assert by_type["coarse"] >= {"scene", "background", "texture", "quality"}
+    assert by_type["reasoning"] >= {"relation", "comparison", "logic"}
+
+
+def test_fine_tuning_records_ask_every_fine_question_short_and_some_as_multiple_choice(tmp_path):
+    generate(tmp_path, ProbeParams(n_train=4, n_test=1, questions_per_record=6, mc_per_record=2))
+    fine = {"What colour are the small shapes?", "How many small shapes are there?", "What digit is on the tile?",
+            "Where is the tile?"}
+    for rec in json.loads((tmp_path / "finetune.json").read_text()):
+        asks = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in rec["conversations"][0::2]]
+        assert len(asks) == 6 and fine <= set(asks)
+        assert sum("Answer with the option's letter" in t["value"] for t in rec["conversations"][0::2]) == 2
 
 
 def test_training_records_hold_the_image_once(tmp_path):
@@ -55,7 +76,8 @@ def test_training_records_hold_the_image_once(tmp_path):
 
 
 def test_dense_targets_mark_the_small_shape_and_specks():
-    ann = {"scene": "sky", "texture": "plain", "quality": "sharp",
+    ann = {"scene": "sky", "background": "grey", "texture": "plain", "quality": "sharp",
+           "digit": {"shape": "7", "colour": "", "cx": 0.1, "cy": 0.1, "size": 0.15},
            "big": [{"shape": "circle", "colour": "red", "cx": 0.25, "cy": 0.25, "size": 0.3},
                    {"shape": "square", "colour": "blue", "cx": 0.75, "cy": 0.75, "size": 0.2}],
            "small": [{"shape": "triangle", "colour": "white", "cx": 0.8, "cy": 0.2, "size": 0.1}],
@@ -66,6 +88,7 @@ def test_dense_targets_mark_the_small_shape_and_specks():
     assert t["size"][speck_cell] == 3 and t["small_colour"][speck_cell] == 0
     assert t["size"][2 * 8 + 2] == 1  # under the big circle
     assert t["position"][0] == 0 and t["position"][63] == 15
+    assert t["size"][0] == 4 and t["digit"][0] > 0 and t["digit"][small_cell] == 0  # the tile, with its digit
 
 
 def frame(*cells) -> pd.DataFrame:
@@ -126,7 +149,7 @@ def tiny_study(tmp_path_factory):
     plan["grid"].update(connectors=["linear", "mlp", "avgpool",
                                     {"name": "perceiver", "options": {"layers": 1, "heads": 2, "dim_head": 8}},
                                     {"name": "c_abstractor", "options": {"hidden": 16, "depth": 1}}],
-                        resolutions=[32, 48], tokens=[4])
+                        resolutions=[32, 48], tokens=[4], reduce={"method": ["random", "cls_attention"], "tokens": 4})
     plan["finetune"].update(global_batch=32, micro_batch=32, epochs=1)
     plan["benchmarks"][0]["max_new_tokens"] = 3
     qc = QuickstartConfig(
@@ -138,10 +161,14 @@ def tiny_study(tmp_path_factory):
 
 def test_quickstart_writes_results_figures_and_report(tiny_study):
     out, _, result = tiny_study
-    assert not result.run.failed and result.report["cells"] == 10
+    assert not result.run.failed and result.report["cells"] == 10 + 2 * 2 * 2  # + linear and mlp reduced two ways
     df = pd.read_csv(out / "results.csv")
     tt = df[(df.level == "task_type") & (df.benchmark == "probe")]
-    assert len(tt) == 5 * 2 * 3 and set(tt.family) == {"preserving", "compressing"}
+    assert len(tt) == (10 + 8) * 3 and set(tt.family) == {"preserving", "compressing", "training-free"}
+    free = tt[tt.family == "training-free"]
+    assert set(free.connector) == {"mlp+random", "mlp+cls_attention", "linear+random", "linear+cls_attention"}
+    assert set(free.visual_tokens) == {4} and free.blind_accuracy.notna().all()
+    assert "mlp+random-4t-48px-s0" in set(free.cell)
     assert set(tt[tt.connector == "mlp"].visual_tokens) == {16, 36} and set(tt[tt.connector == "avgpool"].visual_tokens) == {4}
     assert tt.blind_accuracy.notna().all() and (tt.chance == 0.25).all() and (tt.pretrain_s > 0).all()
     assert set(df.benchmark) == {"probe", "probe_blind"}
@@ -152,12 +179,16 @@ def test_quickstart_writes_results_figures_and_report(tiny_study):
     assert "## What was measured" in report and "twice chance" in report and "exact McNemar" in report
     assert "Training cost at the paper's shape (a projection" in report and "model FLOPs per sample" in report
     assert (tt.pretrain_flops_per_sample > 0).all() and (tt.finetune_flops_per_sample > tt.pretrain_flops_per_sample).all()
+    assert "**Training-free `mlp+random` keeps fine-grained perception" in report
+    assert "compressing connectors trained at the same budget" in report
 
 
 def test_quickstart_is_a_study_folder(tiny_study):
     out, _, result = tiny_study
     states = study_states(out)
     assert len(states) == 10 and all(s.status == "done" for _, s in states)
+    mlp = next(s for _, s in states if s.label == "mlp-48px-s0")
+    assert set(mlp.evaluations) == {"probe", "probe_blind", "probe@random-4", "probe@cls_attention-4"}
     assert json.loads((out / "study.json").read_text())["plan"].endswith("quickstart.yaml")
     # one stage-1 run per connector and resolution, under the study's shared pre-training folder
     assert len(list((out / "pretrain").glob("*/pretrain/summary.json"))) == 10

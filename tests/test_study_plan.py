@@ -93,6 +93,19 @@ def test_axes_multiply_budgets_apply_only_where_they_exist_and_rules_filter(tiny
     assert "linear-48px-s1" in labels and len(cells) == 2 + 2 + 4 + 1  # mlp, avgpool at 32 only, perceiver, include
 
 
+def test_reduce_axis_applies_every_method_at_every_budget_to_preserving_cells_only(tiny_plan):
+    tiny_plan["grid"]["reduce"] = {"method": ["random", "avgpool", "cls_attention"], "tokens": [4, 9]}
+    plan = StudyPlan.from_dict(tiny_plan)
+    cells = expand(plan)
+    mlp = next(c for c in cells if c.label == "mlp-32px-s0")
+    assert [r.label for r in mlp.reductions] == ["random-4", "random-9", "avgpool-4", "avgpool-9", "cls_attention-4",
+                                                 "cls_attention-9"]
+    assert all(not c.reductions for c in cells if c.connector != "mlp")
+    without = {c.label: c.cell_id for c in expand(StudyPlan.from_dict({**tiny_plan, "grid": {**tiny_plan["grid"],
+                                                                                        "reduce": None}}))}
+    assert without == {c.label: c.cell_id for c in cells}  # evaluation only: the trained cells stay the same
+
+
 def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     base = {c.label: c for c in expand(StudyPlan.from_dict(tiny_plan))}
     assert base == {c.label: c for c in expand(StudyPlan.from_dict(copy.deepcopy(tiny_plan)))}
@@ -119,8 +132,12 @@ def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     (lambda p: p.update(execution={"engine": "kubernetes"}), r"execution.engine = .kubernetes.: must be one of local"),
     (lambda p: p.update(benchmarks=[{"name": "mmvet", "data": "x"}]), r"name = 'mmvet': must be one of mmbench, mme, seedbench"),
     (lambda p: p.update(reference_connector="qformer"), r"reference_connector = 'qformer': not among grid.connectors"),
+    (lambda p: p["grid"].update(reduce={"method": "topk", "tokens": 4}), r"grid.reduce.method: 'topk' must be one of random"),
+    (lambda p: p["grid"].update(reduce={"method": "random"}), r"grid.reduce = .*needs exactly 'method' and 'tokens'"),
+    (lambda p: p["grid"].update(reduce={"method": "avgpool", "tokens": 5}),
+     r"cell mlp-32px-s0: avgpool reduction to 5 tokens: must be a square number"),
 ], ids=["connector", "resolution", "budget", "exclude-field", "all-excluded", "model-connector", "training-key",
-        "stage-sizes", "engine", "benchmark", "reference"])
+        "stage-sizes", "engine", "benchmark", "reference", "reduce-method", "reduce-keys", "reduce-square"])
 def test_plan_errors_name_the_file_and_key(tiny_plan, tmp_path, edit, message):
     edit(tiny_plan)
     path = tmp_path / "plan.yaml"

@@ -116,6 +116,28 @@ def test_status_lists_every_cell(study, capsys, monkeypatch):
 
 # ---- the statistics ------------------------------------------------------------------------------
 
+def test_a_reduce_axis_added_later_evaluates_finished_cells_without_training_them_again(study, tmp_path):
+    import copy
+
+    plan, out, _, data = study
+    folder = next(p for p in (out / "cells").iterdir() if p.name.startswith("mlp-48px-s0-a"))
+    stamp = (folder / "finetune/summary.json").stat().st_mtime_ns
+    changed = copy.deepcopy(data)
+    changed["grid"]["reduce"] = {"method": ["random", "avgpool"], "tokens": 4}
+    again = run_study(StudyPlan.from_dict(changed), show_progress=False)
+    state = again.states["mlp-48px-s0-a"]
+    assert state.status == "done" and (folder / "finetune/summary.json").stat().st_mtime_ns == stamp
+    assert set(state.evaluations) == {"probe", "probe_blind", "probe@random-4", "probe@avgpool-4"}
+    assert json.loads((folder / "eval/probe@random-4/run.json").read_text())["reduction"] == "random-4"
+    assert set(again.states["avgpool-4t-48px-s0-a"].evaluations) == {"probe", "probe_blind"}
+    write_report(out)
+    df = pd.read_csv(out / "results.csv")
+    free = df[(df.family == "training-free") & (df.level == "task_type") & (df.benchmark == "probe")]
+    assert set(free.cell) == {f"mlp+{m}-4t-{r}px-s0-a" for m in ("random", "avgpool") for r in (32, 48)} | \
+        {f"mlp+{m}-4t-32px-s0-b" for m in ("random", "avgpool")}
+    assert (free.visual_tokens == 4).all()
+
+
 def test_mcnemar_finds_a_real_difference_and_not_a_null_one():
     rng = random.Random(0)
     keys = [str(i) for i in range(400)]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import typer
 
+from ..probe.generate import ProbeParams
 from . import app, console
 
 probe_app = typer.Typer(no_args_is_help=True, help="The generated granularity probe.")
@@ -16,17 +17,18 @@ def probe_generate(
     out: Path = typer.Option(..., help="output folder"),
     seed: int = typer.Option(0, help="random seed of the drawing (same seed, same files)"),
     image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
-    object_scale: float = typer.Option(0.12, help="side of a small shape as a fraction of the image"),
-    clutter: int = typer.Option(2, help="at most this many specks per image (decoys for pooled tokens)"),
+    object_scale: float = typer.Option(ProbeParams.object_scale, help="side of a small shape as a fraction of the image"),
+    clutter: int = typer.Option(ProbeParams.clutter, help="at most this many specks per image (decoys for pooled tokens)"),
     n_train: int = typer.Option(2000, min=1, help="training images (one caption and one instruction record each)"),
     n_test: int = typer.Option(200, min=1, help="test images (several questions each, with circular copies)"),
 ):
     """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
-    from ..probe.generate import ProbeParams, generate
+    from ..probe.generate import generate
     from ..utils.progress import progress_bar
 
     with progress_bar(True) as bar:
-        meta = generate(out, ProbeParams(seed, image_size, object_scale, clutter, n_train, n_test), progress=bar)
+        meta = generate(out, ProbeParams(seed=seed, image_size=image_size, object_scale=object_scale, clutter=clutter,
+                                         n_train=n_train, n_test=n_test), progress=bar)
     console.print(f"wrote {meta['train_images']} training images and {meta['test_questions']} test questions "
                   f"({meta['test_rows']} rows with circular copies) to {out}")
 
@@ -50,12 +52,14 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="output folder (re-running skips finished cells)"),
     seed: int = typer.Option(0, help="seed of the probe, the presets and the first training seed"),
     seeds: int = typer.Option(1, min=1, help="training seeds per cell (seed, seed+1, ...); the report gives the spread"),
-    object_scale: float = typer.Option(0.12, help="probe difficulty: side of the small shape, fraction of the image"),
-    clutter: int = typer.Option(2, help="probe difficulty: at most this many decoy specks per image"),
+    object_scale: float = typer.Option(None, help="probe difficulty: side of a small shape, fraction of the image "
+                                       "(default: the probe's)"),
+    clutter: int = typer.Option(None, help="probe difficulty: at most this many decoy specks per image (default: the "
+                                "probe's)"),
+    full: bool = typer.Option(False, "--full", help="the full grid: five connectors at three resolutions (longer)"),
 ):
-    """The whole study on a laptop CPU: probe, tiny MLLMs with five connectors at two resolutions, report (a built-in
-    study plan, run like `connectorlab study run`)."""
-    from ..probe.generate import ProbeParams
+    """The whole study on a laptop CPU: probe, tiny MLLMs with a connector of each kind at two resolutions and two
+    budgets, training-free reductions beside them, report (a built-in study plan, run like `connectorlab study run`)."""
     from ..study.quickstart import QuickstartConfig
     from ..study.quickstart import quickstart as run
     from . import setup_logging
@@ -65,7 +69,8 @@ def quickstart(
     import logging
 
     logging.getLogger("connectorlab").setLevel(logging.WARNING)  # the progress bars tell the story
-    result = run(QuickstartConfig(out=str(out), seed=seed, seeds=seeds,
-                                  probe=ProbeParams(seed=seed, object_scale=object_scale, clutter=clutter)))
+    difficulty = {k: v for k, v in (("object_scale", object_scale), ("clutter", clutter)) if v is not None}
+    result = run(QuickstartConfig(out=str(out), seed=seed, seeds=seeds, full=full,
+                                  probe=ProbeParams(seed=seed, **difficulty)))
     console.print(f"report: {result.report['report']}\nresults: {result.report['results']}")
     exit_if_failed(result.run.failed, "a re-run of the quick start tries them again")

@@ -17,11 +17,16 @@ from pathlib import Path
 import pandas as pd
 
 from ..evaluation.base import mc_prompt
+from ..evaluation.task_types import load_mapping
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, Range, check_ranges
 from .scene import (
+    BACKGROUNDS,
     BIG_COLOURS,
     COLOURS,
+    DIGITS,
+    MAX_SMALL,
+    QUADRANTS,
     QUALITIES,
     RELATIONS,
     SCENES,
@@ -34,28 +39,41 @@ from .scene import (
 )
 
 NUMBERS = ("one", "two", "three", "four", "five", "six")
-TASK_TYPES = {"scene": "coarse", "texture": "coarse", "quality": "coarse",
-              "colour": "fine",
-              "relation": "reasoning", "size": "reasoning"}
+TASK_SECTION = "probe"  # the probe's sub-tasks and their task types: a section of evaluation/task_types.yaml
 L2_NAMES = {"coarse": "coarse_perception", "fine": "finegrained_perception", "reasoning": "reasoning"}
+
+
+def task_types() -> dict[str, str]:
+    return {name: entry["type"] for name, entry in load_mapping(TASK_SECTION).items()}
 
 
 @dataclass
 class ProbeParams:
     seed: int = 0
     image_size: int = 64
-    object_scale: float = 0.12  # side of a small shape, as a fraction of the image side
+    # Side of a small shape, as a fraction of the image side (the digit tile is 1.5x it). At 0.1 a small shape is
+    # half a patch of the tiny ViT at the lowest study resolution (32 px, patch 8) and the digit's strokes are a
+    # pixel wide there, while the middle one (48 px) draws each stroke over about two pixels.
+    object_scale: float = 0.1
     # At most this many decoy specks per image (at least half as many). Measured on the tiny presets: with up to 8,
     # the MLP connector's fine-grained score stayed near chance in most runs (the binding plateau); with up to 2 it
     # left the plateau within the first half of fine-tuning in every run tried, and average pooling stayed at chance.
     clutter: int = 2
     n_train: int = 2000
-    n_test: int = 200
+    n_test: int = 100  # eleven questions each: 400 coarse and fine, 300 reasoning questions
+    # Each fine-tuning conversation asks every fine-grained question of its image and other questions up to this many
+    # (the coarse ones are learnt within a few hundred steps, the small things' after a plateau that a larger share of
+    # the loss shortens)...
+    questions_per_record: int = 6
+    # ...this many of them in the benchmark's multiple-choice prompt (options and instruction: about 40 tokens), the
+    # others as short questions (about 10 tokens), as LLaVA-1.5's mix holds both kinds: four times the answers per token.
+    mc_per_record: int = 1
 
     def __post_init__(self) -> None:
         check_ranges(self, {"seed": NON_NEGATIVE_INT, "image_size": Range(8, integer=True), "clutter": NON_NEGATIVE_INT,
                             "object_scale": Range(0, 0.5, low_open=True), "n_train": POSITIVE_INT,
-                            "n_test": POSITIVE_INT}, "probe")
+                            "n_test": POSITIVE_INT, "questions_per_record": POSITIVE_INT,
+                            "mc_per_record": NON_NEGATIVE_INT}, "probe")
 
 
 @dataclass
@@ -64,10 +82,6 @@ class Question:
     question: str
     options: list[str]
     answer: str
-
-    @property
-    def task_type(self) -> str:
-        return TASK_TYPES[self.subtask]
 
 
 def _options(rng: random.Random, answer: str, pool) -> list[str]:
@@ -78,35 +92,40 @@ def _options(rng: random.Random, answer: str, pool) -> list[str]:
 
 
 def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
-    """Coarse: whole-image properties. Fine: the colour of the small shape, told apart from specks of
-    another colour (instance detail). Reasoning: relations between the two big shapes (place, size).
-
-    "Where is the small shape?" was tried as a second fine-grained question and dropped: even asked in every
-    record, the MLP connector learnt it only partly within the CPU budget, and it made fine-tuning a quarter longer.
-    """
+    """Coarse: whole-image properties. Fine: the small things (their colour, told apart from specks of another
+    colour; how many there are; the digit on the tile and where the tile is). Reasoning: relations between the two
+    big shapes (place, size, and a negation over shape that asks for a colour)."""
     a, b = spec.big
-    larger = a if a.size > b.size else b
-    target = spec.small[0]
+    negated = rng.choice(spec.big)
+    other = b if negated is a else a
+    small, digit = spec.small, spec.digit
+    q = Question
     return [
-        Question("scene", "What kind of scene is this?", _options(rng, spec.scene, SCENES), spec.scene),
-        Question("texture", "What pattern covers the background?", _options(rng, spec.texture, TEXTURES), spec.texture),
-        Question("quality", "What is the quality of the image?", _options(rng, spec.quality, QUALITIES), spec.quality),
-        Question("colour", "What colour is the small shape?", _options(rng, target.colour, SMALL_COLOURS),
-                 target.colour),
-        Question("relation", f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?",
-                 _options(rng, spec.relation, RELATIONS), spec.relation),
-        Question("size", "What colour is the larger of the two big shapes?",
-                 _options(rng, larger.colour, BIG_COLOURS), larger.colour),
+        q("scene", "What kind of scene is this?", _options(rng, spec.scene, SCENES), spec.scene),
+        q("background", "What colour is the background?", _options(rng, spec.background, BACKGROUNDS), spec.background),
+        q("texture", "What pattern covers the background?", _options(rng, spec.texture, TEXTURES), spec.texture),
+        q("quality", "What is the quality of the image?", _options(rng, spec.quality, QUALITIES), spec.quality),
+        q("colour", "What colour are the small shapes?", _options(rng, small[0].colour, SMALL_COLOURS), small[0].colour),
+        q("count", "How many small shapes are there?", _options(rng, NUMBERS[len(small) - 1], NUMBERS[:MAX_SMALL]),
+          NUMBERS[len(small) - 1]),
+        q("digit", "What digit is on the tile?", _options(rng, digit.shape, DIGITS), digit.shape),
+        q("locate", "Where is the tile?", _options(rng, digit.quadrant, QUADRANTS), digit.quadrant),
+        q("relation", f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?",
+          _options(rng, spec.relation, RELATIONS), spec.relation),
+        q("comparison", "What colour is the larger of the two big shapes?",
+          _options(rng, spec.larger.colour, BIG_COLOURS), spec.larger.colour),
+        q("logic", f"What colour is the big shape that is not a {negated.shape}?",
+          _options(rng, other.colour, BIG_COLOURS), other.colour),
     ]
 
 
 def caption(spec: SceneSpec) -> str:
     a, b = spec.big
-    larger = a if a.size > b.size else b
-    s = spec.small[0]  # first, so stage 1 already asks the connector to keep the small shape apart
-    return (f"a small {s.colour} {s.shape} is in the {s.quadrant} of a {spec.quality} {spec.scene} scene with "
-            f"{spec.texture} . the {a.colour} {a.shape} is {spec.relation} the {b.colour} {b.shape} and the "
-            f"{larger.colour} one is larger .")
+    n, s = len(spec.small), spec.small[0]  # the small things first, so stage 1 asks the connector to keep them apart
+    return (f"{NUMBERS[n - 1]} small {s.colour} shape{'s' if n > 1 else ''} and a tile with the digit "
+            f"{spec.digit.shape} in the {spec.digit.quadrant} of a {spec.quality} {spec.background} {spec.scene} scene "
+            f"with {spec.texture} . the {a.colour} {a.shape} is {spec.relation} the {b.colour} {b.shape} and the "
+            f"{spec.larger.colour} one is larger .")
 
 
 def _png_b64(image) -> str:
@@ -124,6 +143,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
         raise ValueError(f"object_scale must lie in [0.02, 0.2], got {params.object_scale}")
     (out / "images" / "train").mkdir(parents=True, exist_ok=True)
     rng = random.Random(params.seed)
+    types = task_types()
     pretrain, finetune, rows, annotations = [], [], [], []
     task = progress.add_task("drawing probe", total=params.n_train + params.n_test) if progress else None
     for i in range(params.n_train):
@@ -134,14 +154,19 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
         pretrain.append({"id": f"train-{i}", "image": rel, "conversations": [
             {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(spec)}]})
         qs = questions_for(spec, rng)
-        # The small shape's colour and one other question per image: binding a small shape's colour (not the
-        # specks') is what a tiny LM learns last; coarse questions are learnt within a few dozen steps.
-        colour = next(q for q in qs if q.subtask == "colour")
-        picked = [colour, rng.choice([q for q in qs if q is not colour])]
-        rng.shuffle(picked)
+        unmapped = {q.subtask for q in qs} - set(types)
+        if unmapped:
+            raise ValueError(f"probe sub-task(s) {sorted(unmapped)} have no task type in the {TASK_SECTION!r} section "
+                             "of evaluation/task_types.yaml")
+        fine = [q for q in qs if types[q.subtask] == "fine"]
+        rest = [q for q in qs if types[q.subtask] != "fine"]
+        others = max(0, min(len(rest), params.questions_per_record - len(fine)))
+        qs = fine[:params.questions_per_record] + rng.sample(rest, others)
+        rng.shuffle(qs)
         conv = []
-        for k, q in enumerate(picked):  # LLaVA's MMBench prompt, as the evaluation runner builds it
-            prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False)))
+        for k, q in enumerate(qs):  # the multiple-choice prompt as the evaluation runner builds it (LLaVA's MMBench)
+            prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False))) if k < params.mc_per_record \
+                else "<image>\n" + q.question
             conv += [{"from": "human", "value": prompt if k == 0 else prompt.removeprefix("<image>\n")},
                      {"from": "gpt", "value": q.answer}]
         finetune.append({"id": f"train-{i}", "image": rel, "conversations": conv})
@@ -158,7 +183,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
                 rows.append({"index": index + k * 1_000_000, "question": q.question, "hint": "",
                              **{letter: (opts[j] if j < n else "") for j, letter in enumerate("ABCD")},
                              "answer": "ABCD"[opts.index(q.answer)], "category": q.subtask, "image": image,
-                             "source": f"probe-test-{i}", "l2-category": L2_NAMES[q.task_type], "comment": "",
+                             "source": f"probe-test-{i}", "l2-category": L2_NAMES[types[q.subtask]], "comment": "",
                              "split": "dev"})
             index += 1
         if progress:
@@ -168,7 +193,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
     atomic_write_json(out / "finetune.json", finetune)
     atomic_write_text(out / "test.tsv", pd.DataFrame(rows).to_csv(sep="\t", index=False))
     counts = pd.DataFrame([r for r in rows if r["index"] < 1_000_000]).groupby("category").size().to_dict()
-    meta = {"params": asdict(params), "task_types": TASK_TYPES, "test_questions": index,
+    meta = {"params": asdict(params), "task_types": types, "test_questions": index,
             "test_rows": len(rows), "test_questions_per_subtask": counts, "train_images": params.n_train}
     atomic_write_json(out / "probe.json", meta)
     return meta
@@ -192,5 +217,5 @@ def probe_texts(out: str | Path) -> list[str]:
     for name in ("pretrain.json", "finetune.json"):
         for rec in json.loads((out / name).read_text()):
             texts += [t["value"] for t in rec["conversations"]]
-    texts += [" ".join(COLOURS) + " " + " ".join(SHAPES) + " " + " ".join(NUMBERS), "USER : ASSISTANT :"]
+    texts += [" ".join([*COLOURS, *BACKGROUNDS, *SHAPES, *NUMBERS, *DIGITS]), "USER : ASSISTANT :"]
     return texts

@@ -1,10 +1,10 @@
 """Procedural probe images: what is drawn, and the facts each question is asked about.
 
-Every image has whole-image properties (scene, texture, quality), two big shapes in a clear
-spatial relation and of different sizes, one small shape, and specks of colour (the clutter). Coarse questions
-ask about the whole image, fine-grained ones about a small shape, reasoning ones relate the big
-shapes. `object_scale` (the small shape's size) and `clutter` (how many specks) set how hard the
-fine-grained questions are.
+Every image has whole-image properties (a scene layout, the dominant background colour, a texture and a quality),
+two big shapes in a clear spatial relation and of different sizes, a few small shapes of one colour, a small digit
+tile and specks of another colour (the clutter). Coarse questions ask about the whole image, fine-grained ones about
+the small things (which a pooled token mixes with their neighbours), reasoning ones relate the big shapes.
+`object_scale` (the small things' size) and `clutter` (how many specks) set how hard the fine-grained questions are.
 """
 from __future__ import annotations
 
@@ -14,19 +14,24 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
-SCENES = {"sky": ((110, 170, 235), (200, 225, 250)), "grass": ((40, 120, 40), (90, 170, 70)),
-          "sand": ((200, 170, 110), (235, 210, 160)), "night": ((10, 15, 45), (40, 45, 90))}
+# Scene = the layout of light and shade over the background; its hue is a separate (coarse) property.
+SCENES = ("sky", "field", "lake", "room")
+BACKGROUNDS = {"green": (60, 130, 60), "brown": (140, 95, 55), "grey": (125, 125, 125), "navy": (35, 45, 110)}
 TEXTURES = ("plain", "stripes", "dots", "checks")
 QUALITIES = ("sharp", "blurry", "noisy", "faded")
 SHAPES = ("circle", "square", "triangle", "diamond")
-# Big shapes and small things (the small shape and the specks) draw from separate palettes, so a
-# colour alone never says which object it belongs to within its palette, but the palettes never mix.
+# Big shapes and small things (the small shapes and the specks) draw from separate palettes, so a colour alone never
+# says which object it belongs to within its palette, but the palettes never mix.
 BIG_COLOURS = {"red": (220, 30, 30), "blue": (30, 60, 220), "yellow": (240, 220, 20), "cyan": (20, 210, 210)}
 SMALL_COLOURS = {"white": (250, 250, 250), "purple": (150, 40, 190), "orange": (245, 130, 20), "pink": (255, 110, 190)}
 COLOURS = {**BIG_COLOURS, **SMALL_COLOURS}
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 RELATIONS = ("left of", "right of", "above", "below")
-SPECK_RATIO = 0.375  # a speck's diameter relative to the small shape's side (about 1/7 of its area)
+DIGITS = ("1", "2", "3", "4", "5", "7")  # seven-segment glyphs that differ in at least two segments
+SEGMENTS = {"1": "bc", "2": "abdeg", "3": "abcdg", "4": "bcfg", "5": "acdfg", "7": "abc"}
+MAX_SMALL = 4
+SPECK_RATIO = 0.375  # a speck's diameter relative to a small shape's side (about 1/7 of its area)
+TILE_RATIO = 1.5  # the digit tile's side relative to a small shape's
 
 
 @dataclass
@@ -39,56 +44,98 @@ class Shape:
 
     @property
     def quadrant(self) -> str:
-        return QUADRANTS[(2 if self.cy >= 0.5 else 0) + (1 if self.cx >= 0.5 else 0)]
+        return quadrant(self.cx, self.cy)
 
     def overlaps(self, other: Shape, margin: float) -> bool:
         reach = (self.size + other.size) / 2 + margin
         return abs(self.cx - other.cx) < reach and abs(self.cy - other.cy) < reach
 
 
+def quadrant(x: float, y: float) -> str:
+    return QUADRANTS[(2 if y >= 0.5 else 0) + (1 if x >= 0.5 else 0)]
+
+
 @dataclass
 class SceneSpec:
     scene: str
+    background: str
     texture: str
     quality: str
     big: list[Shape]  # [A, B]; A relates to B by `relation`
     relation: str
-    small: list[Shape] = field(default_factory=list)
+    small: list[Shape] = field(default_factory=list)  # one colour, 1..MAX_SMALL of them
+    digit: Shape | None = None  # shape = the digit; colour unused
     specks: list[tuple[float, float, str]] = field(default_factory=list)  # (x, y, colour) distractor dots
 
+    @property
+    def larger(self) -> Shape:
+        return max(self.big, key=lambda s: s.size)
 
-def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> SceneSpec:
-    scene = rng.choice(list(SCENES))
-    relation = rng.choice(RELATIONS)
+
+def _big_shapes(rng: random.Random, relation: str) -> list[Shape]:
     shapes = rng.sample(SHAPES, 2)
     colours = rng.sample(list(BIG_COLOURS), 2)
-    sizes = rng.sample([0.18, 0.34], 2)  # one clearly larger (3.6x the area)
-    along, across = rng.uniform(0.25, 0.33), rng.uniform(0.3, 0.7)
-    a_first = relation in ("left of", "above")
-    p_a, p_b = (0.5 - along, 0.5 + along) if a_first else (0.5 + along, 0.5 - along)
+    sizes = rng.sample([0.18, 0.3], 2)  # one clearly larger (2.8x the area)
+    along, across = rng.uniform(0.25, 0.3), rng.uniform(0.3, 0.7)
+    p_a, p_b = (0.5 - along, 0.5 + along) if relation in ("left of", "above") else (0.5 + along, 0.5 - along)
     if relation in ("left of", "right of"):
         pos = [(p_a, across + rng.uniform(-0.08, 0.08)), (p_b, across + rng.uniform(-0.08, 0.08))]
     else:
         pos = [(across + rng.uniform(-0.08, 0.08), p_a), (across + rng.uniform(-0.08, 0.08), p_b)]
-    big = [Shape(shapes[i], colours[i], *pos[i], sizes[i]) for i in range(2)]
-    # One small shape (the instance whose detail fine-grained questions ask about) and `clutter` specks:
-    # tiny dots of any colour, too small to be shapes, that a pooled token mixes into the small shape's.
-    half = object_scale / 2 + 0.01
-    small: list[Shape] = []
+    return [Shape(shapes[i], colours[i], *pos[i], sizes[i]) for i in range(2)]
+
+
+def _place(rng: random.Random, taken: list[Shape], make) -> Shape | None:
     for _ in range(200):
-        cand = Shape(rng.choice(SHAPES), rng.choice(list(SMALL_COLOURS)),
-                     rng.uniform(half, 1 - half), rng.uniform(half, 1 - half), object_scale)
-        if not any(cand.overlaps(o, 0.03) for o in big):
-            small.append(cand)
-            break
-    if not small:  # the big shapes left no room: draw again
+        cand = make()
+        if not any(cand.overlaps(o, 0.02) for o in taken):
+            return cand
+    return None
+
+
+def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> SceneSpec:
+    relation = rng.choice(RELATIONS)
+    big = _big_shapes(rng, relation)
+    half = object_scale * TILE_RATIO / 2 + 0.01
+
+    def spot() -> tuple[float, float]:
+        return rng.uniform(half, 1 - half), rng.uniform(half, 1 - half)
+
+    digit = _place(rng, big, lambda: Shape(rng.choice(DIGITS), "", *spot(), object_scale * TILE_RATIO))
+    colour, taken, small = rng.choice(list(SMALL_COLOURS)), [*big, digit], []
+    for _ in range(rng.randint(1, MAX_SMALL)):
+        s = _place(rng, [t for t in taken if t], lambda: Shape(rng.choice(SHAPES), colour, *spot(), object_scale))
+        small.append(s)
+        taken.append(s)
+    if digit is None or any(s is None for s in small):  # the big shapes left no room: draw again
         return sample_scene(rng, object_scale, clutter)
-    # Specks share one other colour of the small palette, so a pooled token that mixes the shape with a speck
+    # Specks share one other colour of the small palette, so a pooled token that mixes a small shape with a speck
     # holds two small colours and cannot say which belongs to the shape; a token per patch keeps them apart.
-    decoy = rng.choice([c for c in SMALL_COLOURS if c != small[0].colour])
+    decoy = rng.choice([c for c in SMALL_COLOURS if c != colour])
     n_specks = rng.randint((clutter + 1) // 2, clutter)
     specks = [(rng.uniform(0.03, 0.97), rng.uniform(0.03, 0.97), decoy) for _ in range(n_specks)]
-    return SceneSpec(scene, rng.choice(TEXTURES), rng.choice(QUALITIES), big, relation, small, specks)
+    return SceneSpec(rng.choice(SCENES), rng.choice(list(BACKGROUNDS)), rng.choice(TEXTURES), rng.choice(QUALITIES),
+                     big, relation, small, digit, specks)
+
+
+def _background(spec: SceneSpec, side: int) -> np.ndarray:
+    """The dominant hue everywhere, lit by the scene's layout (a gradient, a horizon high or low, a wall and floor)."""
+    base = np.array(BACKGROUNDS[spec.background], float)
+    yy, xx = np.mgrid[0:side, 0:side] / side
+    light = {"sky": 1.25 - 0.5 * yy,
+             "field": np.where(yy < 0.35, 1.35, 0.8),
+             "lake": np.where(yy < 0.65, 0.8, 1.35),
+             "room": np.where(xx < 0.5, 1.3, 0.85) * np.where(yy > 0.75, 0.7, 1.0)}[spec.scene]
+    canvas = base[None, None, :] * light[..., None]
+    period = 0.125
+    if spec.texture == "stripes":
+        canvas *= np.where(((xx + yy) / period) % 1 < 0.5, 0.8, 1.0)[..., None]
+    elif spec.texture == "dots":
+        d = ((xx / period) % 1 - 0.5) ** 2 + ((yy / period) % 1 - 0.5) ** 2
+        canvas *= np.where(d < 0.06, 0.7, 1.0)[..., None]
+    elif spec.texture == "checks":
+        canvas *= np.where(((xx // period) + (yy // period)) % 2 == 0, 0.8, 1.0)[..., None]
+    return canvas
 
 
 def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, side: int) -> None:
@@ -104,29 +151,32 @@ def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, side: int) -> None:
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
 
 
+def _draw_digit(draw: ImageDraw.ImageDraw, tile: Shape, side: int) -> None:
+    """A black tile with a white seven-segment digit: readable only where a few pixels cover each segment."""
+    cx, cy, r = tile.cx * side, tile.cy * side, tile.size * side / 2
+    draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=(15, 15, 15))
+    w, h, t = r * 0.55, r * 0.75, max(1.0, r * 0.22)  # half width, half height, stroke
+    ends = {"a": ((-w, -h), (w, -h)), "b": ((w, -h), (w, 0)), "c": ((w, 0), (w, h)), "d": ((-w, h), (w, h)),
+            "e": ((-w, 0), (-w, h)), "f": ((-w, -h), (-w, 0)), "g": ((-w, 0), (w, 0))}
+    for seg in SEGMENTS[tile.shape]:
+        (x0, y0), (x1, y1) = ends[seg]
+        draw.rectangle([cx + min(x0, x1) - t / 2, cy + min(y0, y1) - t / 2, cx + max(x0, x1) + t / 2,
+                        cy + max(y0, y1) + t / 2], fill=(245, 245, 245))
+
+
 def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4) -> Image.Image:
     """Draw at `supersample` x the size and downsample, so edges are anti-aliased at any `side`."""
     big_side = side * supersample
-    top, bottom = np.array(SCENES[spec.scene][0], float), np.array(SCENES[spec.scene][1], float)
-    t = np.linspace(0, 1, big_side)[:, None, None]
-    canvas = np.broadcast_to(top * (1 - t) + bottom * t, (big_side, big_side, 3)).copy()
-    yy, xx = np.mgrid[0:big_side, 0:big_side] / big_side
-    period = 0.125
-    if spec.texture == "stripes":
-        canvas *= np.where(((xx + yy) / period) % 1 < 0.5, 0.8, 1.0)[..., None]
-    elif spec.texture == "dots":
-        d = ((xx / period) % 1 - 0.5) ** 2 + ((yy / period) % 1 - 0.5) ** 2
-        canvas *= np.where(d < 0.06, 0.7, 1.0)[..., None]
-    elif spec.texture == "checks":
-        canvas *= np.where(((xx // period) + (yy // period)) % 2 == 0, 0.8, 1.0)[..., None]
-    image = Image.fromarray(canvas.clip(0, 255).astype(np.uint8))
+    image = Image.fromarray(_background(spec, big_side).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
-    speck_scale = SPECK_RATIO * (spec.small[0].size if spec.small else 0.12)
+    speck_scale = SPECK_RATIO * spec.small[0].size
     for x, y, colour in spec.specks:
         r = big_side * speck_scale / 2
         draw.ellipse([x * big_side - r, y * big_side - r, x * big_side + r, y * big_side + r], fill=COLOURS[colour])
     for s in spec.big + spec.small:
         _draw_shape(draw, s, big_side)
+    if spec.digit:
+        _draw_digit(draw, spec.digit, big_side)
     image = image.resize((side, side), Image.LANCZOS)
     if spec.quality == "blurry":
         image = image.filter(ImageFilter.GaussianBlur(radius=side / 64))

@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from ..connectors import CONNECTORS
+from ..reduction import Reduction
 from ..training.config import TrainConfig
 from ..training.feature_cache import FeatureCache
 from ..training.trainer import StageResult, finished_stage, run_stage
@@ -47,14 +48,16 @@ def accelerate_command(execution: Execution, config: Path, stage: str) -> list[s
 
 
 def eval_command(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
-                 blind: bool) -> list[str]:
+                 blind: bool, reduction: Reduction | None = None) -> list[str]:
     """`connectorlab eval` of one benchmark, its batches dealt out to the launch's processes."""
     probe = spec.name == "probe"  # the probe's test set is an MMBench-layout file with its own task types
     cmd = ["eval", "--model", str(model), "--benchmark", "mmbench" if probe else spec.name, "--data", spec.data,
            "--out", str(target), "--batch-size", str(batch_size), "--max-new-tokens", str(spec.max_new_tokens),
            "--allow-incomplete"]
     section = spec.task_section or ("probe" if probe else None)
-    for flag, value in (("--task-section", section), ("--task-types", spec.task_types), ("--image-folder", spec.image_folder)):
+    reduce = f"{reduction.method}:{reduction.tokens}" if reduction else None
+    for flag, value in (("--task-section", section), ("--task-types", spec.task_types), ("--image-folder", spec.image_folder),
+                        ("--reduce", reduce)):
         if value:
             cmd += [flag, str(value)]
     return launch_prefix(execution) + cmd + (["--blind"] if blind else [])
@@ -68,9 +71,9 @@ def launch(cmd: list[str], what: str) -> None:
 
 
 def evaluate_launched(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
-                      blind: bool) -> dict:
+                      blind: bool, reduction: Reduction | None = None) -> dict:
     """One benchmark evaluated under `accelerate launch`; resumable like an in-process evaluation (same run identity)."""
-    launch(eval_command(execution, model, spec, target, batch_size, blind), f"eval {spec.name} into {target}")
+    launch(eval_command(execution, model, spec, target, batch_size, blind, reduction), f"eval {spec.name} into {target}")
     return json.loads((target / "results.json").read_text())
 
 

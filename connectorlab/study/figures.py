@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..evaluation.task_types import TYPES
 from .findings import TYPE_NAMES
+from .runner import BLIND
 
 
 def _plt():
@@ -114,7 +115,7 @@ def subtask_figure(sub: pd.DataFrame, out: Path, plt) -> str | None:
 
 def figures(df: pd.DataFrame, out: Path) -> list[str]:
     """Every figure of the report from results.csv's frame (blind runs appear as the no-image tick, not as cells)."""
-    seen = df[~df.benchmark.str.endswith("_blind")]
+    seen = df[~df.benchmark.str.endswith(BLIND)]
     tt = seen[seen.level == "task_type"]
     if tt.empty:
         return []

@@ -15,6 +15,7 @@ import pandas as pd
 from ..evaluation.task_types import TYPES
 
 TYPE_NAMES = {"coarse": "coarse-grained perception", "fine": "fine-grained perception", "reasoning": "reasoning"}
+TRAINING_FREE = "training-free"  # the family of a trained preserving cell whose output is reduced at inference
 WHERE = ["resolution", "seed", "variant"]  # cells compared with each other must agree on these
 
 
@@ -107,16 +108,15 @@ def compressing_faster(tt: pd.DataFrame, reference: str) -> str:
     return f"**Compressing connectors train faster: {verdict(faster, total)}.** " + "; ".join(parts) + "."
 
 
-def resolution_helps_fine(tt: pd.DataFrame) -> str | None:
-    """From the lowest to the highest resolution, per connector setting (connector, budget, seed, variant)."""
-    resolutions = sorted(tt.resolution.dropna().unique())
-    if len(resolutions) < 2:
-        return None
-    lo, hi = resolutions[0], resolutions[-1]
-    keyed = tt.assign(setting=tt.connector + tt.tokens.fillna(-1).astype(int).astype(str) + tt.seed.astype(str)
-                      + tt.variant.fillna("").astype(str))
-    gains = {t: [] for t in TYPES}
-    beyond = []
+def _settings(tt: pd.DataFrame) -> pd.DataFrame:
+    return tt.assign(setting=tt.connector + tt.tokens.fillna(-1).astype(int).astype(str) + tt.seed.astype(str)
+                     + tt.variant.fillna("").astype(str))
+
+
+def fine_gains(keyed: pd.DataFrame, lo, hi) -> tuple[dict[str, list[float]], list]:
+    """Per task type, each setting's gain from `lo` to `hi` px; and the settings whose fine-grained gain is beyond noise
+    (as (row at lo, row at hi))."""
+    gains, beyond = {t: [] for t in TYPES}, []
     for _, part in keyed.groupby("setting", sort=False):
         at = {r: {row.name: row for row in part[part.resolution == r].itertuples()} for r in (lo, hi)}
         if not at[lo] or not at[hi]:
@@ -126,7 +126,19 @@ def resolution_helps_fine(tt: pd.DataFrame) -> str | None:
                 gains[t].append(at[hi][t].accuracy - at[lo][t].accuracy)
         a, b = at[lo].get("fine"), at[hi].get("fine")
         if a is not None and b is not None and b.accuracy > a.accuracy and not within_noise(b, a):
-            beyond.append(f"{_short(a)} ({pct(a.accuracy)} -> {pct(b.accuracy)})")
+            beyond.append((a, b))
+    return gains, beyond
+
+
+def resolution_helps_fine(tt: pd.DataFrame) -> str | None:
+    """From the lowest to the highest resolution, per connector setting (connector, budget, seed, variant); with three
+    or more resolutions, also the first step, per family (the paper's 224 -> 336 px)."""
+    resolutions = sorted(tt.resolution.dropna().unique())
+    if len(resolutions) < 2:
+        return None
+    lo, hi = resolutions[0], resolutions[-1]
+    keyed = _settings(tt)
+    gains, beyond = fine_gains(keyed, lo, hi)
     mean = {t: sum(v) / len(v) for t, v in gains.items() if v}
     best = max(mean, key=mean.get) if mean else None
     # A largest mean gain of a point or two is noise at a few hundred questions: ask for at least one
@@ -135,16 +147,56 @@ def resolution_helps_fine(tt: pd.DataFrame) -> str | None:
         word = "does not hold"
     else:
         word = "holds" if beyond else "not shown (the largest mean gain, but within noise for every connector)"
-    return (f"**Higher resolution helps fine-grained perception most: {word}.** Mean gain from {lo} to {hi} px over "
+    listed = lambda pairs: ", ".join(f"{_short(a)} ({pct(a.accuracy)} -> {pct(b.accuracy)})" for a, b in pairs)  # noqa: E731
+    text = (f"**Higher resolution helps fine-grained perception most: {word}.** Mean gain from {lo} to {hi} px over "
             "connectors: " + ", ".join(f"{TYPE_NAMES[t]} {100 * g:+.1f} points" for t, g in mean.items())
-            + "; connectors whose fine-grained gain exceeds the 95% margin: " + (", ".join(beyond) or "none") + ".")
+            + "; connectors whose fine-grained gain exceeds the 95% margin: " + (listed(beyond) or "none"))
+    if len(resolutions) > 2:
+        _, first = fine_gains(keyed, resolutions[0], resolutions[1])
+        families = sorted(set(tt.family))
+        text += (f"; from {resolutions[0]} to {resolutions[1]} px, beyond the margin: " + "; ".join(
+            f"{fam}: {listed([p for p in first if p[0].family == fam]) or 'none'}" for fam in families))
+    return text + "."
+
+
+def training_free_vs_trained(tt: pd.DataFrame) -> list[str]:
+    """Per training-free method: its fine-grained accuracy against each compressing connector trained to the same
+    budget, at the same resolution, seed and variant; one sentence whose verdict counts the comparisons."""
+    free = tt[(tt.family == TRAINING_FREE) & (tt.name == "fine")]
+    out = []
+    for method, rows in free.groupby("connector", sort=True):
+        better, worse, close, parts = 0, 0, 0, []
+        for where, part in _groups(tt[tt.name == "fine"]):
+            for row in rows[rows.cell.isin(part.cell)].itertuples():
+                trained = part[(part.family == "compressing") & (part.tokens == row.tokens)]
+                if trained.empty:
+                    continue
+                for c in trained.itertuples():
+                    apart = not within_noise(row, c)
+                    better += apart and row.accuracy > c.accuracy
+                    worse += apart and row.accuracy < c.accuracy
+                    close += not apart
+                parts.append(f"at {where}, {int(row.tokens)} tokens: {pct(row.accuracy)} vs "
+                             + ", ".join(f"{_short(c)} {pct(c.accuracy)}" for c in trained.itertuples()))
+        total = better + worse + close
+        if total == 0:
+            continue
+        word = ("better than" if better == total else "worse than" if worse == total
+                else "as well as (within noise)" if close == total else "neither consistently better nor worse than")
+        out.append(f"**Training-free `{method}` keeps fine-grained perception {word} the compressing connectors trained "
+                   f"at the same budget.** {better} of {total} comparisons are better beyond the 95% margin, {worse} worse,"
+                   f" {close} within it; " + "; ".join(parts) + ".")
+    return out
 
 
 def findings(tt: pd.DataFrame, reference: str = "mlp") -> list[str]:
-    """One sentence per finding of the paper, its verdict computed from `tt` (task-type rows of one benchmark)."""
-    out = [preserving_wins_fine(tt, reference), compressing_close(tt, reference), compressing_faster(tt, reference)]
-    resolution = resolution_helps_fine(tt)
-    return out + ([resolution] if resolution else [])
+    """One sentence per finding of the paper, its verdict computed from `tt` (task-type rows of one benchmark), then
+    one per training-free reduction method against the connectors trained to compress."""
+    trained = tt[tt.family != TRAINING_FREE]
+    out = [preserving_wins_fine(trained, reference), compressing_close(trained, reference),
+           compressing_faster(trained, reference)]
+    resolution = resolution_helps_fine(trained)
+    return out + ([resolution] if resolution else []) + training_free_vs_trained(tt)
 
 
 def sanity(tt: pd.DataFrame, reference: str = "mlp") -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 from ..connectors import CONNECTORS
 from ..model.config import ModelConfig, from_mapping, read_mapping
 from ..model.shape import ModelShape
+from ..reduction import METHODS, Reduction
 from ..training.config import STAGES, TrainConfig
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
 
@@ -58,6 +59,16 @@ class Grid:
     finetune: list[dict[str, Any]] = field(default_factory=lambda: [{}])
     exclude: list[dict[str, Any]] = field(default_factory=list)  # cells matching every given field are dropped
     include: list[dict[str, Any]] = field(default_factory=list)  # extra cells: connector, resolution, tokens, seed
+    # Training-free reduction of each preserving cell's output at evaluation: {method: name(s), tokens: budget(s)},
+    # every method at every budget; evaluated beside the trained cells, never trained.
+    reduce: dict[str, Any] | None = None
+
+    @property
+    def reductions(self) -> list[Reduction]:
+        if not self.reduce:
+            return []
+        as_list = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
+        return [Reduction(m, t) for m in as_list(self.reduce["method"]) for t in as_list(self.reduce["tokens"])]
 
 
 @dataclass
@@ -116,6 +127,7 @@ class Cell:
     config: TrainConfig  # output_dir is the cell's own folder
     cell_id: str  # hash of the resolved configuration (output_dir aside)
     pretrain_key: str  # cells with the same key would run an identical stage 1
+    reductions: list[Reduction] = field(default_factory=list)  # training-free budgets evaluated on this cell's model
 
     @property
     def label(self) -> str:
@@ -229,7 +241,23 @@ def _grid(data: dict) -> Grid:
                 raise ConfigError(f"grid.{kind}[{j}]: unknown field(s) {', '.join(unknown)}; valid: {', '.join(CELL_FIELDS)}")
             if kind == "include" and "connector" not in rule:
                 raise ConfigError(f"grid.include[{j}]: needs 'connector'")
+    _check_reduce(grid.reduce)
     return grid
+
+
+def _check_reduce(reduce: Any) -> None:
+    if reduce is None:
+        return
+    reduce = _mapping(reduce, "grid.reduce")
+    unknown = sorted(set(reduce) - {"method", "tokens"})
+    if unknown or not {"method", "tokens"} <= set(reduce):
+        raise ConfigError(f"grid.reduce = {reduce!r}: needs exactly 'method' and 'tokens' (a value or a list each)")
+    for key, ok, what in (("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
+                          ("tokens", POSITIVE_INT.ok, POSITIVE_INT.describe())):
+        values = reduce[key] if isinstance(reduce[key], list) else [reduce[key]]
+        for v in values:
+            if not ok(v):
+                raise ConfigError(f"grid.reduce.{key}: {v!r} must be {what}")
 
 
 def _hash(data: Any) -> str:
@@ -278,8 +306,9 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
             raise ConfigError(f"cell {entry.name} at {res} px, tokens {tokens}, seed {seed}, fine-tuning "
                               f"{variant.get('name') or 'default'}: {err}") from None
         resolved = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+        preserving = CONNECTORS[entry.name].family == "preserving"
         cell = Cell(entry.name, options, res, tokens, seed, variant.get("name"), cfg, _hash(resolved),
-                    _hash({k: resolved[k] for k in PRETRAIN_KEYS}))
+                    _hash({k: resolved[k] for k in PRETRAIN_KEYS}), plan.grid.reductions if preserving else [])
         cfg.output_dir = str(root / cell.folder_name)
         cells.append(cell)
     if not cells:
@@ -300,6 +329,8 @@ def describe_cells(plan: StudyPlan, cells: list[Cell]) -> list[dict[str, Any]]:
         shape = plan.shape or ModelShape.read(model)
         try:
             info = describe(cell.connector, shape.vision_dim, shape.llm_dim, shape.grid(model), **cell.options)
+            for reduction in cell.reductions:
+                reduction.check(shape.grid(model), info["family"])
         except ValueError as err:
             raise ConfigError(f"{plan.source}: cell {cell.label}: {err}") from None
         rows.append({"cell": cell.label, "cell_id": cell.cell_id[:12], "connector": cell.connector, "family": info["family"],

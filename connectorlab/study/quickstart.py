@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..probe.generate import ProbeParams, generate
+from ..probe.generate import TASK_SECTION, ProbeParams, generate, task_types
 from ..probe.presets import TinySizes, build_presets
 from ..training.run_folder import differences
 from ..utils.io import atomic_write_json, atomic_write_text
@@ -29,6 +29,7 @@ from .report import ABOUT, write_report
 from .runner import StudyRun, run_study
 
 BUILTIN_PLAN = Path(__file__).with_name("plans") / "quickstart.yaml"
+SECTION_NOTE = f"section `{TASK_SECTION}` of evaluation/task_types.yaml"
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
@@ -41,9 +42,10 @@ class QuickstartConfig:
     out: str = "runs/quickstart"
     seed: int = 0  # of the probe, the presets and the first training seed of every cell
     seeds: int = 1  # training seeds per cell (seed, seed + 1, ...): the report gives the spread over them
+    full: bool = False  # the plan's `full:` grid entries (more connectors, the third resolution) replace its own
     probe: ProbeParams = field(default_factory=ProbeParams)
     sizes: TinySizes = field(default_factory=TinySizes)
-    vision_steps: int = 800
+    vision_steps: int = 500
     warmup_epochs: int = 1
     plan: dict[str, Any] = field(default_factory=builtin_plan)  # a study plan with ${probe} ${vision} ${llm} ${seeds}
 
@@ -52,8 +54,12 @@ class QuickstartConfig:
     eval_batch: int = 128
 
     @property
+    def grid(self) -> dict[str, Any]:
+        return {**self.plan["grid"], **(self.plan.get("full") or {} if self.full else {})}
+
+    @property
     def resolutions(self) -> tuple[int, ...]:
-        return tuple(self.plan["grid"]["resolutions"])
+        return tuple(self.grid["resolutions"])
 
 
 def fill(value: Any, values: dict[str, Any]) -> Any:
@@ -94,17 +100,24 @@ def prepare(qc: QuickstartConfig, bar) -> tuple[Path, Path, Path]:
 def quickstart_plan(qc: QuickstartConfig, probe: Path, vision: Path, llm: Path) -> StudyPlan:
     values = {"probe": str(probe), "vision": str(vision), "llm": str(llm), "seed": qc.seed,
               "seeds": list(range(qc.seed, qc.seed + qc.seeds))}
-    data = fill(copy.deepcopy(qc.plan), values)
+    data = fill({k: v for k, v in copy.deepcopy(qc.plan).items() if k != "full"}, values)
+    data["grid"] = fill(copy.deepcopy(qc.grid), values)
     return StudyPlan.from_dict({**data, "output_dir": qc.out}, str(BUILTIN_PLAN))
 
 
 def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
     p, s = qc.probe, qc.sizes
+    types = task_types()
+    subtasks = "; ".join(f"{t}: {', '.join(k for k, v in types.items() if v == t)}" for t in ("coarse", "fine", "reasoning"))
+    grids = ", ".join(f"{r} px = {r // s.patch_size}x{r // s.patch_size} patches" for r in qc.resolutions)
     return "\n".join([
         "## What was measured", "",
         f"- Probe: {p.n_train} training images, {p.n_test} test images (each question asked in every rotation of its "
-        f"options), drawn at {p.image_size} px; the small shape is {p.object_scale:.2f} of the side, with up to "
-        f"{p.clutter} decoy specks per image; seed {p.seed}.",
+        f"options), drawn at {p.image_size} px; small shapes {p.object_scale:.2f} of the side, up to {p.clutter} decoy "
+        f"specks per image; seed {p.seed}. Sub-tasks by task type ({SECTION_NOTE}): {subtasks}.",
+        f"- Resolutions {grids}; the compressing connectors' budgets {', '.join(map(str, plan.grid.tokens))} tokens "
+        "(the paper's 144 and 64 of 576 at 336 px: 4x and 9x of the middle grid). Training-free reductions of the "
+        "trained mlp's output to the same budgets: " + ", ".join(sorted({r.method for r in plan.grid.reductions})) + ".",
         f"- Model: a {s.vision_layers}-layer ViT (width {s.vision_hidden}, patch {s.patch_size}) pre-trained once on probe "
         f"images ({qc.vision_steps} steps) and frozen; a {s.llm_layers}-layer Llama (width {s.llm_hidden}) warmed up on "
         f"the probe's text; LLaVA's two stages per cell (pre-train {plan.pretrain.get('epochs', 1)} epoch(s), "
@@ -112,8 +125,8 @@ def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
         "- Accuracy: MMBench circular accuracy per task type (a question counts only if all rotations are right), with "
         "n questions and a Wilson 95% interval; in brackets, the same model without the image (blind). Training time: "
         "wall-clock seconds of each stage on this machine.",
-        f"- The plan: `{BUILTIN_PLAN.name}` (built in), with this folder's probe and presets; `study status` and "
-        "`study report` read this folder like any study's.",
+        f"- The plan: `{BUILTIN_PLAN.name}` (built in{', its full grid' if qc.full else ''}), with this folder's probe and "
+        "presets; `study status` and `study report` read this folder like any study's.",
     ])
 
 

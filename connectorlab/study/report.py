@@ -20,11 +20,11 @@ from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
 from ..utils.io import atomic_write_text
 from .figures import figures
-from .findings import findings, sanity
+from .findings import TRAINING_FREE, findings, sanity
 from .projection import projection_section
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
-from .runner import study_states
+from .runner import BLIND, REDUCED, study_states
 
 ALPHA = 0.05
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "seed", "variant", "benchmark", "level", "name", "n",
@@ -35,14 +35,34 @@ ABOUT = "about.md"  # a study folder's own description (the quick start writes o
 
 
 def load_cells(out: Path) -> list[dict]:
-    """Finished cells with their scores per evaluation (benchmark or benchmark_blind)."""
+    """Finished cells with their scores per evaluation (benchmark or benchmark_blind); each training-free reduction of
+    a cell's output becomes a cell of its own (family `training-free`, the budget as its tokens, the trained cell's
+    times and blind baseline)."""
     cells = []
     for entry, state in study_states(out):
         if state is None or state.status != "done":
             continue
         scores = {name: json.loads(Path(path).read_text())["scores"] for name, path in state.evaluations.items()}
-        cells.append({"entry": entry, "state": state, "scores": scores})
+        cells.append({"entry": entry, "state": state, "scores": {k: v for k, v in scores.items() if REDUCED not in k}})
+        reduced: dict[str, dict] = defaultdict(dict)
+        for name, value in scores.items():
+            if REDUCED in name:
+                bench, label = name.split(REDUCED, 1)
+                reduced[label][bench] = value
+        for label, by_bench in sorted(reduced.items()):
+            blind = {b + BLIND: scores[b + BLIND] for b in by_bench if b + BLIND in scores}
+            cells.append({"entry": reduced_entry(entry, label), "state": state, "scores": {**by_bench, **blind}})
     return cells
+
+
+def reduced_entry(entry: dict, label: str) -> dict:
+    """`mlp-48px-s0` reduced by `random-9` -> `mlp+random-9t-48px-s0`, a training-free cell of 9 visual tokens."""
+    method, tokens = label.rsplit("-", 1)
+    size = entry["size"]
+    name = f"{size['connector']}+{method}"
+    return {**entry, "label": name + f"-{tokens}t" + entry["label"].removeprefix(size["connector"]),
+            "size": {**size, "connector": name, "family": TRAINING_FREE, "tokens_axis": int(tokens),
+                     "visual_tokens": int(tokens)}}
 
 
 def _rows(cell: dict) -> list[dict]:
@@ -75,8 +95,8 @@ def _rows(cell: dict) -> list[dict]:
 
 def with_blind(df: pd.DataFrame) -> pd.DataFrame:
     """Each row's accuracy without the image (the cell's `<benchmark>_blind` row of the same level and name)."""
-    blind = df[df.benchmark.str.endswith("_blind")]
-    key = blind.assign(benchmark=blind.benchmark.str.removesuffix("_blind"))[["cell", "benchmark", "level", "name", "accuracy"]]
+    blind = df[df.benchmark.str.endswith(BLIND)]
+    key = blind.assign(benchmark=blind.benchmark.str.removesuffix(BLIND))[["cell", "benchmark", "level", "name", "accuracy"]]
     merged = df.drop(columns="blind_accuracy").merge(key.rename(columns={"accuracy": "blind_accuracy"}), how="left",
                                                      on=["cell", "benchmark", "level", "name"])
     return merged[COLUMNS]
@@ -99,7 +119,7 @@ def comparisons(cells: list[dict], reference: str | None) -> list[dict]:
         if ref is None or ref is cell:
             continue
         for bench, scores in cell["scores"].items():
-            if bench.endswith("_blind") or bench not in ref["scores"]:
+            if bench.endswith(BLIND) or bench not in ref["scores"]:
                 continue
             for ttype in TYPES:
                 subs = set((scores.get("task_types") or {}).get(ttype, {}).get("subtasks") or [])
@@ -146,8 +166,8 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
                   f"{len(comps)} comparisons, alpha {ALPHA})", ""]
         lines += [f"- {sentence(c)}" for c in comps]
         lines.append("")
-    lines += effects_section(tt[~tt.benchmark.str.endswith("_blind")], meta.get("reference_connector"))
-    lines += seeds_section(tt[~tt.benchmark.str.endswith("_blind")])
+    lines += effects_section(tt[~tt.benchmark.str.endswith(BLIND)], meta.get("reference_connector"))
+    lines += seeds_section(tt[~tt.benchmark.str.endswith(BLIND)])
     rec = recommendation or default_recommendation(meta, tt)
     picked = recommend(cells, rec) if rec else None
     if picked:
@@ -155,7 +175,8 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
     if meta.get("reference_results"):
         lines += reference_section(Path(meta["reference_results"]))
     if cells:
-        lines += projection_section(sorted({c["entry"]["size"]["connector"] for c in cells}))
+        lines += projection_section(sorted({c["entry"]["size"]["connector"] for c in cells
+                                            if c["entry"]["size"]["family"] != TRAINING_FREE}))
     pngs = figures(df, out)
     lines += ["## Figures", "", *[f"![{name}]({name})" for name in pngs], ""] if pngs else []
     atomic_write_text(out / "report.md", "\n".join(lines))
@@ -166,7 +187,7 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
 def tables_section(tt: pd.DataFrame) -> list[str]:
     """Per benchmark, a row per cell: accuracy by task type with its interval and, where run, the no-image baseline."""
     lines = []
-    for bench, part in tt[~tt.benchmark.str.endswith("_blind")].groupby("benchmark", sort=True):
+    for bench, part in tt[~tt.benchmark.str.endswith(BLIND)].groupby("benchmark", sort=True):
         header = "| cell | family | Q | " + " | ".join(TYPES) + " | pre-train s | fine-tune s |"
         blind = "; without the image in brackets" if part.blind_accuracy.notna().any() else ""
         lines += [f"## {bench}: accuracy by task type (%, Wilson 95% interval{blind})",
@@ -190,7 +211,7 @@ def tables_section(tt: pd.DataFrame) -> list[str]:
 def findings_section(tt: pd.DataFrame, reference: str | None) -> list[str]:
     """The paper's findings on each benchmark that has both families and the reference connector."""
     lines = []
-    for bench, part in tt[~tt.benchmark.str.endswith("_blind")].groupby("benchmark", sort=True):
+    for bench, part in tt[~tt.benchmark.str.endswith(BLIND)].groupby("benchmark", sort=True):
         if not reference or reference not in set(part.connector) or part.family.nunique() < 2:
             continue
         lines += [f"## The paper's findings on {bench} (against `{reference}`)", "",
@@ -204,7 +225,7 @@ def findings_section(tt: pd.DataFrame, reference: str | None) -> list[str]:
 def default_recommendation(meta: dict, tt: pd.DataFrame) -> Recommendation | None:
     if meta.get("recommend"):
         return Recommendation(**meta["recommend"])
-    benches = sorted(b for b in tt.benchmark.unique() if not b.endswith("_blind"))
+    benches = sorted(b for b in tt.benchmark.unique() if not b.endswith(BLIND))
     return Recommendation(benches[0]) if benches else None
 
 

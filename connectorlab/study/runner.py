@@ -18,13 +18,16 @@ from pathlib import Path
 from ..evaluation.benchmarks.mmbench import load_mmbench
 from ..evaluation.runner import evaluate, load_benchmark
 from ..model.mllm import MultimodalLM
+from ..reduction import Reduction
 from ..training.run_folder import differences
 from ..training.trainer import make_accelerator
 from ..utils.io import atomic_write_json, exclusive
 from ..utils.progress import progress_bar
 from .engines import evaluate_launched, run_stage_here, run_stage_launched
-from .plan import Cell, StudyPlan, describe_cells, expand
+from .plan import BenchmarkSpec, Cell, StudyPlan, describe_cells, expand
 
+BLIND = "_blind"  # an evaluation's name suffix for the no-image baseline
+REDUCED = "@"  # between the benchmark and a training-free reduction in an evaluation's name (probe@random-9)
 log = logging.getLogger("connectorlab.study")
 CELL_STATE = "cell.json"
 
@@ -132,24 +135,36 @@ def launched(execution) -> bool:
     return execution.engine == "accelerate" or (execution.engine == "slurm" and execution.processes > 1)
 
 
-def evaluate_cell(plan: StudyPlan, model_path: Path, folder: Path, benchmarks: dict, state: CellState,
-                  batch_size: int, note=quiet) -> None:
-    """Each benchmark (and its blind baseline) in this process, or sharded over the launch's processes; the run
-    identity is the same either way, so a cell may resume its evaluation under the other engine."""
-    model = None if launched(plan.execution) else MultimodalLM.from_pretrained(model_path)
-    t0 = time.perf_counter()
+def evaluations(plan: StudyPlan, cell: Cell) -> list[tuple[str, BenchmarkSpec, bool, Reduction | None]]:
+    """(name, benchmark, blind, reduction) of every evaluation a finished cell holds: each benchmark, its blind
+    baseline, and each training-free reduction of the cell's output (`probe@random-9`)."""
+    out = []
     for spec in plan.benchmarks:
-        for blind in (False, True) if spec.blind else (False,):
-            name = spec.name + ("_blind" if blind else "")
-            target = folder / "eval" / name
-            note(f"evaluating {name}")
-            if model is None:
-                evaluate_launched(plan.execution, model_path, spec, target, batch_size, blind)
-            else:
-                evaluate(model, benchmarks[spec.name], target, batch_size, spec.max_new_tokens, blind,
-                         {"model": str(model_path)}, show_progress=False)
-            state.evaluations[name] = str(target / "results.json")
-    state.eval_s = time.perf_counter() - t0
+        out.append((spec.name, spec, False, None))
+        if spec.blind:
+            out.append((spec.name + BLIND, spec, True, None))
+        out += [(f"{spec.name}{REDUCED}{r.label}", spec, False, r) for r in cell.reductions]
+    return out
+
+
+def evaluate_cell(plan: StudyPlan, cell: Cell, model_path: Path, benchmarks: dict, state: CellState,
+                  batch_size: int, note=quiet) -> None:
+    """The cell's evaluations not yet recorded, in this process or sharded over the launch's processes; the run
+    identity is the same either way, so a cell may resume its evaluation under the other engine."""
+    todo = [e for e in evaluations(plan, cell) if e[0] not in state.evaluations]
+    model = None if launched(plan.execution) or not todo else MultimodalLM.from_pretrained(model_path)
+    t0 = time.perf_counter()
+    for name, spec, blind, reduction in todo:
+        target = cell_folder(cell) / "eval" / name
+        note(f"evaluating {name}")
+        if model is None:
+            evaluate_launched(plan.execution, model_path, spec, target, batch_size, blind, reduction)
+        else:
+            model.set_reduction(reduction)
+            evaluate(model, benchmarks[spec.name], target, batch_size, spec.max_new_tokens, blind,
+                     {"model": str(model_path)}, show_progress=False)
+        state.evaluations[name] = str(target / "results.json")
+    state.eval_s = (state.eval_s or 0.0) + time.perf_counter() - t0
 
 
 def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool = False, show_progress: bool = True,
@@ -196,14 +211,17 @@ def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerat
              eval_batch: int, caches: dict | None = None, note=quiet) -> CellState:
     folder = cell_folder(cell)
     state = CellState.read(folder) or CellState(cell.label, cell.cell_id)
-    if state.status == "done" or (state.status == "failed" and not retry_failed):
+    if state.status == "done" and {e[0] for e in evaluations(plan, cell)} <= set(state.evaluations):
         return state
+    if state.status == "failed" and not retry_failed:
+        return state
+    trained = state.status == "done" and state.model is not None  # a finished cell only gains the new evaluations
     state.status, state.error, state.traceback = "running", None, None
     state.write(folder)
     try:
-        model = train_cell(plan, cell, out, state, accelerator, caches, note)
-        state.model = str(model)
-        evaluate_cell(plan, model, folder, benchmarks, state, eval_batch, note)
+        if not trained:
+            state.model = str(train_cell(plan, cell, out, state, accelerator, caches, note))
+        evaluate_cell(plan, cell, Path(state.model), benchmarks, state, eval_batch, note)
         state.status = "done"
     except Exception as err:  # one failing cell must not stop the others; its error and traceback are kept
         state.status, state.error, state.traceback = "failed", f"{type(err).__name__}: {err}", traceback.format_exc()
