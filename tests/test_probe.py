@@ -52,14 +52,14 @@ def test_every_sub_task_has_its_own_type_in_the_mapping_yaml():
 
     mapping = load_mapping("probe")
     by_type = {t: {k for k, v in mapping.items() if v["type"] == t} for t in ("coarse", "fine", "reasoning")}
-    assert by_type["fine"] >= {"colour", "count", "digit", "locate"}
+    assert by_type["fine"] >= {"colour", "count", "glyph", "locate"}
     assert by_type["coarse"] >= {"scene", "background", "texture", "quality"}
     assert by_type["reasoning"] >= {"relation", "comparison", "logic"}
 
 
 def test_fine_tuning_records_ask_every_fine_question_short_and_some_as_multiple_choice(tmp_path):
     generate(tmp_path, ProbeParams(n_train=4, n_test=1, questions_per_record=6, mc_per_record=2))
-    fine = {"What colour are the small shapes?", "How many small shapes are there?", "What digit is on the tile?",
+    fine = {"What colour are the small shapes?", "How many small shapes are there?", "What symbol is on the tile?",
             "Where is the tile?"}
     for rec in json.loads((tmp_path / "finetune.json").read_text()):
         asks = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in rec["conversations"][0::2]]
@@ -77,7 +77,7 @@ def test_training_records_hold_the_image_once(tmp_path):
 
 def test_dense_targets_mark_the_small_shape_and_specks():
     ann = {"scene": "sky", "background": "grey", "texture": "plain", "quality": "sharp",
-           "digit": {"shape": "7", "colour": "", "cx": 0.1, "cy": 0.1, "size": 0.15},
+           "tile": {"shape": "ring", "colour": "", "cx": 0.1, "cy": 0.1, "size": 0.15},
            "big": [{"shape": "circle", "colour": "red", "cx": 0.25, "cy": 0.25, "size": 0.3},
                    {"shape": "square", "colour": "blue", "cx": 0.75, "cy": 0.75, "size": 0.2}],
            "small": [{"shape": "triangle", "colour": "white", "cx": 0.8, "cy": 0.2, "size": 0.1}],
@@ -88,7 +88,7 @@ def test_dense_targets_mark_the_small_shape_and_specks():
     assert t["size"][speck_cell] == 3 and t["small_colour"][speck_cell] == 0
     assert t["size"][2 * 8 + 2] == 1  # under the big circle
     assert t["position"][0] == 0 and t["position"][63] == 15
-    assert t["size"][0] == 4 and t["digit"][0] > 0 and t["digit"][small_cell] == 0  # the tile, with its digit
+    assert t["size"][0] == 4 and t["glyph"][0] > 0 and t["glyph"][small_cell] == 0  # the tile, with its glyph
 
 
 def frame(*cells) -> pd.DataFrame:
@@ -134,6 +134,27 @@ def test_resolution_finding_asks_for_a_gain_beyond_noise():
     text = " ".join(findings(study(0.90, 0.91)))
     assert "most: not shown" in text and "margin: none" in text
     assert "most: does not hold" in " ".join(findings(study(0.5, 0.6, coarse_lo=0.3)))
+
+
+def test_training_free_sentence_counts_comparisons_at_the_same_budget():
+    trained = frame(cell("mlp", "preserving", 48, 0.9), cell("avgpool", "compressing", 48, 0.3, tokens=9),
+                    cell("c_abstractor", "compressing", 48, 0.35, tokens=9), cell("avgpool", "compressing", 48, 0.9, tokens=4))
+    free = frame(cell("mlp+random", "training-free", 48, 0.6, tokens=9)).assign(cell="mlp+random-9t-48px-s0")
+    text = " ".join(findings(pd.concat([trained, free])))
+    assert "**Training-free `mlp+random` keeps fine-grained perception better than the compressing connectors" in text
+    assert "2 of 2 comparisons are better beyond the 95% margin" in text  # the 4-token avgpool is another budget
+    assert "at 48 px, 9 tokens: 60.0 vs avgpool-9t 30.0, c_abstractor-9t 35.0" in text
+    worse = frame(cell("mlp+random", "training-free", 48, 0.1, tokens=9)).assign(cell="mlp+random-9t-48px-s0")
+    assert "keeps fine-grained perception worse than" in " ".join(findings(pd.concat([trained, worse])))
+    assert "preserving connectors score 90.0 and" in text  # training-free cells stay out of the paper's findings
+
+
+def test_resolution_finding_names_the_first_step_per_family():
+    rows = frame(cell("mlp", "preserving", 32, 0.4), cell("mlp", "preserving", 48, 0.9), cell("mlp", "preserving", 64, 0.9),
+                 cell("avgpool", "compressing", 32, 0.3, tokens=4), cell("avgpool", "compressing", 48, 0.32, tokens=4),
+                 cell("avgpool", "compressing", 64, 0.6, tokens=4))
+    text = " ".join(findings(rows))
+    assert "from 32 to 48 px, beyond the margin: compressing: none; preserving: mlp (40.0 -> 90.0)" in text
 
 
 def test_sanity_check_reads_chance_per_task_type():

@@ -24,7 +24,7 @@ from .scene import (
     BACKGROUNDS,
     BIG_COLOURS,
     COLOURS,
-    DIGITS,
+    GLYPHS,
     MAX_SMALL,
     QUADRANTS,
     QUALITIES,
@@ -51,9 +51,9 @@ def task_types() -> dict[str, str]:
 class ProbeParams:
     seed: int = 0
     image_size: int = 64
-    # Side of a small shape, as a fraction of the image side (the digit tile is 1.5x it). At 0.1 a small shape is
-    # half a patch of the tiny ViT at the lowest study resolution (32 px, patch 8) and the digit's strokes are a
-    # pixel wide there, while the middle one (48 px) draws each stroke over about two pixels.
+    # Side of a small shape, as a fraction of the image side (the glyph tile is twice as wide). At 0.1 a small shape is
+    # half a patch of the tiny ViT at the lowest study resolution (32 px, patch 8) and the tile's glyph strokes are
+    # a pixel wide there, while the middle one (48 px) draws each stroke over about two pixels.
     object_scale: float = 0.1
     # At most this many decoy specks per image (at least half as many). Measured on the tiny presets: with up to 8,
     # the MLP connector's fine-grained score stayed near chance in most runs (the binding plateau); with up to 2 it
@@ -93,12 +93,12 @@ def _options(rng: random.Random, answer: str, pool) -> list[str]:
 
 def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
     """Coarse: whole-image properties. Fine: the small things (their colour, told apart from specks of another
-    colour; how many there are; the digit on the tile and where the tile is). Reasoning: relations between the two
+    colour; how many there are; the glyph on the tile and where the tile is). Reasoning: relations between the two
     big shapes (place, size, and a negation over shape that asks for a colour)."""
     a, b = spec.big
     negated = rng.choice(spec.big)
     other = b if negated is a else a
-    small, digit = spec.small, spec.digit
+    small, tile = spec.small, spec.tile
     q = Question
     return [
         q("scene", "What kind of scene is this?", _options(rng, spec.scene, SCENES), spec.scene),
@@ -108,8 +108,8 @@ def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
         q("colour", "What colour are the small shapes?", _options(rng, small[0].colour, SMALL_COLOURS), small[0].colour),
         q("count", "How many small shapes are there?", _options(rng, NUMBERS[len(small) - 1], NUMBERS[:MAX_SMALL]),
           NUMBERS[len(small) - 1]),
-        q("digit", "What digit is on the tile?", _options(rng, digit.shape, DIGITS), digit.shape),
-        q("locate", "Where is the tile?", _options(rng, digit.quadrant, QUADRANTS), digit.quadrant),
+        q("glyph", "What symbol is on the tile?", _options(rng, tile.shape, GLYPHS), tile.shape),
+        q("locate", "Where is the tile?", _options(rng, tile.quadrant, QUADRANTS), tile.quadrant),
         q("relation", f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?",
           _options(rng, spec.relation, RELATIONS), spec.relation),
         q("comparison", "What colour is the larger of the two big shapes?",
@@ -122,8 +122,8 @@ def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
 def caption(spec: SceneSpec) -> str:
     a, b = spec.big
     n, s = len(spec.small), spec.small[0]  # the small things first, so stage 1 asks the connector to keep them apart
-    return (f"{NUMBERS[n - 1]} small {s.colour} shape{'s' if n > 1 else ''} and a tile with the digit "
-            f"{spec.digit.shape} in the {spec.digit.quadrant} of a {spec.quality} {spec.background} {spec.scene} scene "
+    return (f"{NUMBERS[n - 1]} small {s.colour} shape{'s' if n > 1 else ''} and a tile with a {spec.tile.shape} in "
+            f"the {spec.tile.quadrant} of a {spec.quality} {spec.background} {spec.scene} scene "
             f"with {spec.texture} . the {a.colour} {a.shape} is {spec.relation} the {b.colour} {b.shape} and the "
             f"{spec.larger.colour} one is larger .")
 
@@ -217,5 +217,5 @@ def probe_texts(out: str | Path) -> list[str]:
     for name in ("pretrain.json", "finetune.json"):
         for rec in json.loads((out / name).read_text()):
             texts += [t["value"] for t in rec["conversations"]]
-    texts += [" ".join([*COLOURS, *BACKGROUNDS, *SHAPES, *NUMBERS, *DIGITS]), "USER : ASSISTANT :"]
+    texts += [" ".join([*COLOURS, *BACKGROUNDS, *SHAPES, *NUMBERS, *GLYPHS]), "USER : ASSISTANT :"]
     return texts

@@ -1,8 +1,8 @@
 """Procedural probe images: what is drawn, and the facts each question is asked about.
 
 Every image has whole-image properties (a scene layout, the dominant background colour, a texture and a quality),
-two big shapes in a clear spatial relation and of different sizes, a few small shapes of one colour, a small digit
-tile and specks of another colour (the clutter). Coarse questions ask about the whole image, fine-grained ones about
+two big shapes in a clear spatial relation and of different sizes, a few small shapes of one colour, a small tile
+with a glyph and specks of another colour (the clutter). Coarse questions ask about the whole image, fine-grained ones about
 the small things (which a pooled token mixes with their neighbours), reasoning ones relate the big shapes.
 `object_scale` (the small things' size) and `clutter` (how many specks) set how hard the fine-grained questions are.
 """
@@ -27,11 +27,10 @@ SMALL_COLOURS = {"white": (250, 250, 250), "purple": (150, 40, 190), "orange": (
 COLOURS = {**BIG_COLOURS, **SMALL_COLOURS}
 QUADRANTS = ("top left", "top right", "bottom left", "bottom right")
 RELATIONS = ("left of", "right of", "above", "below")
-DIGITS = ("1", "2", "3", "4", "5", "7")  # seven-segment glyphs that differ in at least two segments
-SEGMENTS = {"1": "bc", "2": "abdeg", "3": "abcdg", "4": "bcfg", "5": "acdfg", "7": "abc"}
+GLYPHS = ("plus", "cross", "ring", "bars")  # strokes a pixel or two wide: told apart only where the tile is resolved
 MAX_SMALL = 4
 SPECK_RATIO = 0.375  # a speck's diameter relative to a small shape's side (about 1/7 of its area)
-TILE_RATIO = 1.5  # the digit tile's side relative to a small shape's
+TILE_RATIO = 2.0  # the glyph tile's side relative to a small shape's
 
 
 @dataclass
@@ -64,7 +63,7 @@ class SceneSpec:
     big: list[Shape]  # [A, B]; A relates to B by `relation`
     relation: str
     small: list[Shape] = field(default_factory=list)  # one colour, 1..MAX_SMALL of them
-    digit: Shape | None = None  # shape = the digit; colour unused
+    tile: Shape | None = None  # shape = the glyph drawn on it; colour unused
     specks: list[tuple[float, float, str]] = field(default_factory=list)  # (x, y, colour) distractor dots
 
     @property
@@ -101,13 +100,13 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
     def spot() -> tuple[float, float]:
         return rng.uniform(half, 1 - half), rng.uniform(half, 1 - half)
 
-    digit = _place(rng, big, lambda: Shape(rng.choice(DIGITS), "", *spot(), object_scale * TILE_RATIO))
-    colour, taken, small = rng.choice(list(SMALL_COLOURS)), [*big, digit], []
+    tile = _place(rng, big, lambda: Shape(rng.choice(GLYPHS), "", *spot(), object_scale * TILE_RATIO))
+    colour, taken, small = rng.choice(list(SMALL_COLOURS)), [*big, tile], []
     for _ in range(rng.randint(1, MAX_SMALL)):
         s = _place(rng, [t for t in taken if t], lambda: Shape(rng.choice(SHAPES), colour, *spot(), object_scale))
         small.append(s)
         taken.append(s)
-    if digit is None or any(s is None for s in small):  # the big shapes left no room: draw again
+    if tile is None or any(s is None for s in small):  # the big shapes left no room: draw again
         return sample_scene(rng, object_scale, clutter)
     # Specks share one other colour of the small palette, so a pooled token that mixes a small shape with a speck
     # holds two small colours and cannot say which belongs to the shape; a token per patch keeps them apart.
@@ -115,7 +114,7 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
     n_specks = rng.randint((clutter + 1) // 2, clutter)
     specks = [(rng.uniform(0.03, 0.97), rng.uniform(0.03, 0.97), decoy) for _ in range(n_specks)]
     return SceneSpec(rng.choice(SCENES), rng.choice(list(BACKGROUNDS)), rng.choice(TEXTURES), rng.choice(QUALITIES),
-                     big, relation, small, digit, specks)
+                     big, relation, small, tile, specks)
 
 
 def _background(spec: SceneSpec, side: int) -> np.ndarray:
@@ -151,17 +150,22 @@ def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, side: int) -> None:
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
 
 
-def _draw_digit(draw: ImageDraw.ImageDraw, tile: Shape, side: int) -> None:
-    """A black tile with a white seven-segment digit: readable only where a few pixels cover each segment."""
+def _draw_tile(draw: ImageDraw.ImageDraw, tile: Shape, side: int) -> None:
+    """A black tile with a white glyph: readable only where a few pixels cover each stroke."""
     cx, cy, r = tile.cx * side, tile.cy * side, tile.size * side / 2
     draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=(15, 15, 15))
-    w, h, t = r * 0.55, r * 0.75, max(1.0, r * 0.22)  # half width, half height, stroke
-    ends = {"a": ((-w, -h), (w, -h)), "b": ((w, -h), (w, 0)), "c": ((w, 0), (w, h)), "d": ((-w, h), (w, h)),
-            "e": ((-w, 0), (-w, h)), "f": ((-w, -h), (-w, 0)), "g": ((-w, 0), (w, 0))}
-    for seg in SEGMENTS[tile.shape]:
-        (x0, y0), (x1, y1) = ends[seg]
-        draw.rectangle([cx + min(x0, x1) - t / 2, cy + min(y0, y1) - t / 2, cx + max(x0, x1) + t / 2,
-                        cy + max(y0, y1) + t / 2], fill=(245, 245, 245))
+    a, w, white = r * 0.7, max(1, round(r * 0.3)), (245, 245, 245)
+    if tile.shape == "plus":
+        draw.line([(cx - a, cy), (cx + a, cy)], fill=white, width=w)
+        draw.line([(cx, cy - a), (cx, cy + a)], fill=white, width=w)
+    elif tile.shape == "cross":
+        draw.line([(cx - a, cy - a), (cx + a, cy + a)], fill=white, width=w)
+        draw.line([(cx - a, cy + a), (cx + a, cy - a)], fill=white, width=w)
+    elif tile.shape == "ring":
+        draw.ellipse([cx - a, cy - a, cx + a, cy + a], outline=white, width=w)
+    else:
+        for dy in (-a * 0.6, a * 0.6):
+            draw.line([(cx - a, cy + dy), (cx + a, cy + dy)], fill=white, width=w)
 
 
 def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4) -> Image.Image:
@@ -175,8 +179,8 @@ def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4)
         draw.ellipse([x * big_side - r, y * big_side - r, x * big_side + r, y * big_side + r], fill=COLOURS[colour])
     for s in spec.big + spec.small:
         _draw_shape(draw, s, big_side)
-    if spec.digit:
-        _draw_digit(draw, spec.digit, big_side)
+    if spec.tile:
+        _draw_tile(draw, spec.tile, big_side)
     image = image.resize((side, side), Image.LANCZOS)
     if spec.quality == "blurry":
         image = image.filter(ImageFilter.GaussianBlur(radius=side / 64))

@@ -22,23 +22,23 @@ from transformers import CLIPVisionModel
 
 from ..utils.io import atomic_dir, atomic_write_json
 from ..vision.transforms import ImageTransform
-from .scene import BACKGROUNDS, COLOURS, DIGITS, QUALITIES, SCENES, SHAPES, TEXTURES
+from .scene import BACKGROUNDS, COLOURS, GLYPHS, QUALITIES, SCENES, SHAPES, TEXTURES
 
 COLOUR_IDS = {c: i + 1 for i, c in enumerate(COLOURS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}
-DIGIT_IDS = {d: i + 1 for i, d in enumerate(DIGITS)}
+GLYPH_IDS = {g: i + 1 for i, g in enumerate(GLYPHS)}
 
 
 def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     """Per-patch colour / shape / size class (0 = background) and the global labels of one image.
 
-    Specks mark their patch with their colour and a size class of their own, the digit tile its patch with the
-    digit and a size class of its own. Every patch also learns where it
+    Specks mark their patch with their colour and a size class of their own, the tile its patch with its glyph
+    and a size class of its own. Every patch also learns where it
     is (a 4 x 4 layout), so patch tokens carry their position the way CLIP's do. Big shapes label every patch
     whose centre they cover; a small shape labels the patch holding its centre (it may cover no patch centre
     at a coarse grid), drawn last, as in the image.
     """
-    colour, shape, size, small_colour, digit = (np.zeros(grid * grid, np.int64) for _ in range(5))
+    colour, shape, size, small_colour, glyph = (np.zeros(grid * grid, np.int64) for _ in range(5))
     centres = (np.arange(grid) + 0.5) / grid
     for obj in ann["big"]:
         half = obj["size"] / 2
@@ -52,17 +52,17 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
         cell = min(int(obj["cy"] * grid), grid - 1) * grid + min(int(obj["cx"] * grid), grid - 1)
         colour[cell], shape[cell], size[cell] = COLOUR_IDS[obj["colour"]], SHAPE_IDS[obj["shape"]], 2
         small_colour[cell] = COLOUR_IDS[obj["colour"]]
-    if ann.get("digit"):
-        tile = ann["digit"]
+    if ann.get("tile"):
+        tile = ann["tile"]
         cell = min(int(tile["cy"] * grid), grid - 1) * grid + min(int(tile["cx"] * grid), grid - 1)
-        colour[cell], shape[cell], size[cell], digit[cell] = 0, 0, 4, DIGIT_IDS[tile["shape"]]
+        colour[cell], shape[cell], size[cell], glyph[cell] = 0, 0, 4, GLYPH_IDS[tile["shape"]]
     for x, y, c in ann.get("specks", []):  # a speck marks its patch unless a shape already does
         cell = min(int(y * grid), grid - 1) * grid + min(int(x * grid), grid - 1)
         if size[cell] == 0:
             colour[cell], size[cell] = COLOUR_IDS[c], 3
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     position = (rows * 4 // grid) * 4 + cols * 4 // grid  # which cell of a 4 x 4 layout the patch lies in
-    return {"colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "digit": digit,
+    return {"colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "glyph": glyph,
             "position": position, "scene": SCENES.index(ann["scene"]),
             "background": list(BACKGROUNDS).index(ann["background"]), "texture": TEXTURES.index(ann["texture"]),
             "quality": QUALITIES.index(ann["quality"])}
@@ -73,9 +73,9 @@ class DenseHeads(nn.Module):
         super().__init__()
         self.colour = nn.Linear(width, len(COLOURS) + 1)
         self.shape = nn.Linear(width, len(SHAPES) + 1)
-        self.size = nn.Linear(width, 5)  # background, big, small shape, speck, digit tile
+        self.size = nn.Linear(width, 5)  # background, big, small shape, speck, tile
         self.small_colour = nn.Linear(width, len(COLOURS) + 1)  # the small shape's colour, bound to it
-        self.digit = nn.Linear(width, len(DIGITS) + 1)
+        self.glyph = nn.Linear(width, len(GLYPHS) + 1)
         self.position = nn.Linear(width, 16)
         self.scene = nn.Linear(width, len(SCENES))
         self.background = nn.Linear(width, len(BACKGROUNDS))
@@ -96,7 +96,7 @@ class DenseHeads(nn.Module):
             "shape": dense(self.shape, t["shape"], 4),
             "size": dense(self.size, t["size"], 16),
             "small_colour": dense(self.small_colour, t["small_colour"], 16),
-            "digit": dense(self.digit, t["digit"], 32),
+            "glyph": dense(self.glyph, t["glyph"], 32),
             "position": F.cross_entropy(self.position(patches).flatten(0, 1), t["position"].flatten()),
             "scene": F.cross_entropy(self.scene(pooled), t["scene"]),
             "background": F.cross_entropy(self.background(pooled), t["background"]),
@@ -170,7 +170,7 @@ def held_out_accuracy(model, heads: DenseHeads, pixels: torch.Tensor, t: dict[st
         "small_colour": acc(heads.small_colour(patches), t["small_colour"], small),
         "small_found": float((heads.size(patches).argmax(-1)[small] == 2).float().mean()),
         "small_shape": acc(heads.shape(patches), t["shape"], small),
-        "digit": acc(heads.digit(patches), t["digit"], tile),
+        "glyph": acc(heads.glyph(patches), t["glyph"], tile),
         "big_colour": acc(heads.colour(patches), t["colour"], big),
         "size": acc(heads.size(patches), t["size"], torch.ones_like(small)),
         "position": acc(heads.position(patches), t["position"], torch.ones_like(small)),

@@ -45,7 +45,7 @@ class QuickstartConfig:
     full: bool = False  # the plan's `full:` grid entries (more connectors, the third resolution) replace its own
     probe: ProbeParams = field(default_factory=ProbeParams)
     sizes: TinySizes = field(default_factory=TinySizes)
-    vision_steps: int = 500
+    vision_steps: int = 700
     warmup_epochs: int = 1
     plan: dict[str, Any] = field(default_factory=builtin_plan)  # a study plan with ${probe} ${vision} ${llm} ${seeds}
 
