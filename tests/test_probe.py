@@ -146,6 +146,8 @@ def test_training_free_sentence_counts_comparisons_at_the_same_budget():
     assert "at 48 px, 9 tokens: 60.0 vs avgpool-9t 30.0, c_abstractor-9t 35.0" in text
     worse = frame(cell("mlp+random", "training-free", 48, 0.1, tokens=9)).assign(cell="mlp+random-9t-48px-s0")
     assert "keeps fine-grained perception worse than" in " ".join(findings(pd.concat([trained, worse])))
+    mixed = frame(cell("mlp+random", "training-free", 48, 0.43, tokens=9)).assign(cell="mlp+random-9t-48px-s0")
+    assert "better than or within noise of the compressing" in " ".join(findings(pd.concat([trained, mixed])))
     assert "preserving connectors score 90.0 and" in text  # training-free cells stay out of the paper's findings
 
 
@@ -252,6 +254,13 @@ def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
     report = (tmp_path / "qs/report.md").read_text()
     assert "## Over seeds (mean +- sample standard deviation)" in report and "over 2 seeds" in report
     assert "at 32 px, seed 1" in report  # the findings compare cells of one seed with each other
+
+
+def test_full_quickstart_grid_replaces_the_default_entries():
+    full, default = QuickstartConfig(full=True), QuickstartConfig()
+    assert full.resolutions == (32, 48, 64) and len(full.grid["connectors"]) == 5 and full.grid["tokens"] == [9, 4]
+    assert full.grid["reduce"]["tokens"] == [9, 4] and full.grid["seeds"] == default.grid["seeds"] == "${seeds}"
+    assert default.resolutions == (32, 48) and default.grid["tokens"] == [9] and "full" in default.plan
 
 
 def test_quickstart_seed_counts_are_checked():

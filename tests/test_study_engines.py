@@ -34,7 +34,7 @@ def losses(folder):
 
 
 def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
-    grid = {"connectors": ["mlp"], "resolutions": [32]}
+    grid = {"connectors": ["mlp"], "resolutions": [32], "reduce": {"method": "random", "tokens": 4}}
     local = run_study(plan_file(toy, tmp_path / "local", {"engine": "local"}, grid), show_progress=False)
     launched = run_study(plan_file(toy, tmp_path / "acc", {"engine": "accelerate", "processes": 2}, grid),
                          show_progress=False)
@@ -47,6 +47,9 @@ def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
                                    rtol=1e-5, atol=1e-6)  # only float summation order differs (two partial gradients)
     ra, rb = (json.loads(Path(s.evaluations["probe"]).read_text()) for s in (a, b))
     assert (ra["processes"], rb["processes"]) == (1, 2) and ra["items"] == rb["items"] == rb["answered_now"]
+    reduced = [Path(s.evaluations["probe@random-4"]).parent for s in (a, b)]  # `eval --reduce` under the launch
+    assert [json.loads((r / "run.json").read_text())["reduction"] for r in reduced] == ["random-4", "random-4"]
+    assert [json.loads((r / "results.json").read_text())["items"] for r in reduced] == [ra["items"]] * 2
     wa, wb = (load_file(str(Path(s.model) / "connector.safetensors")) for s in (a, b))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)

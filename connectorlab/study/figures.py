@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..evaluation.task_types import TYPES
-from .findings import TYPE_NAMES
+from .findings import TRAINING_FREE, TYPE_NAMES
 from .runner import BLIND
 
 
@@ -69,8 +69,10 @@ def cost_figures(tt: pd.DataFrame, out: Path, plt) -> list[str]:
         for row, bench in zip(axes, benches, strict=True):
             for ax, t in zip(row, TYPES, strict=True):
                 sub = data[(data.benchmark == bench) & (data.name == t)]
-                for fam, marker in (("preserving", "o"), ("compressing", "^")):
+                for fam, marker in (("preserving", "o"), ("compressing", "^"), (TRAINING_FREE, "s")):
                     f = sub[sub.family == fam]
+                    if f.empty:
+                        continue
                     yerr = [(f.accuracy - f.ci_low).clip(lower=0), (f.ci_high - f.accuracy).clip(lower=0)]
                     ax.errorbar(f[xcol], f.accuracy, yerr=yerr, fmt=marker, capsize=2, label=fam)
                 for r in sub.itertuples():

@@ -182,7 +182,8 @@ def training_free_vs_trained(tt: pd.DataFrame) -> list[str]:
         if total == 0:
             continue
         word = ("better than" if better == total else "worse than" if worse == total
-                else "as well as (within noise)" if close == total else "neither consistently better nor worse than")
+                else "as well as (within noise)" if close == total else "better than or within noise of" if not worse
+                else "worse than or within noise of" if not better else "neither consistently better nor worse than")
         out.append(f"**Training-free `{method}` keeps fine-grained perception {word} the compressing connectors trained "
                    f"at the same budget.** {better} of {total} comparisons are better beyond the 95% margin, {worse} worse,"
                    f" {close} within it; " + "; ".join(parts) + ".")
