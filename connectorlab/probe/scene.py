@@ -182,10 +182,12 @@ def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4)
     if spec.tile:
         _draw_tile(draw, spec.tile, big_side)
     image = image.resize((side, side), Image.LANCZOS)
+    # Strong enough to survive the study's lowest resolution (half the drawn side): the image's quality is a coarse
+    # property, and a blur of one drawn pixel or faint noise would make it a fine-grained one.
     if spec.quality == "blurry":
-        image = image.filter(ImageFilter.GaussianBlur(radius=side / 64))
+        image = image.filter(ImageFilter.GaussianBlur(radius=side / 24))
     elif spec.quality == "noisy":
-        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 28, (side, side, 3))
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 45, (side, side, 3))
         image = Image.fromarray((np.asarray(image, float) + noise).clip(0, 255).astype(np.uint8))
     elif spec.quality == "faded":
         image = ImageEnhance.Contrast(image).enhance(0.35)
