@@ -131,8 +131,8 @@ def fine_gains(keyed: pd.DataFrame, lo, hi) -> tuple[dict[str, list[float]], lis
 
 
 def resolution_helps_fine(tt: pd.DataFrame) -> str | None:
-    """From the lowest to the highest resolution, per connector setting (connector, budget, seed, variant); with three
-    or more resolutions, also the first step, per family (the paper's 224 -> 336 px)."""
+    """From the lowest to the highest resolution, per connector setting (connector, budget, seed, variant); and the
+    first step, per family (the paper's 224 -> 336 px)."""
     resolutions = sorted(tt.resolution.dropna().unique())
     if len(resolutions) < 2:
         return None
@@ -151,7 +151,7 @@ def resolution_helps_fine(tt: pd.DataFrame) -> str | None:
     text = (f"**Higher resolution helps fine-grained perception most: {word}.** Mean gain from {lo} to {hi} px over "
             "connectors: " + ", ".join(f"{TYPE_NAMES[t]} {100 * g:+.1f} points" for t, g in mean.items())
             + "; connectors whose fine-grained gain exceeds the 95% margin: " + (listed(beyond) or "none"))
-    if len(resolutions) > 2:
+    if tt.family.nunique() > 1:
         _, first = fine_gains(keyed, resolutions[0], resolutions[1])
         families = sorted(set(tt.family))
         text += (f"; from {resolutions[0]} to {resolutions[1]} px, beyond the margin: " + "; ".join(

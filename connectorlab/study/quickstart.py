@@ -105,6 +105,15 @@ def quickstart_plan(qc: QuickstartConfig, probe: Path, vision: Path, llm: Path) 
     return StudyPlan.from_dict({**data, "output_dir": qc.out}, str(BUILTIN_PLAN))
 
 
+def budgets(qc: QuickstartConfig, plan: StudyPlan) -> str:
+    """Each budget as the compression of the second resolution's grid (as the paper's 336 px, the second of 224 / 336 /
+    448), and the paper's budget at that ratio of its 576 tokens."""
+    res = sorted(qc.resolutions)[min(1, len(qc.resolutions) - 1)]
+    side = res // qc.sizes.patch_size
+    return ", ".join(f"{t} tokens ({side * side / t:.0f}x fewer than the {side}x{side} grid at {res} px, as "
+                     f"{576 * t / (side * side):.0f} of the paper's 576)" for t in plan.grid.tokens)
+
+
 def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
     p, s = qc.probe, qc.sizes
     types = task_types()
@@ -115,8 +124,7 @@ def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
         f"- Probe: {p.n_train} training images, {p.n_test} test images (each question asked in every rotation of its "
         f"options), drawn at {p.image_size} px; small shapes {p.object_scale:.2f} of the side, up to {p.clutter} decoy "
         f"specks per image; seed {p.seed}. Sub-tasks by task type ({SECTION_NOTE}): {subtasks}.",
-        f"- Resolutions {grids}; the compressing connectors' budgets {', '.join(map(str, plan.grid.tokens))} tokens "
-        "(the paper's 144 and 64 of 576 at 336 px: 4x and 9x of the middle grid). Training-free reductions of the "
+        f"- Resolutions {grids}; the compressing connectors keep {budgets(qc, plan)}. Training-free reductions of the "
         "trained mlp's output to the same budgets: " + ", ".join(sorted({r.method for r in plan.grid.reductions})) + ".",
         f"- Model: a {s.vision_layers}-layer ViT (width {s.vision_hidden}, patch {s.patch_size}) pre-trained once on probe "
         f"images ({qc.vision_steps} steps) and frozen; a {s.llm_layers}-layer Llama (width {s.llm_hidden}) warmed up on "

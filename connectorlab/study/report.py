@@ -157,7 +157,10 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
     lines = [f"# Study report: {meta['name']}", ""]
     if (out / ABOUT).is_file():
         lines += [(out / ABOUT).read_text().strip(), ""]
-    lines += [f"{len(cells)} finished cells of {len(meta['cells'])}.", ""]
+    trained = sum(c["entry"]["size"]["family"] != TRAINING_FREE for c in cells)
+    reduced = len(cells) - trained
+    lines += [f"{trained} finished cells of {len(meta['cells'])}"
+              + (f", and {reduced} training-free reductions of their outputs." if reduced else "."), ""]
     tt = df[df.level == "task_type"]
     lines += tables_section(tt)
     lines += findings_section(tt, meta.get("reference_connector"))
