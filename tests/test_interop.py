@@ -124,7 +124,7 @@ def test_an_imported_model_is_evaluated_end_to_end(exported, tmp_path):
     res = cli("eval", "--model", str(tmp_path / "imported"), "--benchmark", "mmbench", "--data",
               str(tmp_path / "probe/test.tsv"), "--out", str(tmp_path / "eval"), "--max-new-tokens", "3")
     assert res.returncode == 0, res.stderr[-2000:]
-    assert json.loads((tmp_path / "eval/results.json").read_text())["scores"]["questions"] == 12  # 6 questions per probe image
+    assert json.loads((tmp_path / "eval/results.json").read_text())["scores"]["questions"] == 22  # 11 questions per probe image
 
 
 def test_bad_input_is_named(exported, tiny_dir, tmp_path):

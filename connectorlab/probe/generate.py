@@ -128,6 +128,24 @@ def caption(spec: SceneSpec) -> str:
             f"{spec.larger.colour} one is larger .")
 
 
+def instruction(qs: list[Question], params: ProbeParams, types: dict[str, str], rng: random.Random) -> list[dict]:
+    """One fine-tuning conversation: every fine-grained question of the image and others up to the record's count,
+    the first `mc_per_record` in the benchmark's multiple-choice prompt (as the evaluation runner builds it, LLaVA's
+    MMBench prompt) and the rest short."""
+    fine = [q for q in qs if types[q.subtask] == "fine"]
+    rest = [q for q in qs if types[q.subtask] != "fine"]
+    others = max(0, min(len(rest), params.questions_per_record - len(fine)))
+    qs = fine[:params.questions_per_record] + rng.sample(rest, others)
+    rng.shuffle(qs)
+    conv = []
+    for k, q in enumerate(qs):
+        prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False))) if k < params.mc_per_record \
+            else "<image>\n" + q.question
+        conv += [{"from": "human", "value": prompt if k == 0 else prompt.removeprefix("<image>\n")},
+                 {"from": "gpt", "value": q.answer}]
+    return conv
+
+
 def _png_b64(image) -> str:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
@@ -158,17 +176,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
         if unmapped:
             raise ValueError(f"probe sub-task(s) {sorted(unmapped)} have no task type in the {TASK_SECTION!r} section "
                              "of evaluation/task_types.yaml")
-        fine = [q for q in qs if types[q.subtask] == "fine"]
-        rest = [q for q in qs if types[q.subtask] != "fine"]
-        others = max(0, min(len(rest), params.questions_per_record - len(fine)))
-        qs = fine[:params.questions_per_record] + rng.sample(rest, others)
-        rng.shuffle(qs)
-        conv = []
-        for k, q in enumerate(qs):  # the multiple-choice prompt as the evaluation runner builds it (LLaVA's MMBench)
-            prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False))) if k < params.mc_per_record \
-                else "<image>\n" + q.question
-            conv += [{"from": "human", "value": prompt if k == 0 else prompt.removeprefix("<image>\n")},
-                     {"from": "gpt", "value": q.answer}]
+        conv = instruction(qs, params, types, rng)
         finetune.append({"id": f"train-{i}", "image": rel, "conversations": conv})
         if progress:
             progress.advance(task)
