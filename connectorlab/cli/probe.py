@@ -5,7 +5,6 @@ from pathlib import Path
 
 import typer
 
-from ..probe.generate import ProbeParams
 from . import app, console
 
 probe_app = typer.Typer(no_args_is_help=True, help="The generated granularity probe.")
@@ -16,19 +15,23 @@ app.add_typer(probe_app, name="probe")
 def probe_generate(
     out: Path = typer.Option(..., help="output folder"),
     seed: int = typer.Option(0, help="random seed of the drawing (same seed, same files)"),
-    image_size: int = typer.Option(64, help="side of the drawn images in pixels"),
-    object_scale: float = typer.Option(ProbeParams.object_scale, help="side of a small shape as a fraction of the image"),
-    clutter: int = typer.Option(ProbeParams.clutter, help="at most this many specks per image (decoys for pooled tokens)"),
-    n_train: int = typer.Option(2000, min=1, help="training images (one caption and one instruction record each)"),
-    n_test: int = typer.Option(200, min=1, help="test images (several questions each, with circular copies)"),
+    image_size: int = typer.Option(None, help="side of the drawn images in pixels (default: the probe's)"),
+    object_scale: float = typer.Option(None, help="side of a small shape as a fraction of the image (default: the probe's)"),
+    clutter: int = typer.Option(None, help="at most this many specks per image, decoys for pooled tokens (default: the "
+                                "probe's)"),
+    n_train: int = typer.Option(None, min=1, help="training images, a caption and an instruction record each (default: "
+                                "the probe's)"),
+    n_test: int = typer.Option(None, min=1, help="test images, eleven questions each with circular copies (default: the "
+                               "probe's)"),
 ):
     """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
-    from ..probe.generate import generate
+    from ..probe.generate import ProbeParams, generate
     from ..utils.progress import progress_bar
 
+    given = {"image_size": image_size, "object_scale": object_scale, "clutter": clutter, "n_train": n_train,
+             "n_test": n_test}
     with progress_bar(True) as bar:
-        meta = generate(out, ProbeParams(seed=seed, image_size=image_size, object_scale=object_scale, clutter=clutter,
-                                         n_train=n_train, n_test=n_test), progress=bar)
+        meta = generate(out, ProbeParams(seed=seed, **{k: v for k, v in given.items() if v is not None}), progress=bar)
     console.print(f"wrote {meta['train_images']} training images and {meta['test_questions']} test questions "
                   f"({meta['test_rows']} rows with circular copies) to {out}")
 
@@ -60,6 +63,7 @@ def quickstart(
 ):
     """The whole study on a laptop CPU: probe, tiny MLLMs with a connector of each kind at two resolutions and two
     budgets, training-free reductions beside them, report (a built-in study plan, run like `connectorlab study run`)."""
+    from ..probe.generate import ProbeParams
     from ..study.quickstart import QuickstartConfig
     from ..study.quickstart import quickstart as run
     from . import setup_logging

@@ -67,8 +67,7 @@ class Grid:
     def reductions(self) -> list[Reduction]:
         if not self.reduce:
             return []
-        as_list = lambda v: v if isinstance(v, list) else [v]  # noqa: E731
-        return [Reduction(m, t) for m in as_list(self.reduce["method"]) for t in as_list(self.reduce["tokens"])]
+        return [Reduction(m, t) for m in _as_list(self.reduce["method"]) for t in _as_list(self.reduce["tokens"])]
 
 
 @dataclass
@@ -245,6 +244,10 @@ def _grid(data: dict) -> Grid:
     return grid
 
 
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def _check_reduce(reduce: Any) -> None:
     if reduce is None:
         return
@@ -254,8 +257,7 @@ def _check_reduce(reduce: Any) -> None:
         raise ConfigError(f"grid.reduce = {reduce!r}: needs exactly 'method' and 'tokens' (a value or a list each)")
     for key, ok, what in (("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
                           ("tokens", POSITIVE_INT.ok, POSITIVE_INT.describe())):
-        values = reduce[key] if isinstance(reduce[key], list) else [reduce[key]]
-        for v in values:
+        for v in _as_list(reduce[key]):
             if not ok(v):
                 raise ConfigError(f"grid.reduce.{key}: {v!r} must be {what}")
 
