@@ -121,6 +121,14 @@ from . import probe as _probe  # noqa: E402,F401  (registers probe)
 from . import study as _study  # noqa: E402,F401  (registers study)
 
 
+def close_process_group() -> None:
+    """A launched worker must take its process group down before the interpreter exits: gloo's threads left running
+    at exit abort the process ("terminate called without an active exception"), which fails a finished launch."""
+    dist = sys.modules.get("torch.distributed")  # a command that never imported torch has no group to close
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main() -> None:
     try:
         app(prog_name="connectorlab")
@@ -130,6 +138,8 @@ def main() -> None:
         errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
         errors.print("[dim](run with --debug for the traceback)[/dim]")
         sys.exit(2)
+    finally:
+        close_process_group()
 
 
 if __name__ == "__main__":  # pragma: no cover
