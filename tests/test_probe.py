@@ -10,7 +10,8 @@ import pytest
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
 from connectorlab.probe.generate import ProbeParams, generate, task_types
 from connectorlab.probe.presets import TinySizes
-from connectorlab.probe.vision_pretrain import dense_targets
+from connectorlab.probe.scene import SHAPES
+from connectorlab.probe.vision_pretrain import COLOUR_IDS, dense_targets
 from connectorlab.study.findings import findings, sanity
 from connectorlab.study.quickstart import QuickstartConfig, builtin_plan, fill, quickstart
 from connectorlab.study.runner import study_states
@@ -75,7 +76,7 @@ def test_training_records_hold_the_image_once(tmp_path):
             assert sum(t["value"].count("<image>") for t in rec["conversations"]) == 1
 
 
-def test_dense_targets_mark_the_small_shape_and_specks():
+def test_dense_targets_mark_the_small_shape_and_specks_and_the_big_shapes_facts():
     ann = {"scene": "sky", "background": "grey", "texture": "plain", "quality": "sharp",
            "tile": {"shape": "ring", "colour": "", "cx": 0.1, "cy": 0.1, "size": 0.15},
            "big": [{"shape": "circle", "colour": "red", "cx": 0.25, "cy": 0.25, "size": 0.3},
@@ -89,6 +90,11 @@ def test_dense_targets_mark_the_small_shape_and_specks():
     assert t["size"][2 * 8 + 2] == 1  # under the big circle
     assert t["position"][0] == 0 and t["position"][63] == 15
     assert t["size"][0] == 4 and t["glyph"][0] > 0 and t["glyph"][small_cell] == 0  # the tile, with its glyph
+    # What a caption says of the big shapes, for the pooled tokens: each kind's colour, and the larger one's
+    assert t["larger"] == COLOUR_IDS["red"]
+    assert t["big_colour"][SHAPES.index("circle")] == COLOUR_IDS["red"]
+    assert t["big_colour"][SHAPES.index("square")] == COLOUR_IDS["blue"]
+    assert t["big_colour"].astype(bool).sum() == 2
 
 
 def frame(*cells) -> pd.DataFrame:

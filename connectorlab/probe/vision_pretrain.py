@@ -1,9 +1,10 @@
 """Pre-training the probe's small ViT with dense attribute supervision, once, then freezing it.
 
-CLIP is frozen in the paper, so every connector reads the same features; here the tower learns
-what is where on probe images (colour, shape and size of the object under each patch, plus the
-scene, texture and quality of the whole image) at every study resolution, so that its patch
-tokens carry instance detail the connector may keep or pool away.
+CLIP is frozen in the paper, so every connector reads the same features; here the tower learns, at every study
+resolution, what is where on probe images (colour, shape, size and glyph of the object under each patch), so that its
+patch tokens carry instance detail a connector may keep or pool away; and, from the mean of its tokens, what a caption
+would say of the whole image (scene, background, texture, quality, each big shape's colour and the larger one's), so
+that, as in CLIP, every token carries some of the global content and pooling keeps it.
 """
 from __future__ import annotations
 
@@ -62,7 +63,12 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
             colour[cell], size[cell] = COLOUR_IDS[c], 3
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     position = (rows * 4 // grid) * 4 + cols * 4 // grid  # which cell of a 4 x 4 layout the patch lies in
-    return {"colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "glyph": glyph,
+    big_colour = np.zeros(len(SHAPES), np.int64)  # the colour of the big shape of each kind (0 = none)
+    for obj in ann["big"]:
+        big_colour[SHAPE_IDS[obj["shape"]] - 1] = COLOUR_IDS[obj["colour"]]
+    larger = max(ann["big"], key=lambda o: o["size"])
+    return {"big_colour": big_colour, "larger": COLOUR_IDS[larger["colour"]],
+            "colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "glyph": glyph,
             "position": position, "scene": SCENES.index(ann["scene"]),
             "background": list(BACKGROUNDS).index(ann["background"]), "texture": TEXTURES.index(ann["texture"]),
             "quality": QUALITIES.index(ann["quality"])}
@@ -81,6 +87,8 @@ class DenseHeads(nn.Module):
         self.background = nn.Linear(width, len(BACKGROUNDS))
         self.texture = nn.Linear(width, len(TEXTURES))
         self.quality = nn.Linear(width, len(QUALITIES))
+        self.big_colour = nn.Linear(width, len(SHAPES) * (len(COLOURS) + 1))
+        self.larger = nn.Linear(width, len(COLOURS) + 1)
 
     def loss(self, patches: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         pooled = patches.mean(1)
@@ -103,6 +111,11 @@ class DenseHeads(nn.Module):
             "texture": F.cross_entropy(self.texture(pooled), t["texture"]),
             "quality": F.cross_entropy(self.quality(pooled), t["quality"]),
         }
+        # What a caption says of the big shapes, learnt from the pooled tokens as CLIP learns from captions: every
+        # token then carries some of it, so pooling keeps it (the small things are learnt per patch only).
+        big = self.big_colour(pooled).view(len(pooled), len(SHAPES), -1)
+        terms["big_colour"] = F.cross_entropy(big.flatten(0, 1), t["big_colour"].flatten())
+        terms["larger"] = F.cross_entropy(self.larger(pooled), t["larger"])
         return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
 
 
@@ -176,4 +189,7 @@ def held_out_accuracy(model, heads: DenseHeads, pixels: torch.Tensor, t: dict[st
         "position": acc(heads.position(patches), t["position"], torch.ones_like(small)),
         "scene": acc(heads.scene(pooled), t["scene"], torch.ones_like(t["scene"], dtype=torch.bool)),
         "quality": acc(heads.quality(pooled), t["quality"], torch.ones_like(t["quality"], dtype=torch.bool)),
+        "larger": acc(heads.larger(pooled), t["larger"], torch.ones_like(t["larger"], dtype=torch.bool)),
+        "shape_colour_pooled": acc(heads.big_colour(pooled).view(len(pooled), len(SHAPES), -1), t["big_colour"],
+                                   t["big_colour"] > 0),
     }
