@@ -27,6 +27,13 @@ sys.path.insert(0, str(ROOT))
 from connectorlab.utils.io import atomic_write_json  # noqa: E402
 
 
+def code_version() -> dict:
+    """The commit, and the library files that differed from it (a number measured on uncommitted code says so)."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout  # noqa: E731
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", "connectorlab").split()[1::2]
+    return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted_library_changes": changed}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "runs" / "quickstart_bench"))
@@ -36,6 +43,7 @@ def main():
     args = ap.parse_args()
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
+    code = code_version()  # as the run starts: the code it ran
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "connectorlab", "quickstart", "--out", str(out), *args.quickstart], cwd=ROOT,
                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
@@ -66,7 +74,7 @@ def main():
         "figures": figures, "mlp_accuracy_over_chance": twice,
         "mlp_at_least_twice_chance_everywhere": all(v >= 2 for v in twice.values()),
         "options": args.quickstart, "fine_gap_mlp_vs_avgpool": gaps, "cells": int(df.cell.nunique()), "verdicts": verdicts,
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        **code,
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
     }
     atomic_write_json(args.json, result)
