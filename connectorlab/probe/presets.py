@@ -12,7 +12,7 @@ from .generate import probe_texts, vocabulary
 
 @dataclass
 class TinySizes:
-    vision_hidden: int = 64
+    vision_hidden: int = 96
     vision_layers: int = 4
     vision_heads: int = 4
     patch_size: int = 8
