@@ -92,9 +92,9 @@ def test_dense_targets_mark_the_small_shape_and_specks_and_the_big_shapes_facts(
     assert t["size"][0] == 4 and t["glyph"][0] > 0 and t["glyph"][small_cell] == 0  # the tile, with its glyph
     # What a caption says of the big shapes, for the pooled tokens: each kind's colour, and the larger one's
     assert t["larger"] == COLOUR_IDS["red"]
-    assert t["big_colour"][SHAPES.index("circle")] == COLOUR_IDS["red"]
-    assert t["big_colour"][SHAPES.index("square")] == COLOUR_IDS["blue"]
-    assert t["big_colour"].astype(bool).sum() == 2
+    assert t["shape_colour"][SHAPES.index("circle")] == COLOUR_IDS["red"]
+    assert t["shape_colour"][SHAPES.index("square")] == COLOUR_IDS["blue"]
+    assert t["shape_colour"].astype(bool).sum() == 2
 
 
 def frame(*cells) -> pd.DataFrame:

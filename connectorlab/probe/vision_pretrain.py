@@ -63,11 +63,11 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
             colour[cell], size[cell] = COLOUR_IDS[c], 3
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     position = (rows * 4 // grid) * 4 + cols * 4 // grid  # which cell of a 4 x 4 layout the patch lies in
-    big_colour = np.zeros(len(SHAPES), np.int64)  # the colour of the big shape of each kind (0 = none)
+    shape_colour = np.zeros(len(SHAPES), np.int64)  # the colour of the big shape of each kind (0 = none)
     for obj in ann["big"]:
-        big_colour[SHAPE_IDS[obj["shape"]] - 1] = COLOUR_IDS[obj["colour"]]
+        shape_colour[SHAPE_IDS[obj["shape"]] - 1] = COLOUR_IDS[obj["colour"]]
     larger = max(ann["big"], key=lambda o: o["size"])
-    return {"big_colour": big_colour, "larger": COLOUR_IDS[larger["colour"]],
+    return {"shape_colour": shape_colour, "larger": COLOUR_IDS[larger["colour"]],
             "colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "glyph": glyph,
             "position": position, "scene": SCENES.index(ann["scene"]),
             "background": list(BACKGROUNDS).index(ann["background"]), "texture": TEXTURES.index(ann["texture"]),
@@ -87,8 +87,12 @@ class DenseHeads(nn.Module):
         self.background = nn.Linear(width, len(BACKGROUNDS))
         self.texture = nn.Linear(width, len(TEXTURES))
         self.quality = nn.Linear(width, len(QUALITIES))
-        self.big_colour = nn.Linear(width, len(SHAPES) * (len(COLOURS) + 1))
+        self._shape_colour = nn.Linear(width, len(SHAPES) * (len(COLOURS) + 1))
         self.larger = nn.Linear(width, len(COLOURS) + 1)
+
+    def shape_colour(self, pooled: torch.Tensor) -> torch.Tensor:
+        """[B, shapes, colours + 1]: the colour of the big shape of each kind, from the pooled tokens."""
+        return self._shape_colour(pooled).view(len(pooled), len(SHAPES), -1)
 
     def loss(self, patches: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         pooled = patches.mean(1)
@@ -113,8 +117,7 @@ class DenseHeads(nn.Module):
         }
         # What a caption says of the big shapes, learnt from the pooled tokens as CLIP learns from captions: every
         # token then carries some of it, so pooling keeps it (the small things are learnt per patch only).
-        big = self.big_colour(pooled).view(len(pooled), len(SHAPES), -1)
-        terms["big_colour"] = F.cross_entropy(big.flatten(0, 1), t["big_colour"].flatten())
+        terms["shape_colour"] = F.cross_entropy(self.shape_colour(pooled).flatten(0, 1), t["shape_colour"].flatten())
         terms["larger"] = F.cross_entropy(self.larger(pooled), t["larger"])
         return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
 
@@ -190,6 +193,5 @@ def held_out_accuracy(model, heads: DenseHeads, pixels: torch.Tensor, t: dict[st
         "scene": acc(heads.scene(pooled), t["scene"], torch.ones_like(t["scene"], dtype=torch.bool)),
         "quality": acc(heads.quality(pooled), t["quality"], torch.ones_like(t["quality"], dtype=torch.bool)),
         "larger": acc(heads.larger(pooled), t["larger"], torch.ones_like(t["larger"], dtype=torch.bool)),
-        "shape_colour_pooled": acc(heads.big_colour(pooled).view(len(pooled), len(SHAPES), -1), t["big_colour"],
-                                   t["big_colour"] > 0),
+        "shape_colour": acc(heads.shape_colour(pooled), t["shape_colour"], t["shape_colour"] > 0),
     }
