@@ -10,7 +10,7 @@ import pytest
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
 from connectorlab.probe.generate import ProbeParams, generate, task_types
 from connectorlab.probe.presets import TinySizes
-from connectorlab.probe.scene import SHAPES
+from connectorlab.probe.scene import QUADRANTS, SHAPES
 from connectorlab.probe.vision_pretrain import COLOUR_IDS, dense_targets
 from connectorlab.study.findings import findings, sanity
 from connectorlab.study.quickstart import QuickstartConfig, builtin_plan, fill, quickstart
@@ -58,14 +58,48 @@ def test_every_sub_task_has_its_own_type_in_the_mapping_yaml():
     assert by_type["reasoning"] >= {"relation", "comparison", "logic"}
 
 
+FINE_QUESTIONS = ("What colour are the small shapes?", "How many small shapes are there?",
+                  "What symbol is on the tile?", "Where is the tile?")
+
+
 def test_fine_tuning_records_ask_every_fine_question_short_and_some_as_multiple_choice(tmp_path):
-    generate(tmp_path, ProbeParams(n_train=4, n_test=1, questions_per_record=6, mc_per_record=2))
-    fine = {"What colour are the small shapes?", "How many small shapes are there?", "What symbol is on the tile?",
-            "Where is the tile?"}
+    generate(tmp_path, ProbeParams(n_train=4, n_test=1, questions_per_record=6, fine_per_record=4, mc_per_record=2,
+                                   mc_share=1.0))
     for rec in json.loads((tmp_path / "finetune.json").read_text()):
         asks = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in rec["conversations"][0::2]]
-        assert len(asks) == 6 and fine <= set(asks)
+        assert len(asks) == 6 and set(FINE_QUESTIONS) <= set(asks)
         assert sum("Answer with the option's letter" in t["value"] for t in rec["conversations"][0::2]) == 2
+
+
+def test_fine_tuning_records_can_ask_a_few_fine_questions_and_the_prompt_in_a_share_of_them(tmp_path):
+    generate(tmp_path, ProbeParams(n_train=200, n_test=1, questions_per_record=4, fine_per_record=2, mc_share=0.5))
+    by_question = {}
+    records = json.loads((tmp_path / "finetune.json").read_text())
+    with_prompt = 0
+    for rec in records:
+        asks = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in rec["conversations"][0::2]]
+        assert len(asks) == 4 == len(set(asks))
+        by_question.update({q: None for q in asks})
+        with_prompt += any("Answer with the option's letter" in t["value"] for t in rec["conversations"][0::2])
+        fine = [q for q in asks if q in FINE_QUESTIONS]
+        assert len(fine) == 2
+    assert set(FINE_QUESTIONS) <= set(by_question)  # the two are drawn among the four
+    assert 0.35 < with_prompt / len(records) < 0.65
+
+
+def test_drawing_in_threads_gives_the_same_images(tmp_path):
+    import random
+
+    from connectorlab.probe.generate import draw_images
+    from connectorlab.probe.scene import noise_seed, render, sample_scene
+
+    rng = random.Random(0)
+    specs = [sample_scene(rng, 0.1, 2) for _ in range(12)]
+    jobs = [(spec, noise_seed(spec, rng), 32, None) for spec in specs]
+    assert draw_images(jobs, workers=1) == draw_images(jobs, workers=3)
+    noisy = next(spec for spec in specs + [sample_scene(rng, 0.1, 2) for _ in range(60)] if spec.quality == "noisy")
+    with pytest.raises(ValueError, match="noise seed"):
+        render(noisy, 32)
 
 
 def test_training_records_hold_the_image_once(tmp_path):
@@ -90,6 +124,7 @@ def test_dense_targets_mark_the_small_shape_and_specks_and_the_big_shapes_facts(
     assert t["size"][2 * 8 + 2] == 1  # under the big circle
     assert t["position"][0] == 0 and t["position"][63] == 15
     assert t["size"][0] == 4 and t["glyph"][0] > 0 and t["glyph"][small_cell] == 0  # the tile, with its glyph
+    assert t["tile_quadrant"][0] == 1 + QUADRANTS.index("top left") and t["tile_quadrant"].astype(bool).sum() == 1
     # What a caption says of the big shapes, for the pooled tokens: each kind's colour, and the larger one's
     assert t["larger"] == COLOUR_IDS["red"]
     assert t["shape_colour"][SHAPES.index("circle")] == COLOUR_IDS["red"]

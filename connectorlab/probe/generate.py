@@ -8,9 +8,12 @@ and counts).
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,6 +37,7 @@ from .scene import (
     SMALL_COLOURS,
     TEXTURES,
     SceneSpec,
+    noise_seed,
     render,
     sample_scene,
 )
@@ -65,14 +69,20 @@ class ProbeParams:
     # (the coarse ones are learnt within a few hundred steps, the small things' after a plateau that a larger share of
     # the loss shortens)...
     questions_per_record: int = 6
+    # ...of which at most this many fine-grained ones (drawn at random among the image's four)...
+    fine_per_record: int = 4
     # ...this many of them in the benchmark's multiple-choice prompt (options and instruction: about 40 tokens), the
     # others as short questions (about 10 tokens), as LLaVA-1.5's mix holds both kinds: four times the answers per token.
     mc_per_record: int = 1
+    # ...in this share of the records (the others ask every question short): the prompt's options and instruction
+    # are most of a record's text, and a share of the records teaches the format as well.
+    mc_share: float = 1.0
 
     def __post_init__(self) -> None:
         check_ranges(self, {"seed": NON_NEGATIVE_INT, "image_size": Range(8, integer=True), "clutter": NON_NEGATIVE_INT,
                             "object_scale": Range(0, 0.5, low_open=True), "n_train": POSITIVE_INT,
                             "n_test": POSITIVE_INT, "questions_per_record": POSITIVE_INT,
+                            "fine_per_record": NON_NEGATIVE_INT, "mc_share": Range(0, 1),
                             "mc_per_record": NON_NEGATIVE_INT}, "probe")
 
 
@@ -134,12 +144,15 @@ def instruction(qs: list[Question], params: ProbeParams, types: dict[str, str], 
     MMBench prompt) and the rest short."""
     fine = [q for q in qs if types[q.subtask] == "fine"]
     rest = [q for q in qs if types[q.subtask] != "fine"]
-    others = max(0, min(len(rest), params.questions_per_record - len(fine)))
-    qs = fine[:params.questions_per_record] + rng.sample(rest, others)
+    n_fine = min(len(fine), params.fine_per_record, params.questions_per_record)
+    fine = fine if n_fine == len(fine) else rng.sample(fine, n_fine)
+    others = max(0, min(len(rest), params.questions_per_record - n_fine))
+    qs = fine + rng.sample(rest, others)
     rng.shuffle(qs)
+    mc = params.mc_per_record if params.mc_share >= 1 or rng.random() < params.mc_share else 0
     conv = []
     for k, q in enumerate(qs):
-        prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False))) if k < params.mc_per_record \
+        prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False))) if k < mc \
             else "<image>\n" + q.question
         conv += [{"from": "human", "value": prompt if k == 0 else prompt.removeprefix("<image>\n")},
                  {"from": "gpt", "value": q.answer}]
@@ -152,6 +165,35 @@ def _png_b64(image) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
+def _draw(job: tuple[SceneSpec, int | None, int, Path | None]) -> str | None:
+    """One image: saved to its path, or returned as a base64 PNG where it has none."""
+    spec, noise, side, path = job
+    image = render(spec, side, noise)
+    if path is None:
+        return _png_b64(image)
+    image.save(path)
+    return None
+
+
+def draw_images(jobs: list, progress=None, workers: int | None = None) -> list[str | None]:
+    """Drawing is most of the probe's generation time, each image is independent, and numpy and PIL release the GIL
+    while they draw: one thread per core."""
+    workers = workers or min(os.cpu_count() or 1, 8, len(jobs) // 200 + 1)
+    task = progress.add_task("drawing probe", total=len(jobs)) if progress else None
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ThreadPoolExecutor(workers, thread_name_prefix="probe-draw"))
+            results = pool.map(_draw, jobs)
+        else:
+            results = map(_draw, jobs)
+        drawn = []
+        for result in results:
+            drawn.append(result)
+            if progress:
+                progress.advance(task)
+    return drawn
+
+
 def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None) -> dict:
     """Write the probe to `out`; the same params always give byte-identical files."""
     out = Path(out)
@@ -162,12 +204,11 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
     (out / "images" / "train").mkdir(parents=True, exist_ok=True)
     rng = random.Random(params.seed)
     types = task_types()
-    pretrain, finetune, rows, annotations = [], [], [], []
-    task = progress.add_task("drawing probe", total=params.n_train + params.n_test) if progress else None
+    pretrain, finetune, rows, annotations, jobs = [], [], [], [], []
     for i in range(params.n_train):
         spec = sample_scene(rng, params.object_scale, params.clutter)
         rel = f"images/train/{i:06d}.png"
-        render(spec, params.image_size, rng).save(out / rel)
+        jobs.append((spec, noise_seed(spec, rng), params.image_size, out / rel))
         annotations.append({"image": rel, **asdict(spec)})
         pretrain.append({"id": f"train-{i}", "image": rel, "conversations": [
             {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(spec)}]})
@@ -176,26 +217,25 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
         if unmapped:
             raise ValueError(f"probe sub-task(s) {sorted(unmapped)} have no task type in the {TASK_SECTION!r} section "
                              "of evaluation/task_types.yaml")
-        conv = instruction(qs, params, types, rng)
-        finetune.append({"id": f"train-{i}", "image": rel, "conversations": conv})
-        if progress:
-            progress.advance(task)
-    index = 0
+        finetune.append({"id": f"train-{i}", "image": rel, "conversations": instruction(qs, params, types, rng)})
+    index, test_rows = 0, []
     for i in range(params.n_test):
         spec = sample_scene(rng, params.object_scale, params.clutter)
-        image = _png_b64(render(spec, params.image_size, rng))
+        jobs.append((spec, noise_seed(spec, rng), params.image_size, None))
+        test_rows.append([])
         for q in questions_for(spec, rng):
             n = len(q.options)
             for k in range(n):  # circular copies: options rotate, the gold letter moves
                 opts = q.options[k:] + q.options[:k]
-                rows.append({"index": index + k * 1_000_000, "question": q.question, "hint": "",
-                             **{letter: (opts[j] if j < n else "") for j, letter in enumerate("ABCD")},
-                             "answer": "ABCD"[opts.index(q.answer)], "category": q.subtask, "image": image,
-                             "source": f"probe-test-{i}", "l2-category": L2_NAMES[types[q.subtask]], "comment": "",
-                             "split": "dev"})
+                test_rows[-1].append({"index": index + k * 1_000_000, "question": q.question, "hint": "",
+                                      **{letter: (opts[j] if j < n else "") for j, letter in enumerate("ABCD")},
+                                      "answer": "ABCD"[opts.index(q.answer)], "category": q.subtask, "image": None,
+                                      "source": f"probe-test-{i}", "l2-category": L2_NAMES[types[q.subtask]],
+                                      "comment": "", "split": "dev"})
             index += 1
-        if progress:
-            progress.advance(task)
+    drawn = draw_images(jobs, progress)
+    for image, image_rows in zip(drawn[params.n_train:], test_rows, strict=True):
+        rows += [{**row, "image": image} for row in image_rows]
     atomic_write_json(out / "annotations.json", annotations)  # dense targets for the tower's pre-training
     atomic_write_json(out / "pretrain.json", pretrain)
     atomic_write_json(out / "finetune.json", finetune)

@@ -168,8 +168,14 @@ def _draw_tile(draw: ImageDraw.ImageDraw, tile: Shape, side: int) -> None:
             draw.line([(cx - a, cy + dy), (cx + a, cy + dy)], fill=white, width=w)
 
 
-def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4) -> Image.Image:
-    """Draw at `supersample` x the size and downsample, so edges are anti-aliased at any `side`."""
+def noise_seed(spec: SceneSpec, rng: random.Random) -> int | None:
+    """The seed of a noisy image's noise, drawn with the scene so that images can be drawn in any order."""
+    return rng.getrandbits(32) if spec.quality == "noisy" else None
+
+
+def render(spec: SceneSpec, side: int, noise: int | None = None, supersample: int = 4) -> Image.Image:
+    """Draw at `supersample` x the size and downsample, so edges are anti-aliased at any `side`; `noise` is the
+    seed from `noise_seed`, needed by noisy images."""
     big_side = side * supersample
     image = Image.fromarray(_background(spec, big_side).clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
@@ -187,8 +193,10 @@ def render(spec: SceneSpec, side: int, rng: random.Random, supersample: int = 4)
     if spec.quality == "blurry":
         image = image.filter(ImageFilter.GaussianBlur(radius=side / 24))
     elif spec.quality == "noisy":
-        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, 45, (side, side, 3))
-        image = Image.fromarray((np.asarray(image, float) + noise).clip(0, 255).astype(np.uint8))
+        if noise is None:
+            raise ValueError("a noisy image needs its noise seed (scene.noise_seed)")
+        grain = np.random.default_rng(noise).normal(0, 45, (side, side, 3))
+        image = Image.fromarray((np.asarray(image, float) + grain).clip(0, 255).astype(np.uint8))
     elif spec.quality == "faded":
         image = ImageEnhance.Contrast(image).enhance(0.35)
     return image

@@ -23,7 +23,7 @@ from transformers import CLIPVisionModel
 
 from ..utils.io import atomic_dir, atomic_write_json
 from ..vision.transforms import ImageTransform
-from .scene import BACKGROUNDS, COLOURS, GLYPHS, QUALITIES, SCENES, SHAPES, TEXTURES
+from .scene import BACKGROUNDS, COLOURS, GLYPHS, QUADRANTS, QUALITIES, SCENES, SHAPES, TEXTURES, quadrant
 
 COLOUR_IDS = {c: i + 1 for i, c in enumerate(COLOURS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}
@@ -39,7 +39,7 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     whose centre they cover; a small shape labels the patch holding its centre (it may cover no patch centre
     at a coarse grid), drawn last, as in the image.
     """
-    colour, shape, size, small_colour, glyph = (np.zeros(grid * grid, np.int64) for _ in range(5))
+    colour, shape, size, small_colour, glyph, tile_quadrant = (np.zeros(grid * grid, np.int64) for _ in range(6))
     centres = (np.arange(grid) + 0.5) / grid
     for obj in ann["big"]:
         half = obj["size"] / 2
@@ -57,6 +57,7 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
         tile = ann["tile"]
         cell = min(int(tile["cy"] * grid), grid - 1) * grid + min(int(tile["cx"] * grid), grid - 1)
         colour[cell], shape[cell], size[cell], glyph[cell] = 0, 0, 4, GLYPH_IDS[tile["shape"]]
+        tile_quadrant[cell] = QUADRANTS.index(quadrant(tile["cx"], tile["cy"])) + 1
     for x, y, c in ann.get("specks", []):  # a speck marks its patch unless a shape already does
         cell = min(int(y * grid), grid - 1) * grid + min(int(x * grid), grid - 1)
         if size[cell] == 0:
@@ -69,6 +70,7 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     larger = max(ann["big"], key=lambda o: o["size"])
     return {"shape_colour": shape_colour, "larger": COLOUR_IDS[larger["colour"]],
             "colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "glyph": glyph,
+            "tile_quadrant": tile_quadrant,
             "position": position, "scene": SCENES.index(ann["scene"]),
             "background": list(BACKGROUNDS).index(ann["background"]), "texture": TEXTURES.index(ann["texture"]),
             "quality": QUALITIES.index(ann["quality"])}
@@ -82,6 +84,7 @@ class DenseHeads(nn.Module):
         self.size = nn.Linear(width, 5)  # background, big, small shape, speck, tile
         self.small_colour = nn.Linear(width, len(COLOURS) + 1)  # the small shape's colour, bound to it
         self.glyph = nn.Linear(width, len(GLYPHS) + 1)
+        self.tile_quadrant = nn.Linear(width, len(QUADRANTS) + 1)  # where the tile lies, held by its own token
         self.position = nn.Linear(width, 16)
         self.scene = nn.Linear(width, len(SCENES))
         self.background = nn.Linear(width, len(BACKGROUNDS))
@@ -109,6 +112,7 @@ class DenseHeads(nn.Module):
             "size": dense(self.size, t["size"], 16),
             "small_colour": dense(self.small_colour, t["small_colour"], 16),
             "glyph": dense(self.glyph, t["glyph"], 32),
+            "tile_quadrant": dense(self.tile_quadrant, t["tile_quadrant"], 32),
             "position": F.cross_entropy(self.position(patches).flatten(0, 1), t["position"].flatten()),
             "scene": F.cross_entropy(self.scene(pooled), t["scene"]),
             "background": F.cross_entropy(self.background(pooled), t["background"]),
@@ -187,6 +191,7 @@ def held_out_accuracy(model, heads: DenseHeads, pixels: torch.Tensor, t: dict[st
         "small_found": float((heads.size(patches).argmax(-1)[small] == 2).float().mean()),
         "small_shape": acc(heads.shape(patches), t["shape"], small),
         "glyph": acc(heads.glyph(patches), t["glyph"], tile),
+        "tile_quadrant": acc(heads.tile_quadrant(patches), t["tile_quadrant"], tile),
         "big_colour": acc(heads.colour(patches), t["colour"], big),
         "size": acc(heads.size(patches), t["size"], torch.ones_like(small)),
         "position": acc(heads.position(patches), t["position"], torch.ones_like(small)),
