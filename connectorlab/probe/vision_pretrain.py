@@ -41,13 +41,18 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     """
     colour, shape, size, small_colour, glyph, tile_quadrant = (np.zeros(grid * grid, np.int64) for _ in range(6))
     centres = (np.arange(grid) + 0.5) / grid
-    for obj in ann["big"]:
+    def covered(obj: dict) -> np.ndarray:
+        """The patches whose centre the object covers, or the one holding its centre where it covers none."""
         half = obj["size"] / 2
         rows = np.abs(centres - obj["cy"]) < half
         cols = np.abs(centres - obj["cx"]) < half
         cells = (rows[:, None] & cols[None, :]).reshape(-1)
         if not cells.any():
             cells[min(int(obj["cy"] * grid), grid - 1) * grid + min(int(obj["cx"] * grid), grid - 1)] = True
+        return cells
+
+    for obj in ann["big"]:
+        cells = covered(obj)
         colour[cells], shape[cells], size[cells] = COLOUR_IDS[obj["colour"]], SHAPE_IDS[obj["shape"]], 1
     for obj in ann["small"]:
         cell = min(int(obj["cy"] * grid), grid - 1) * grid + min(int(obj["cx"] * grid), grid - 1)
@@ -55,9 +60,9 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
         small_colour[cell] = COLOUR_IDS[obj["colour"]]
     if ann.get("tile"):
         tile = ann["tile"]
-        cell = min(int(tile["cy"] * grid), grid - 1) * grid + min(int(tile["cx"] * grid), grid - 1)
-        colour[cell], shape[cell], size[cell], glyph[cell] = 0, 0, 4, GLYPH_IDS[tile["shape"]]
-        tile_quadrant[cell] = QUADRANTS.index(quadrant(tile["cx"], tile["cy"])) + 1
+        cells = covered(tile)  # as a big shape: a tile resolved over several patches is held by each of them
+        colour[cells], shape[cells], size[cells], glyph[cells] = 0, 0, 4, GLYPH_IDS[tile["shape"]]
+        tile_quadrant[cells] = QUADRANTS.index(quadrant(tile["cx"], tile["cy"])) + 1
     for x, y, c in ann.get("specks", []):  # a speck marks its patch unless a shape already does
         cell = min(int(y * grid), grid - 1) * grid + min(int(x * grid), grid - 1)
         if size[cell] == 0:
