@@ -139,9 +139,9 @@ def caption(spec: SceneSpec) -> str:
 
 
 def instruction(qs: list[Question], params: ProbeParams, types: dict[str, str], rng: random.Random) -> list[dict]:
-    """One fine-tuning conversation: every fine-grained question of the image and others up to the record's count,
-    the first `mc_per_record` in the benchmark's multiple-choice prompt (as the evaluation runner builds it, LLaVA's
-    MMBench prompt) and the rest short."""
+    """One fine-tuning conversation: `fine_per_record` of the image's fine-grained questions and others up to the
+    record's count; in a `mc_share` of the records the first `mc_per_record` in the benchmark's multiple-choice prompt
+    (as the evaluation runner builds it, LLaVA's MMBench prompt), the rest short."""
     fine = [q for q in qs if types[q.subtask] == "fine"]
     rest = [q for q in qs if types[q.subtask] != "fine"]
     n_fine = min(len(fine), params.fine_per_record, params.questions_per_record)

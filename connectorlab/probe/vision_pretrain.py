@@ -1,10 +1,11 @@
 """Pre-training the probe's small ViT with dense attribute supervision, once, then freezing it.
 
 CLIP is frozen in the paper, so every connector reads the same features; here the tower learns, at every study
-resolution, what is where on probe images (colour, shape, size and glyph of the object under each patch), so that its
-patch tokens carry instance detail a connector may keep or pool away; and, from the mean of its tokens, what a caption
-would say of the whole image (scene, background, texture, quality, each big shape's colour and the larger one's), so
-that, as in CLIP, every token carries some of the global content and pooling keeps it.
+resolution, what is where on probe images (colour, shape, size and glyph of the object under each patch, and where
+the tile lies), so that its patch tokens carry instance detail a connector may keep or pool away; and, from the mean
+of its tokens, what a caption would say of the whole image (scene, background, texture, quality, each big shape's
+colour and the larger one's), so that, as in CLIP, every token carries some of the global content and pooling keeps
+it.
 """
 from __future__ import annotations
 
@@ -33,14 +34,15 @@ GLYPH_IDS = {g: i + 1 for i, g in enumerate(GLYPHS)}
 def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     """Per-patch colour / shape / size class (0 = background) and the global labels of one image.
 
-    Specks mark their patch with their colour and a size class of their own, the tile its patch with its glyph
-    and a size class of its own. Every patch also learns where it
-    is (a 4 x 4 layout), so patch tokens carry their position the way CLIP's do. Big shapes label every patch
-    whose centre they cover; a small shape labels the patch holding its centre (it may cover no patch centre
-    at a coarse grid), drawn last, as in the image.
+    Specks mark their patch with their colour and a size class of their own. Every patch also learns where it
+    is (a 4 x 4 layout), so patch tokens carry their position the way CLIP's do. Big shapes and the tile label every
+    patch whose centre they cover (the tile with its glyph, its quadrant and a size class of its own: a tile resolved
+    over more patches is held by more tokens, which pooling dilutes less); a small shape labels the patch holding its
+    centre (it may cover no patch centre at a coarse grid); the tile is drawn last, as in the image.
     """
     colour, shape, size, small_colour, glyph, tile_quadrant = (np.zeros(grid * grid, np.int64) for _ in range(6))
     centres = (np.arange(grid) + 0.5) / grid
+
     def covered(obj: dict) -> np.ndarray:
         """The patches whose centre the object covers, or the one holding its centre where it covers none."""
         half = obj["size"] / 2
