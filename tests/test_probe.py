@@ -73,17 +73,15 @@ def test_fine_tuning_records_ask_every_fine_question_short_and_some_as_multiple_
 
 def test_fine_tuning_records_can_ask_a_few_fine_questions_and_the_prompt_in_a_share_of_them(tmp_path):
     generate(tmp_path, ProbeParams(n_train=200, n_test=1, questions_per_record=4, fine_per_record=2, mc_share=0.5))
-    by_question = {}
     records = json.loads((tmp_path / "finetune.json").read_text())
-    with_prompt = 0
+    asked, with_prompt = set(), 0
     for rec in records:
         asks = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in rec["conversations"][0::2]]
         assert len(asks) == 4 == len(set(asks))
-        by_question.update({q: None for q in asks})
+        assert len(set(asks) & set(FINE_QUESTIONS)) == 2
+        asked |= set(asks)
         with_prompt += any("Answer with the option's letter" in t["value"] for t in rec["conversations"][0::2])
-        fine = [q for q in asks if q in FINE_QUESTIONS]
-        assert len(fine) == 2
-    assert set(FINE_QUESTIONS) <= set(by_question)  # the two are drawn among the four
+    assert set(FINE_QUESTIONS) <= asked  # the two are drawn among the four
     assert 0.35 < with_prompt / len(records) < 0.65
 
 
@@ -125,6 +123,8 @@ def test_dense_targets_mark_the_small_shape_and_specks_and_the_big_shapes_facts(
     assert t["position"][0] == 0 and t["position"][63] == 15
     assert t["size"][0] == 4 and t["glyph"][0] > 0 and t["glyph"][small_cell] == 0  # the tile, with its glyph
     assert t["tile_quadrant"][0] == 1 + QUADRANTS.index("top left") and t["tile_quadrant"].astype(bool).sum() == 1
+    fine_grid = dense_targets(ann, 16)  # resolved over 3 x 3 patches, the tile is held by each of them
+    assert (fine_grid["glyph"] > 0).sum() == 9 == (fine_grid["tile_quadrant"] == t["tile_quadrant"][0]).sum()
     # What a caption says of the big shapes, for the pooled tokens: each kind's colour, and the larger one's
     assert t["larger"] == COLOUR_IDS["red"]
     assert t["shape_colour"][SHAPES.index("circle")] == COLOUR_IDS["red"]
