@@ -185,3 +185,19 @@ def test_zoo_listing_matches_reference_parameter_counts():
     assert rows["ldp"]["output_tokens"] == 144  # stride 2 on the 24 x 24 grid
     assert round(rows["mlp"]["flops"] / 1e9, 1) == 24.2
     assert round(rows["avgpool"]["flops"] / 1e9, 1) == 6.0
+
+
+def test_pointwise_convolution_is_a_1x1_convolution_with_the_same_parameters():
+    # It runs as a matmul for speed on small maps; its parameters, output and gradients must be nn.Conv2d's.
+    from connectorlab.connectors.layers import PointwiseConv2d
+
+    torch.manual_seed(0)
+    conv, point = torch.nn.Conv2d(12, 7, 1), PointwiseConv2d(12, 7)
+    point.load_state_dict(conv.state_dict())
+    assert point.state_dict().keys() == conv.state_dict().keys()
+    x = torch.randn(3, 12, 4, 5, requires_grad=True)
+    ref, out = conv(x), point(x)
+    assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-6)
+    g_ref = torch.autograd.grad(ref.square().sum(), [x, conv.weight])
+    g_out = torch.autograd.grad(out.square().sum(), [x, point.weight])
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_out, g_ref, strict=True))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Connector, map_to_tokens
-from .layers import LayerNorm2d, SqueezeExcite, build_mlp
+from .layers import LayerNorm2d, PointwiseConv2d, SqueezeExcite, build_mlp
 
 
 def make_divisible(value: float, divisor: int = 8) -> int:
@@ -25,7 +25,7 @@ class InvertedResidual(nn.Module):
         self.depthwise = nn.Conv2d(channels, channels, 3, stride=stride, padding=1, groups=channels, bias=False)
         self.norm1 = LayerNorm2d(channels)
         self.se = SqueezeExcite(channels, make_divisible(channels / 4), act=F.relu, gate=F.hardsigmoid)
-        self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
+        self.pointwise = PointwiseConv2d(channels, channels, bias=False)
         self.norm2 = LayerNorm2d(channels)
         self.residual = stride == 1
 
