@@ -55,6 +55,23 @@ def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
+def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_path):
+    grid = {"connectors": ["mlp", "avgpool"], "resolutions": [32], "tokens": [4]}
+    threads = torch.get_num_threads()
+    one = run_study(plan_file(toy, tmp_path / "one", {"workers": 1, "threads": 1}, grid), show_progress=False)
+    two = run_study(plan_file(toy, tmp_path / "two", {"workers": 2, "threads": 1}, grid), show_progress=False)
+    assert list(two.states) == list(one.states) == ["mlp-32px-s0", "avgpool-4t-32px-s0"]
+    for a, b in zip(one.states.values(), two.states.values(), strict=True):
+        assert a.status == b.status == "done", (a.error, b.error)
+        for x, y in [(a.pretrain_folder, b.pretrain_folder), (Path(a.model).parent, Path(b.model).parent)]:
+            assert losses(Path(y)) == losses(Path(x))  # the same thread count: the same floats
+        ra, rb = (json.loads(Path(s.evaluations["probe"]).read_text()) for s in (a, b))
+        assert ra["items"] == rb["items"] and ra["scores"] == rb["scores"]
+        pa, pb = (Path(s.evaluations["probe"]).with_name("predictions.jsonl").read_text() for s in (a, b))
+        assert pa == pb
+    assert torch.get_num_threads() == threads  # the one-process run set 1 thread for its cells, then restored this
+
+
 def test_submitit_local_executor_runs_a_two_by_two_grid(toy, tmp_path):
     grid = {"connectors": ["mlp", "avgpool"], "resolutions": [32, 48], "tokens": [4]}
     plan = plan_file(toy, tmp_path / "slurm", {"engine": "slurm", "slurm": {"cluster": "local", "gpus_per_node": 0,

@@ -130,6 +130,10 @@ def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     (lambda p: p["training"].update(cache=True), r"training: unknown key\(s\) cache; valid: bf16"),
     (lambda p: p["finetune"].update(micro_batch=3), r"finetune.global_batch = 8 must be a multiple of finetune.micro_batch"),
     (lambda p: p.update(execution={"engine": "kubernetes"}), r"execution.engine = .kubernetes.: must be one of local"),
+    (lambda p: p.update(execution={"workers": 0}), r"execution.workers = 0: must be 'auto' or an integer >= 1"),
+    (lambda p: p.update(execution={"workers": "many"}), r"execution.workers = 'many': must be 'auto' or an integer"),
+    (lambda p: p.update(execution={"engine": "accelerate", "workers": 2}), r"execution.workers = 2 applies to the local"),
+    (lambda p: p.update(execution={"threads": 0}), r"execution.threads = 0: must be"),
     (lambda p: p.update(benchmarks=[{"name": "mmvet", "data": "x"}]), r"name = 'mmvet': must be one of mmbench, mme, seedbench"),
     (lambda p: p.update(reference_connector="qformer"), r"reference_connector = 'qformer': not among grid.connectors"),
     (lambda p: p["grid"].update(reduce={"method": "topk", "tokens": 4}), r"grid.reduce.method: 'topk' must be one of random"),
@@ -137,7 +141,8 @@ def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     (lambda p: p["grid"].update(reduce={"method": "avgpool", "tokens": 5}),
      r"cell mlp-32px-s0: avgpool reduction to 5 tokens: must be a square number"),
 ], ids=["connector", "resolution", "budget", "exclude-field", "all-excluded", "model-connector", "training-key",
-        "stage-sizes", "engine", "benchmark", "reference", "reduce-method", "reduce-keys", "reduce-square"])
+        "stage-sizes", "engine", "workers-zero", "workers-word", "workers-engine", "threads",
+        "benchmark", "reference", "reduce-method", "reduce-keys", "reduce-square"])
 def test_plan_errors_name_the_file_and_key(tiny_plan, tmp_path, edit, message):
     edit(tiny_plan)
     path = tmp_path / "plan.yaml"

@@ -109,10 +109,19 @@ class Execution:
     processes: int = 1  # accelerate: processes per cell
     accelerate_config: str | None = None
     slurm: SlurmSettings = field(default_factory=SlurmSettings)
+    # local: cells run in this many processes at once ("auto": one per CPU core), each with `threads` torch threads
+    # (default: the cores shared out among the workers; with one worker, torch's own default)
+    workers: int | str = 1
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         check_choice(self.engine, ENGINES, "execution.engine")
-        check_ranges(self, {"processes": POSITIVE_INT}, "execution")
+        check_ranges(self, {"processes": POSITIVE_INT, "threads": Range(1, integer=True, optional=True)}, "execution")
+        if self.workers != "auto" and not POSITIVE_INT.ok(self.workers):
+            raise ConfigError(f"execution.workers = {self.workers!r}: must be 'auto' or {POSITIVE_INT.describe()}")
+        if self.workers != 1 and self.engine != "local":
+            raise ConfigError(f"execution.workers = {self.workers!r} applies to the local engine only (engine "
+                              f"{self.engine!r} runs its cells as its own processes or jobs)")
 
 
 @dataclass

@@ -22,9 +22,10 @@ from ..reduction import Reduction
 from ..training.run_folder import differences
 from ..training.trainer import make_accelerator
 from ..utils.io import atomic_write_json, exclusive
-from ..utils.progress import progress_bar
+from ..utils.progress import progress_bar, silence_progress
 from .engines import evaluate_launched, run_stage_here, run_stage_launched
 from .plan import BenchmarkSpec, Cell, StudyPlan, describe_cells, expand
+from .pool import run_pool, thread_count, torch_threads, worker_count
 
 BLIND = "_blind"  # an evaluation's name suffix for the no-image baseline
 REDUCED = "@"  # between the benchmark and a training-free reduction in an evaluation's name (probe@random-9)
@@ -181,21 +182,64 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
                                 "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
         if plan.execution.engine == "slurm":
             return StudyRun(out, cells, submit_cells(plan, cells, out, retry_failed, eval_batch))
-        benchmarks = {} if launched(plan.execution) else load_benchmarks(plan)  # launched cells load their own
-        accelerator = make_accelerator()
-        states, caches = {}, {}  # caches: frozen-tower features by (tower, resolution, ...), shared by cells
-        with progress_bar(show_progress) as bar:
-            task = bar.add_task("study cells", total=len(cells))
-            for cell in cells:
-                note = lambda phase, label=cell.label: bar.update(task, info=f"{label}: {phase}")  # noqa: E731
-                state = states[cell.label] = run_cell(plan, cell, out, benchmarks, accelerator, retry_failed,
-                                                      eval_batch, caches, note)
+        groups = pretrain_groups(cells)
+        workers = worker_count(plan.execution.workers, len(groups)) if plan.execution.engine == "local" else 1
+        threads = thread_count(plan.execution.threads, workers)
+        states: dict[str, CellState] = {}
+        with progress_bar(show_progress) as bar, torch_threads(threads if workers == 1 else None):
+            task = bar.add_task("study cells" + (f" ({workers} worker processes)" if workers > 1 else ""),
+                                total=len(cells))
+
+            def finished(state: CellState) -> None:
+                states[state.label] = state
                 if show_progress:
                     bar.console.log(cell_line(state), highlight=False)
                 done = sum(s.status == "done" for s in states.values())
                 failed = sum(s.status == "failed" for s in states.values())
                 bar.update(task, advance=1, description=f"study cells ({done} done{f', {failed} failed' if failed else ''})")
-    return StudyRun(out, cells, states)
+
+            if workers > 1:
+                run_pool(run_cells_in_worker, [(plan, g, out, retry_failed, eval_batch) for g in groups], workers,
+                         threads, lambda args, result: [finished(CellState(**r)) for r in result],
+                         lambda args, err: [finished(worker_died(c, err)) for c in args[1]])
+            else:
+                benchmarks = {} if launched(plan.execution) else load_benchmarks(plan)  # launched cells load their own
+                accelerator = make_accelerator()
+                caches = {}  # frozen-tower features by (tower, resolution, ...), shared by cells
+                for cell in cells:
+                    note = lambda phase, label=cell.label: bar.update(task, info=f"{label}: {phase}")  # noqa: E731
+                    finished(run_cell(plan, cell, out, benchmarks, accelerator, retry_failed, eval_batch, caches, note))
+    return StudyRun(out, cells, {c.label: states[c.label] for c in cells})
+
+
+def pretrain_groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that share a stage-1 run, in plan order: one worker runs a group, so no two processes write one folder."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(cell.pretrain_key, []).append(cell)
+    return list(groups.values())
+
+
+_WORKER: dict = {}  # in a worker process: its benchmarks, accelerator and feature caches, made for its first cells
+
+
+def run_cells_in_worker(plan: StudyPlan, cells: list[Cell], out: Path, retry_failed: bool, eval_batch: int) -> list[dict]:
+    if not _WORKER:
+        silence_progress()  # the parent shows the study's one bar
+        _WORKER.update(benchmarks=load_benchmarks(plan), accelerator=make_accelerator(), caches={})
+    w = _WORKER
+    return [dataclasses.asdict(run_cell(plan, c, out, w["benchmarks"], w["accelerator"], retry_failed, eval_batch,
+                                        w["caches"])) for c in cells]
+
+
+def worker_died(cell: Cell, err: BaseException) -> CellState:
+    """A cell whose worker process failed outside `run_cell` (killed, out of memory): recorded as failed, unless it
+    had finished."""
+    state = CellState.read(cell_folder(cell)) or CellState(cell.label, cell.cell_id)
+    if state.status != "done":
+        state.status, state.error = "failed", f"worker process: {type(err).__name__}: {err}"
+        state.write(cell_folder(cell))
+    return state
 
 
 def cell_line(state: CellState) -> str:

@@ -1,0 +1,64 @@
+"""Local study cells in several processes at once.
+
+A small model's training step is mostly short kernels and Python overhead, which a second thread barely speeds up:
+on the quick start's 2-core machine one fine-tuning step took 47 ms with one thread and 32 ms with two
+(benchmarks/quickstart_step.py run with OMP_NUM_THREADS=1 and 2), so two single-threaded cells side by side finish
+sooner than the same cells one after another on two threads. Workers are spawned (a forked process inherits torch's
+thread pools in an unusable state) and set their thread count before any work.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from multiprocessing import get_context
+from typing import Any
+
+import torch
+
+
+def worker_count(workers: int | str, jobs: int) -> int:
+    """"auto": one worker per CPU core; never more workers than jobs."""
+    wanted = (os.cpu_count() or 1) if workers == "auto" else int(workers)
+    return max(1, min(wanted, jobs))
+
+
+def thread_count(threads: int | None, workers: int) -> int | None:
+    """The threads each worker may use: as asked, or the cores shared out; None leaves torch's default."""
+    if threads is not None:
+        return threads
+    return max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
+
+
+@contextmanager
+def torch_threads(threads: int | None):
+    """This process's torch threads set for a block (None: unchanged), then restored."""
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _start_worker(threads: int | None) -> None:
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
+def run_pool(job: Callable[..., Any], argsets: Iterable[tuple], workers: int, threads: int | None,
+             on_result: Callable[[tuple, Any], None], on_error: Callable[[tuple, BaseException], None]) -> None:
+    """`job(*args)` for each argument tuple in `workers` spawned processes; every outcome is handed to `on_result` or
+    `on_error` in this process as it arrives (a job whose process died too)."""
+    ctx = get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(threads,)) as pool:
+        futures = {pool.submit(job, *args): args for args in argsets}
+        for future in as_completed(futures):
+            try:
+                result = future.result()
+            except Exception as err:  # noqa: BLE001 - the job's own error, or its process killed (BrokenProcessPool)
+                on_error(futures[future], err)
+            else:
+                on_result(futures[future], result)
