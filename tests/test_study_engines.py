@@ -72,6 +72,19 @@ def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_pat
     assert torch.get_num_threads() == threads  # the one-process run set 1 thread for its cells, then restored this
 
 
+def test_a_cell_whose_worker_process_died_is_recorded_as_failed_with_the_likely_causes(toy, tmp_path):
+    from concurrent.futures.process import BrokenProcessPool
+
+    from connectorlab.study.plan import expand
+    from connectorlab.study.runner import CellState, cell_folder, worker_died
+
+    plan = plan_file(toy, tmp_path / "died", {"workers": 2}, {"connectors": ["mlp"], "resolutions": [32]})
+    (cell,) = expand(plan, tmp_path / "died")
+    state = worker_died(cell, BrokenProcessPool("a process in the pool was terminated abruptly"))
+    assert state.status == "failed" and "out of memory" in state.error and "__main__" in state.error
+    assert CellState.read(cell_folder(cell)).error == state.error  # written where `study status` reads it
+
+
 def test_submitit_local_executor_runs_a_two_by_two_grid(toy, tmp_path):
     grid = {"connectors": ["mlp", "avgpool"], "resolutions": [32, 48], "tokens": [4]}
     plan = plan_file(toy, tmp_path / "slurm", {"engine": "slurm", "slurm": {"cluster": "local", "gpus_per_node": 0,

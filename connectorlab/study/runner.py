@@ -12,6 +12,7 @@ import json
 import logging
 import time
 import traceback
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,7 +238,9 @@ def worker_died(cell: Cell, err: BaseException) -> CellState:
     had finished."""
     state = CellState.read(cell_folder(cell)) or CellState(cell.label, cell.cell_id)
     if state.status != "done":
-        state.status, state.error = "failed", f"worker process: {type(err).__name__}: {err}"
+        hint = (" (killed, out of memory, or started from a script without `if __name__ == '__main__':`, which "
+                "spawned processes need)") if isinstance(err, BrokenProcessPool) else ""
+        state.status, state.error = "failed", f"worker process: {type(err).__name__}: {err}{hint}"
         state.write(cell_folder(cell))
     return state
 
