@@ -114,6 +114,24 @@ def test_status_lists_every_cell(study, capsys, monkeypatch):
     assert code == 0 and "5 done, 1 failed" in stdout and "FileNotFoundError" in stdout
 
 
+def test_status_eta_shares_the_unfinished_cells_among_the_worker_processes(tmp_path, capsys, monkeypatch):
+    import json
+
+    from test_bad_inputs import cli
+
+    from connectorlab.study.runner import CellState
+
+    cells = {}
+    for i in range(6):
+        folder = tmp_path / "cells" / f"c{i}"
+        cells[f"c{i}"] = {"cell_id": str(i), "folder": str(folder)}
+        if i < 2:  # two finished cells of 60 s each, four pending
+            CellState(f"c{i}", str(i), "done", pretrain_s=10.0, finetune_s=20.0, eval_s=30.0).write(folder)
+    (tmp_path / "study.json").write_text(json.dumps({"cells": cells, "workers": 2}))
+    code, stdout, _ = cli(capsys, monkeypatch, "study", "status", tmp_path)
+    assert code == 0 and "ETA about 2.0 min for 4 unfinished cell(s)" in stdout and "over 2 worker processes" in stdout
+
+
 # ---- the statistics ------------------------------------------------------------------------------
 
 def test_a_reduce_axis_added_later_evaluates_finished_cells_without_training_them_again(study, tmp_path):

@@ -97,9 +97,11 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
     spent = [sum(v or 0 for v in (s.pretrain_s, s.finetune_s, s.eval_s)) for _, s in states if s and s.status == "done"]
     left = counts.get("pending", 0) + counts.get("running", 0)
     if spent and left:
-        eta = left * sum(spent) / len(spent)
+        workers = min(left, json.loads((out / "study.json").read_text()).get("workers", 1))
+        eta = left * sum(spent) / len(spent) / workers
         console.print(f"ETA about {eta / 60:.1f} min for {left} unfinished cell(s), at the mean time of the {len(spent)} "
-                      "finished one(s) (an over-estimate where cells share stage 1)", highlight=False)
+                      f"finished one(s){f' over {workers} worker processes' if workers > 1 else ''} (an over-estimate "
+                      "where cells share stage 1)", highlight=False)
 
 
 @study_app.command("report")

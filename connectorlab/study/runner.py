@@ -176,16 +176,16 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
     with exclusive(out, "study run"):
         check_unchanged(out, cells)
         sizes = describe_cells(plan, cells)
+        groups = pretrain_groups(cells)
+        workers = worker_count(plan.execution.workers, len(groups)) if plan.execution.engine == "local" else 1
+        threads = thread_count(plan.execution.threads, workers)
         atomic_write_json(out / "study.json", {
-            "plan": plan.source, "name": plan.name, "reference_connector": plan.reference_connector,
+            "plan": plan.source, "name": plan.name, "workers": workers, "reference_connector": plan.reference_connector,
             "reference_results": plan.reference_results, "recommend": plan.recommend,
             "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
                                 "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
         if plan.execution.engine == "slurm":
             return StudyRun(out, cells, submit_cells(plan, cells, out, retry_failed, eval_batch))
-        groups = pretrain_groups(cells)
-        workers = worker_count(plan.execution.workers, len(groups)) if plan.execution.engine == "local" else 1
-        threads = thread_count(plan.execution.threads, workers)
         states: dict[str, CellState] = {}
         with progress_bar(show_progress) as bar, torch_threads(threads if workers == 1 else None):
             task = bar.add_task("study cells" + (f" ({workers} worker processes)" if workers > 1 else ""),
