@@ -2,9 +2,10 @@
 
 A small model's training step is mostly short kernels and Python overhead, which a second thread barely speeds up:
 on the quick start's 2-core machine one fine-tuning step took 47 ms with one thread and 32 ms with two
-(benchmarks/quickstart_step.py run with OMP_NUM_THREADS=1 and 2), so two single-threaded cells side by side finish
-sooner than the same cells one after another on two threads. Workers are spawned (a forked process inherits torch's
-thread pools in an unusable state) and set their thread count before any work.
+(benchmarks/quickstart_step.py with OMP_NUM_THREADS=1 and 2 in one sitting: benchmarks/results/
+quickstart_step_1thread.json and _2threads.json), so two single-threaded cells side by side finish sooner than the
+same cells one after another on two threads. Workers are spawned (a forked process inherits torch's thread pools in
+an unusable state) and set their thread count before any work.
 """
 from __future__ import annotations
 
