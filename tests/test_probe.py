@@ -200,6 +200,16 @@ def test_resolution_finding_names_the_first_step_per_family():
     assert "from 32 to 48 px, beyond the margin: compressing: none; preserving: mlp (40.0 -> 90.0)" in text
 
 
+def test_resolution_finding_pairs_a_compression_ratio_across_resolutions():
+    """4x of the grid is 4 tokens at 32 px and 9 at 48 px: one setting, compared across the two resolutions."""
+    rows = frame(cell("mlp", "preserving", 32, 0.4), cell("mlp", "preserving", 48, 0.9),
+                 cell("avgpool", "compressing", 32, 0.3, tokens=4), cell("avgpool", "compressing", 48, 0.6, tokens=9))
+    rows["compression"] = rows.connector.map({"avgpool": 4.0})
+    text = " ".join(findings(rows))
+    assert "from 32 to 48 px, beyond the margin: compressing: avgpool-4x (30.0 -> 60.0)" in text
+    assert "compressing: none" in " ".join(findings(rows.drop(columns="compression")))  # as token counts: two settings
+
+
 def test_sanity_check_reads_chance_per_task_type():
     lines = sanity(frame(cell("mlp", "preserving", 64, 0.9, reasoning=0.4)))
     assert lines == ["mlp at 64 px scores 3.6x chance on coarse, 3.6x chance on fine, 1.6x chance on reasoning "
@@ -213,7 +223,7 @@ def tiny_study(tmp_path_factory):
     plan["grid"].update(connectors=["linear", "mlp", "avgpool",
                                     {"name": "perceiver", "options": {"layers": 1, "heads": 2, "dim_head": 8}},
                                     {"name": "c_abstractor", "options": {"hidden": 16, "depth": 1}}],
-                        resolutions=[32, 48], tokens=[4], reduce={"method": ["random", "cls_attention"], "tokens": 4})
+                        resolutions=[32, 48], reduce={"method": ["random", "cls_attention"], "compression": 4})
     plan["finetune"].update(global_batch=32, micro_batch=32, epochs=1)
     plan["benchmarks"][0]["max_new_tokens"] = 3
     qc = QuickstartConfig(
@@ -231,9 +241,10 @@ def test_quickstart_writes_results_figures_and_report(tiny_study):
     assert len(tt) == (10 + 8) * 3 and set(tt.family) == {"preserving", "compressing", "training-free"}
     free = tt[tt.family == "training-free"]
     assert set(free.connector) == {"mlp+random", "mlp+cls_attention", "linear+random", "linear+cls_attention"}
-    assert set(free.visual_tokens) == {4} and free.blind_accuracy.notna().all()
-    assert "mlp+random-4t-48px-s0" in set(free.cell)
-    assert set(tt[tt.connector == "mlp"].visual_tokens) == {16, 36} and set(tt[tt.connector == "avgpool"].visual_tokens) == {4}
+    assert set(free.visual_tokens) == {4, 9} and free.blind_accuracy.notna().all()  # 4x of the 4x4 and the 6x6 grid
+    assert {"mlp+random-4t-32px-s0", "mlp+random-9t-48px-s0"} <= set(free.cell)
+    assert set(tt[tt.connector == "mlp"].visual_tokens) == {16, 36}
+    assert set(tt[tt.connector == "avgpool"].visual_tokens) == {4, 9} and set(tt.cell) >= {"avgpool-4x-48px-s0"}
     assert tt.blind_accuracy.notna().all() and (tt.chance == 0.25).all() and (tt.pretrain_s > 0).all()
     assert set(df.benchmark) == {"probe", "probe_blind"}
     for png in ("task_type_accuracy.png", "accuracy_vs_tokens.png", "accuracy_vs_time.png", "subtasks.png"):
@@ -252,7 +263,7 @@ def test_quickstart_is_a_study_folder(tiny_study):
     states = study_states(out)
     assert len(states) == 10 and all(s.status == "done" for _, s in states)
     mlp = next(s for _, s in states if s.label == "mlp-48px-s0")
-    assert set(mlp.evaluations) == {"probe", "probe_blind", "probe@random-4", "probe@cls_attention-4"}
+    assert set(mlp.evaluations) == {"probe", "probe_blind", "probe@random-9", "probe@cls_attention-9"}
     assert json.loads((out / "study.json").read_text())["plan"].endswith("quickstart.yaml")
     # one stage-1 run per connector and resolution, under the study's shared pre-training folder
     assert len(list((out / "pretrain").glob("*/pretrain/summary.json"))) == 10
@@ -283,7 +294,7 @@ def test_plan_placeholders_keep_their_type():
 
 def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
     plan = builtin_plan()
-    plan["grid"].update(connectors=["mlp", "avgpool"], resolutions=[32], tokens=[4])
+    plan["grid"].update(connectors=["mlp", "avgpool"], resolutions=[32])
     plan["finetune"].update(global_batch=32, micro_batch=32, epochs=1)
     plan["benchmarks"][0]["max_new_tokens"] = 3
     qc = QuickstartConfig(
@@ -291,7 +302,7 @@ def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
         sizes=TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=1, llm_heads=2),
         vision_steps=4, plan=plan, eval_batch=64)
     result = quickstart(qc, show_progress=False)
-    assert sorted(result.run.states) == ["avgpool-4t-32px-s0", "avgpool-4t-32px-s1", "mlp-32px-s0", "mlp-32px-s1"]
+    assert sorted(result.run.states) == ["avgpool-4x-32px-s0", "avgpool-4x-32px-s1", "mlp-32px-s0", "mlp-32px-s1"]
     report = (tmp_path / "qs/report.md").read_text()
     assert "## Over seeds (mean +- sample standard deviation)" in report and "over 2 seeds" in report
     assert "at 32 px, seed 1" in report  # the findings compare cells of one seed with each other
@@ -299,9 +310,9 @@ def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
 
 def test_full_quickstart_grid_replaces_the_default_entries():
     full, default = QuickstartConfig(full=True), QuickstartConfig()
-    assert full.resolutions == (32, 48, 64) and len(full.grid["connectors"]) == 5 and full.grid["tokens"] == [9, 4]
-    assert full.grid["reduce"]["tokens"] == [9, 4] and full.grid["seeds"] == default.grid["seeds"] == "${seeds}"
-    assert default.resolutions == (32, 48) and default.grid["tokens"] == [9] and "full" in default.plan
+    assert full.resolutions == (32, 48, 64) and len(full.grid["connectors"]) == 5 and full.grid["compression"] == [4, 9]
+    assert full.grid["reduce"]["compression"] == [4, 9] and full.grid["seeds"] == default.grid["seeds"] == "${seeds}"
+    assert default.resolutions == (32, 48) and default.grid["compression"] == [4] and "full" in default.plan
 
 
 def test_quickstart_seed_counts_are_checked():

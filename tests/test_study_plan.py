@@ -106,6 +106,25 @@ def test_reduce_axis_applies_every_method_at_every_budget_to_preserving_cells_on
     assert without == {c.label: c.cell_id for c in cells}  # evaluation only: the trained cells stay the same
 
 
+def test_a_compression_axis_keeps_the_same_ratio_of_every_resolutions_patch_grid(tiny_plan):
+    """4x of the 4x4 grid at 32 px is 4 tokens, of the 6x6 grid at 48 px 9 (as the paper's 144 of 576); 9x of 6x6 is 4.
+    A ratio is one setting across resolutions, so the labels carry the ratio and the cell its token count."""
+    tiny_plan["grid"].update(tokens=[None], compression=[4, 9], seeds=[0],
+                             reduce={"method": ["random", "avgpool"], "compression": 4})
+    plan = StudyPlan.from_dict(tiny_plan)
+    cells = {c.label: c for c in expand(plan)}
+    kept = {label: c.config.model.connector_options["num_tokens"] for label, c in cells.items() if c.connector == "avgpool"}
+    assert kept == {"avgpool-4x-32px-s0": 4, "avgpool-9x-32px-s0": 1, "avgpool-4x-48px-s0": 9, "avgpool-9x-48px-s0": 4}
+    assert cells["avgpool-4x-48px-s0"].tokens == 9 and cells["avgpool-4x-48px-s0"].compression == 4
+    assert cells["mlp-48px-s0"].compression is None and cells["mlp-48px-s0"].tokens is None
+    assert [r.label for r in cells["mlp-32px-s0"].reductions] == ["random-4", "avgpool-4"]
+    assert [r.label for r in cells["mlp-48px-s0"].reductions] == ["random-9", "avgpool-9"]
+    rows = {r["cell"]: r for r in describe_cells(plan, list(cells.values()))}
+    assert rows["avgpool-4x-48px-s0"]["visual_tokens"] == 9 and rows["avgpool-4x-48px-s0"]["compression"] == 4
+    tiny_plan["grid"]["include"] = [{"connector": "avgpool", "resolution": 48, "compression": 36}]
+    assert expand(StudyPlan.from_dict(tiny_plan))[-1].config.model.connector_options["num_tokens"] == 1
+
+
 def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     base = {c.label: c for c in expand(StudyPlan.from_dict(tiny_plan))}
     assert base == {c.label: c for c in expand(StudyPlan.from_dict(copy.deepcopy(tiny_plan)))}
@@ -137,12 +156,14 @@ def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     (lambda p: p.update(benchmarks=[{"name": "mmvet", "data": "x"}]), r"name = 'mmvet': must be one of mmbench, mme, seedbench"),
     (lambda p: p.update(reference_connector="qformer"), r"reference_connector = 'qformer': not among grid.connectors"),
     (lambda p: p["grid"].update(reduce={"method": "topk", "tokens": 4}), r"grid.reduce.method: 'topk' must be one of random"),
-    (lambda p: p["grid"].update(reduce={"method": "random"}), r"grid.reduce = .*needs exactly 'method' and 'tokens'"),
+    (lambda p: p["grid"].update(reduce={"method": "random"}), r"grid.reduce = .*needs 'method' and one of 'tokens' or"),
+    (lambda p: p["grid"].update(compression=[4]), r"grid.tokens and grid.compression: give the budget axis one way"),
+    (lambda p: p["grid"].update(tokens=[None], compression=[0.5]), r"grid.compression\[0\] = 0.5: must be a number >= 1"),
     (lambda p: p["grid"].update(reduce={"method": "avgpool", "tokens": 5}),
      r"cell mlp-32px-s0: avgpool reduction to 5 tokens: must be a square number"),
 ], ids=["connector", "resolution", "budget", "exclude-field", "all-excluded", "model-connector", "training-key",
         "stage-sizes", "engine", "workers-zero", "workers-word", "workers-engine", "threads",
-        "benchmark", "reference", "reduce-method", "reduce-keys", "reduce-square"])
+        "benchmark", "reference", "reduce-method", "reduce-keys", "both-budgets", "ratio-below-one", "reduce-square"])
 def test_plan_errors_name_the_file_and_key(tiny_plan, tmp_path, edit, message):
     edit(tiny_plan)
     path = tmp_path / "plan.yaml"

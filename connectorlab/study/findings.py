@@ -13,6 +13,7 @@ import math
 import pandas as pd
 
 from ..evaluation.task_types import TYPES
+from .budget import ratio_label
 
 TYPE_NAMES = {"coarse": "coarse-grained perception", "fine": "fine-grained perception", "reasoning": "reasoning"}
 TRAINING_FREE = "training-free"  # the family of a trained preserving cell whose output is reduced at inference
@@ -48,8 +49,21 @@ def _groups(tt: pd.DataFrame):
         yield label, part
 
 
+def budget_label(tokens, compression) -> str:
+    """A cell's budget as its grid gave it: a ratio of the patch grid (`-4x`, the same setting at every resolution),
+    a token count (`-9t`), or none (the connector's own)."""
+    if compression is not None and pd.notna(compression):
+        return f"-{ratio_label(float(compression))}"
+    return f"-{int(tokens)}t" if tokens is not None and pd.notna(tokens) else ""
+
+
+def budgets(tt: pd.DataFrame) -> pd.Series:
+    ratios = tt["compression"] if "compression" in tt else pd.Series(None, index=tt.index, dtype=float)
+    return pd.Series([budget_label(t, c) for t, c in zip(tt.tokens, ratios, strict=True)], index=tt.index, dtype=str)
+
+
 def _short(row) -> str:
-    return row.connector + (f"-{int(row.tokens)}t" if pd.notna(row.tokens) else "")
+    return row.connector + budget_label(row.tokens, getattr(row, "compression", None))
 
 
 def preserving_wins_fine(tt: pd.DataFrame, reference: str) -> str:
@@ -109,8 +123,7 @@ def compressing_faster(tt: pd.DataFrame, reference: str) -> str:
 
 
 def _settings(tt: pd.DataFrame) -> pd.DataFrame:
-    return tt.assign(setting=tt.connector + tt.tokens.fillna(-1).astype(int).astype(str) + tt.seed.astype(str)
-                     + tt.variant.fillna("").astype(str))
+    return tt.assign(setting=tt.connector + budgets(tt) + "|" + tt.seed.astype(str) + tt.variant.fillna("").astype(str))
 
 
 def fine_gains(keyed: pd.DataFrame, lo, hi) -> tuple[dict[str, list[float]], list]:

@@ -23,10 +23,11 @@ from ..model.shape import ModelShape
 from ..reduction import METHODS, Reduction
 from ..training.config import STAGES, TrainConfig
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
+from .budget import ratio_label, tokens_for_ratio
 
 BENCHMARK_NAMES = ("mmbench", "mme", "seedbench", "probe")
 ENGINES = ("local", "accelerate", "slurm")
-CELL_FIELDS = ("connector", "resolution", "tokens", "seed", "variant")
+CELL_FIELDS = ("connector", "resolution", "tokens", "compression", "seed", "variant")
 GRID_MODEL_KEYS = ("connector", "connector_options", "image_size")  # set by the grid, not by `model:`
 PRETRAIN_KEYS = ("model", "seed", "pretrain", "cache_features", "check_images", "bf16", "strict")
 
@@ -54,20 +55,35 @@ class Grid:
     connectors: list[ConnectorEntry]
     resolutions: list[int | None] = field(default_factory=lambda: [None])  # None: the tower's native size
     tokens: list[int | None] = field(default_factory=lambda: [None])  # None: the connector's own default
+    # Or the budget as compression ratios of each resolution's patch grid (4 = a quarter of the patches, as the
+    # paper's 144 of 576); each cell keeps the nearest square number of tokens (study/budget.py).
+    compression: list[float] | None = None
     seeds: list[int] = field(default_factory=lambda: [0])
     # Fine-tuning variants ({name, ...finetune overrides}, e.g. full vs LoRA): cells that differ only here share stage 1.
     finetune: list[dict[str, Any]] = field(default_factory=lambda: [{}])
     exclude: list[dict[str, Any]] = field(default_factory=list)  # cells matching every given field are dropped
     include: list[dict[str, Any]] = field(default_factory=list)  # extra cells: connector, resolution, tokens, seed
-    # Training-free reduction of each preserving cell's output at evaluation: {method: name(s), tokens: budget(s)},
-    # every method at every budget; evaluated beside the trained cells, never trained.
+    # Training-free reduction of each preserving cell's output at evaluation: {method: name(s), tokens: budget(s)}
+    # (or compression: ratio(s), as the grid's), every method at every budget; evaluated beside the trained cells,
+    # never trained.
     reduce: dict[str, Any] | None = None
 
-    @property
-    def reductions(self) -> list[Reduction]:
+    def reductions(self, grid: tuple[int, int]) -> list[Reduction]:
+        """The reductions of a cell whose patch grid is `grid` (a ratio becomes that grid's token count)."""
         if not self.reduce:
             return []
-        return [Reduction(m, t) for m in _as_list(self.reduce["method"]) for t in _as_list(self.reduce["tokens"])]
+        budgets = ([tokens_for_ratio(grid, r) for r in _as_list(self.reduce["compression"])]
+                   if "compression" in self.reduce else _as_list(self.reduce["tokens"]))
+        return [Reduction(m, t) for m in _as_list(self.reduce["method"]) for t in budgets]
+
+    @property
+    def reduce_methods(self) -> list[str]:
+        return sorted(set(_as_list(self.reduce["method"]))) if self.reduce else []
+
+    @property
+    def budgets(self) -> list[tuple[int | None, float | None]]:
+        """The budget axis as (tokens, ratio) pairs: one of the two is set, or neither (the connector's default)."""
+        return [(None, r) for r in self.compression] if self.compression else [(t, None) for t in self.tokens]
 
 
 @dataclass
@@ -136,11 +152,13 @@ class Cell:
     cell_id: str  # hash of the resolved configuration (output_dir aside)
     pretrain_key: str  # cells with the same key would run an identical stage 1
     reductions: list[Reduction] = field(default_factory=list)  # training-free budgets evaluated on this cell's model
+    compression: float | None = None  # the grid's ratio where the budget axis is one (tokens: what it gives here)
 
     @property
     def label(self) -> str:
         size = f"{self.resolution}px" if self.resolution else "native"
-        budget = f"-{self.tokens}t" if self.tokens is not None else ""
+        budget = (f"-{ratio_label(self.compression)}" if self.compression is not None
+                  else f"-{self.tokens}t" if self.tokens is not None else "")
         variant = f"-{self.variant}" if self.variant else ""
         return f"{self.connector}{budget}-{size}-s{self.seed}{variant}"
 
@@ -228,14 +246,20 @@ def _grid(data: dict) -> Grid:
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
     grid = from_mapping(Grid, {**data, "connectors": connectors}, "grid")
+    ratio = Range(1)
     for axis, rule in (("resolutions", Range(1, integer=True, optional=True)), ("tokens", Range(1, integer=True, optional=True)),
-                       ("seeds", NON_NEGATIVE_INT)):
+                       ("seeds", NON_NEGATIVE_INT), ("compression", ratio)):
         values = getattr(grid, axis)
+        if axis == "compression" and values is None:
+            continue
         if not isinstance(values, list) or not values:
             raise ConfigError(f"grid.{axis} = {values!r}: must be a non-empty list")
         for j, v in enumerate(values):
             if not rule.ok(v):
                 raise ConfigError(f"grid.{axis}[{j}] = {v!r}: must be {rule.describe()}")
+    if grid.compression is not None and grid.tokens != [None]:
+        raise ConfigError("grid.tokens and grid.compression: give the budget axis one way (token counts, or ratios "
+                          "of each resolution's patch grid)")
     if not isinstance(grid.finetune, list) or not grid.finetune:
         raise ConfigError(f"grid.finetune = {grid.finetune!r}: must be a non-empty list of fine-tuning variants")
     names = [_mapping(v, f"grid.finetune[{j}]").get("name") for j, v in enumerate(grid.finetune)]
@@ -261,12 +285,15 @@ def _check_reduce(reduce: Any) -> None:
     if reduce is None:
         return
     reduce = _mapping(reduce, "grid.reduce")
-    unknown = sorted(set(reduce) - {"method", "tokens"})
-    if unknown or not {"method", "tokens"} <= set(reduce):
-        raise ConfigError(f"grid.reduce = {reduce!r}: needs exactly 'method' and 'tokens' (a value or a list each)")
+    budget = sorted(set(reduce) & {"tokens", "compression"})
+    unknown = sorted(set(reduce) - {"method", "tokens", "compression"})
+    if unknown or "method" not in reduce or len(budget) != 1:
+        raise ConfigError(f"grid.reduce = {reduce!r}: needs 'method' and one of 'tokens' or 'compression' (a value or "
+                          "a list each)")
+    ratio = Range(1)
     for key, ok, what in (("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
-                          ("tokens", POSITIVE_INT.ok, POSITIVE_INT.describe())):
-        for v in _as_list(reduce[key]):
+                          ("tokens", POSITIVE_INT.ok, POSITIVE_INT.describe()), ("compression", ratio.ok, ratio.describe())):
+        for v in _as_list(reduce.get(key, [])):
             if not ok(v):
                 raise ConfigError(f"grid.reduce.{key}: {v!r} must be {what}")
 
@@ -275,25 +302,31 @@ def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _candidates(grid: Grid) -> list[tuple[ConnectorEntry, int | None, int | None, int, dict]]:
+Candidate = tuple[ConnectorEntry, int | None, int | None, float | None, int, dict]
+
+
+def _candidates(grid: Grid, tokens_at) -> list[Candidate]:
     """Axes multiplied, less the excluded cells, plus the included ones (an include is never excluded). A connector
-    without a token knob gets one cell per resolution and seed, not one per budget."""
+    without a token knob gets one cell per resolution and seed, not one per budget. `tokens_at(resolution, ratio)`
+    turns a compression ratio into that resolution's token count."""
     seen, out = set(), []
-    axes = itertools.product(grid.connectors, grid.resolutions, grid.tokens, grid.seeds, grid.finetune)
-    for entry, res, tokens, seed, variant in axes:
-        tokens = tokens if entry.takes_budget else None
+    axes = itertools.product(grid.connectors, grid.resolutions, grid.budgets, grid.seeds, grid.finetune)
+    for entry, res, (tokens, ratio), seed, variant in axes:
+        tokens, ratio = (tokens_at(res, ratio) if ratio else tokens, ratio) if entry.takes_budget else (None, None)
         key = (entry.name, json.dumps(entry.options, sort_keys=True), res, tokens, seed, variant.get("name"))
-        values = {"connector": entry.name, "resolution": res, "tokens": tokens, "seed": seed, "variant": variant.get("name")}
+        values = {"connector": entry.name, "resolution": res, "tokens": tokens, "compression": ratio, "seed": seed,
+                  "variant": variant.get("name")}
         if key not in seen and not _excluded(values, grid.exclude):
             seen.add(key)
-            out.append((entry, res, tokens, seed, variant))
+            out.append((entry, res, tokens, ratio, seed, variant))
     variants = {v.get("name"): v for v in grid.finetune}
     for j, rule in enumerate(grid.include):
         entry = ConnectorEntry(rule["connector"], dict(rule.get("options") or {}))
         if rule.get("variant") not in variants:
             raise ConfigError(f"grid.include[{j}].variant = {rule.get('variant')!r}: not a grid.finetune name")
-        out.append((entry, rule.get("resolution", grid.resolutions[0]), rule.get("tokens"), rule.get("seed", grid.seeds[0]),
-                    variants[rule.get("variant")]))
+        res, ratio = rule.get("resolution", grid.resolutions[0]), rule.get("compression")
+        tokens = tokens_at(res, ratio) if ratio else rule.get("tokens")
+        out.append((entry, res, tokens, ratio, rule.get("seed", grid.seeds[0]), variants[rule.get("variant")]))
     return out
 
 
@@ -303,9 +336,24 @@ def _excluded(values: dict[str, Any], rules: list[dict]) -> bool:
 
 def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
     """Every cell of the plan, in axis order, each with its validated training configuration."""
+    shapes: list[ModelShape] = []
+
+    def grid_at(res: int | None) -> tuple[int, int]:
+        """The patch grid at `res`, from the plan's shape or the tower's config (read once, and only when a ratio or a
+        reduction needs it)."""
+        if not shapes:
+            try:
+                shapes.append(plan.shape or ModelShape.read(ModelConfig(**{**plan.model, "connector": "linear"})))
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"{plan.source}: the tower's patch grid, needed for a compression ratio: {err}") from None
+        try:
+            return shapes[0].grid(ModelConfig(**{**plan.model, "connector": "linear", "image_size": res}))
+        except ValueError as err:
+            raise ConfigError(f"{plan.source}: {err}") from None
+
     root = Path(out or plan.output_dir) / "cells"
     cells = []
-    for entry, res, tokens, seed, variant in _candidates(plan.grid):
+    for entry, res, tokens, ratio, seed, variant in _candidates(plan.grid, lambda r, x: tokens_for_ratio(grid_at(r), x)):
         options = {**entry.options, **({"num_tokens": tokens} if tokens is not None else {})}
         model = {**plan.model, "connector": entry.name, "connector_options": options, "image_size": res}
         finetune = {**plan.finetune, **{k: v for k, v in variant.items() if k != "name"}}
@@ -318,8 +366,9 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
                               f"{variant.get('name') or 'default'}: {err}") from None
         resolved = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
         preserving = CONNECTORS[entry.name].family == "preserving"
+        reductions = plan.grid.reductions(grid_at(res)) if preserving and plan.grid.reduce else []
         cell = Cell(entry.name, options, res, tokens, seed, variant.get("name"), cfg, _hash(resolved),
-                    _hash({k: resolved[k] for k in PRETRAIN_KEYS}), plan.grid.reductions if preserving else [])
+                    _hash({k: resolved[k] for k in PRETRAIN_KEYS}), reductions, ratio)
         cfg.output_dir = str(root / cell.folder_name)
         cells.append(cell)
     if not cells:
@@ -346,6 +395,7 @@ def describe_cells(plan: StudyPlan, cells: list[Cell]) -> list[dict[str, Any]]:
             raise ConfigError(f"{plan.source}: cell {cell.label}: {err}") from None
         rows.append({"cell": cell.label, "cell_id": cell.cell_id[:12], "connector": cell.connector, "family": info["family"],
                      "resolution": model.image_size or shape.native_image_size, "tokens_axis": cell.tokens,
+                     "compression": cell.compression,
                      "seed": cell.seed, "variant": cell.variant, "visual_tokens": info["output_tokens"],
                      "parameters": info["parameters"], "flops": info["flops"], "pretrain_key": cell.pretrain_key[:12],
                      "options": cell.options})

@@ -24,6 +24,7 @@ from ..training.run_folder import differences
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.progress import progress_bar
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, check_ranges
+from .budget import ratio_label, tokens_for_ratio
 from .plan import StudyPlan
 from .report import ABOUT, write_report
 from .runner import StudyRun, run_study
@@ -106,12 +107,15 @@ def quickstart_plan(qc: QuickstartConfig, probe: Path, vision: Path, llm: Path) 
 
 
 def budgets(qc: QuickstartConfig, plan: StudyPlan) -> str:
-    """Each budget as the compression of the second resolution's grid (as the paper's 336 px, the second of 224 / 336 /
-    448), and the paper's budget at that ratio of its 576 tokens."""
-    res = sorted(qc.resolutions)[min(1, len(qc.resolutions) - 1)]
-    side = res // qc.sizes.patch_size
-    return ", ".join(f"{t} tokens ({side * side / t:.0f}x fewer than the {side}x{side} grid at {res} px, as "
-                     f"{576 * t / (side * side):.0f} of the paper's 576)" for t in plan.grid.tokens)
+    """Each budget as the tokens it keeps at every resolution, and the paper's budget at that ratio of its 576."""
+    grids = {res: (res // qc.sizes.patch_size,) * 2 for res in sorted(qc.resolutions)}
+    if plan.grid.compression:
+        return ", ".join(
+            f"{ratio_label(r)} fewer tokens than their patch grid ("
+            + ", ".join(f"{tokens_for_ratio(g, r)} at {res} px" for res, g in grids.items())
+            + f"; as {576 / r:.0f} of the paper's 576)" for r in plan.grid.compression)
+    return ", ".join(f"{t} tokens (" + ", ".join(f"{g[0] * g[1] / t:.1f}x fewer than the {g[0]}x{g[1]} grid at {res} px"
+                                                 for res, g in grids.items()) + ")" for t in plan.grid.tokens)
 
 
 def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
@@ -125,7 +129,7 @@ def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
         f"options), drawn at {p.image_size} px; small shapes {p.object_scale:.2f} of the side, up to {p.clutter} decoy "
         f"specks per image; seed {p.seed}. Sub-tasks by task type ({SECTION_NOTE}): {subtasks}.",
         f"- Resolutions {grids}; the compressing connectors keep {budgets(qc, plan)}. Training-free reductions of the "
-        "trained mlp's output to the same budgets: " + ", ".join(sorted({r.method for r in plan.grid.reductions})) + ".",
+        "trained mlp's output to the same budgets: " + ", ".join(plan.grid.reduce_methods) + ".",
         f"- Model: a {s.vision_layers}-layer ViT (width {s.vision_hidden}, patch {s.patch_size}) pre-trained once on probe "
         f"images ({qc.vision_steps} steps) and frozen; a {s.llm_layers}-layer Llama (width {s.llm_hidden}) warmed up on "
         f"the probe's text; LLaVA's two stages per cell (pre-train {plan.pretrain.get('epochs', 1)} epoch(s), "

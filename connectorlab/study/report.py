@@ -20,14 +20,15 @@ from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
 from ..utils.io import atomic_write_text
 from .figures import figures
-from .findings import TRAINING_FREE, findings, sanity
+from .findings import TRAINING_FREE, budgets, findings, sanity
 from .projection import projection_section
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
 from .runner import BLIND, REDUCED, study_states
 
 ALPHA = 0.05
-COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "seed", "variant", "benchmark", "level", "name", "n",
+COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression", "seed", "variant", "benchmark", "level",
+           "name", "n",
            "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
            "connector_flops", "pretrain_s", "finetune_s", "pretrain_flops_per_sample", "finetune_flops_per_sample",
            "pretrain_peak_mb", "finetune_peak_mb"]
@@ -68,7 +69,8 @@ def reduced_entry(entry: dict, label: str) -> dict:
 def _rows(cell: dict) -> list[dict]:
     entry, state, size = cell["entry"], cell["state"], cell["entry"]["size"]
     base = {"cell": entry["label"], "connector": size["connector"], "family": size["family"],
-            "resolution": size["resolution"], "tokens": size["tokens_axis"], "seed": size["seed"],
+            "resolution": size["resolution"], "tokens": size["tokens_axis"], "compression": size.get("compression"),
+            "seed": size["seed"],
             "variant": size.get("variant"),
             "visual_tokens": size["visual_tokens"], "connector_parameters": size["parameters"],
             "connector_flops": size["flops"], "pretrain_s": state.pretrain_s, "finetune_s": state.finetune_s,
@@ -255,10 +257,10 @@ def resolution_effect(tt: pd.DataFrame) -> list[str]:
     for (bench, family, ttype), part in tt.groupby(["benchmark", "family", "name"], sort=True):
         for lo, hi in zip(resolutions, resolutions[1:], strict=False):
             a, b = part[part.resolution == lo], part[part.resolution == hi]
-            both = sorted(set(a.connector + a.tokens.astype(str)) & set(b.connector + b.tokens.astype(str)))
+            both = sorted(set(a.connector + budgets(a)) & set(b.connector + budgets(b)))
             if not both:
                 continue
-            pick = lambda d, keep=both: d[(d.connector + d.tokens.astype(str)).isin(keep)].accuracy.mean()  # noqa: E731
+            pick = lambda d, keep=both: d[(d.connector + budgets(d)).isin(keep)].accuracy.mean()  # noqa: E731
             x, y = pick(a), pick(b)
             change = f"{100 * (y - x) / x:+.1f} %" if x > 0 else f"{100 * (y - x):+.1f} points (from 0)"
             lines.append(f"- {bench}, {family}, {ttype}, {lo} -> {hi} px: {change} ({100 * x:.1f} -> {100 * y:.1f}, "

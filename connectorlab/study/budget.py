@@ -1,0 +1,22 @@
+"""A token budget given as a compression ratio of each resolution's own patch grid.
+
+The paper keeps 144 or 64 of CLIP's 576 patch tokens (4x, 9x). A fixed token count means a different compression at
+every resolution (9 tokens are 1.8x of a 4x4 grid and 7x of an 8x8 one), so a grid that varies resolution can instead
+give the ratio, and each cell keeps the square number of tokens nearest to its grid's patches divided by it.
+"""
+from __future__ import annotations
+
+import math
+
+
+def tokens_for_ratio(grid: tuple[int, int], ratio: float) -> int:
+    """Square outputs, because the pooling connectors (average pooling, C-Abstractor) emit a square grid: each side of
+    the patch grid shrunk by sqrt(ratio), rounded, at least 1 (4x of 6x6 -> 3x3 = 9; 9x of 8x8 -> 3x3 = 9, 7.1x)."""
+    if ratio < 1:
+        raise ValueError(f"compression ratio {ratio}: must be at least 1")
+    side = max(1, round(min(grid) / math.sqrt(ratio)))
+    return side * side
+
+
+def ratio_label(ratio: float) -> str:
+    return f"{ratio:g}x"
