@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
 from connectorlab.probe.generate import ProbeParams, generate, task_types
 from connectorlab.probe.presets import TinySizes
-from connectorlab.probe.scene import QUADRANTS, SHAPES
-from connectorlab.probe.vision_pretrain import COLOUR_IDS, dense_targets
+from connectorlab.probe.scene import PLACES, SHAPES
+from connectorlab.probe.vision_pretrain import COLOUR_IDS, dense_targets, region_means
 from connectorlab.study.findings import findings, sanity
 from connectorlab.study.quickstart import QuickstartConfig, builtin_plan, fill, quickstart
 from connectorlab.study.runner import study_states
@@ -122,9 +123,16 @@ def test_dense_targets_mark_the_small_shape_and_specks_and_the_big_shapes_facts(
     assert t["size"][2 * 8 + 2] == 1  # under the big circle
     assert t["position"][0] == 0 and t["position"][63] == 15
     assert t["size"][0] == 4 and t["glyph"][0] > 0 and t["glyph"][small_cell] == 0  # the tile, with its glyph
-    assert t["tile_quadrant"][0] == 1 + QUADRANTS.index("top left") and t["tile_quadrant"].astype(bool).sum() == 1
+    assert t["tile_place"][0] == 1 + PLACES.index("top left") and t["tile_place"].astype(bool).sum() == 1
     fine_grid = dense_targets(ann, 16)  # resolved over 3 x 3 patches, the tile is held by each of them
-    assert (fine_grid["glyph"] > 0).sum() == 9 == (fine_grid["tile_quadrant"] == t["tile_quadrant"][0]).sum()
+    assert (fine_grid["glyph"] > 0).sum() == 9 == (fine_grid["tile_place"] == t["tile_place"][0]).sum()
+    # The tile as 4x average pooling sees it: one 2 x 2 region holds its centre, with its glyph and place
+    assert t["region_glyph"].shape == (16,) and (t["region_glyph"] > 0).sum() == 1 == (t["region_place"] > 0).sum()
+    assert t["region_glyph"][0] == t["glyph"][0] and t["region_place"][0] == 1 + PLACES.index("top left")
+    centre = dense_targets({**ann, "tile": {**ann["tile"], "cx": 0.5, "cy": 0.55}}, 6)  # 48 px: 3 x 3 regions
+    assert centre["region_place"][4] == 1 + PLACES.index("bottom right") and (centre["region_place"] > 0).sum() == 1
+    patches = torch.arange(16.0).view(1, 16, 1)  # a 4 x 4 grid numbered row by row
+    assert region_means(patches).flatten().tolist() == [2.5, 4.5, 10.5, 12.5]
     # What a caption says of the big shapes, for the pooled tokens: each kind's colour, and the larger one's
     assert t["larger"] == COLOUR_IDS["red"]
     assert t["shape_colour"][SHAPES.index("circle")] == COLOUR_IDS["red"]

@@ -29,7 +29,7 @@ from .scene import (
     COLOURS,
     GLYPHS,
     MAX_SMALL,
-    QUADRANTS,
+    PLACES,
     QUALITIES,
     RELATIONS,
     SCENES,
@@ -119,7 +119,7 @@ def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
         q("count", "How many small shapes are there?", _options(rng, NUMBERS[len(small) - 1], NUMBERS[:MAX_SMALL]),
           NUMBERS[len(small) - 1]),
         q("glyph", "What symbol is on the tile?", _options(rng, tile.shape, GLYPHS), tile.shape),
-        q("locate", "Where is the tile?", _options(rng, tile.quadrant, QUADRANTS), tile.quadrant),
+        q("locate", "Where is the tile?", _options(rng, tile.place, PLACES), tile.place),
         q("relation", f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?",
           _options(rng, spec.relation, RELATIONS), spec.relation),
         q("comparison", "What colour is the larger of the two big shapes?",
@@ -133,7 +133,7 @@ def caption(spec: SceneSpec) -> str:
     a, b = spec.big
     n, s = len(spec.small), spec.small[0]  # the small things first, so stage 1 asks the connector to keep them apart
     return (f"{NUMBERS[n - 1]} small {s.colour} shape{'s' if n > 1 else ''} and a tile with a {spec.tile.shape} in "
-            f"the {spec.tile.quadrant} of a {spec.quality} {spec.background} {spec.scene} scene "
+            f"the {spec.tile.place} of a {spec.quality} {spec.background} {spec.scene} scene "
             f"with {spec.texture} . the {a.colour} {a.shape} is {spec.relation} the {b.colour} {b.shape} and the "
             f"{spec.larger.colour} one is larger .")
 

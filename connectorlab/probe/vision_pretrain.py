@@ -5,7 +5,9 @@ resolution, what is where on probe images (colour, shape, size and glyph of the 
 the tile lies), so that its patch tokens carry instance detail a connector may keep or pool away; and, from the mean
 of its tokens, what a caption would say of the whole image (scene, background, texture, quality, each big shape's
 colour and the larger one's), so that, as in CLIP, every token carries some of the global content and pooling keeps
-it.
+it. The tile's glyph and place are also read, by the same heads, from the mean of each 2 x 2 patches: CLIP's tokens keep
+what they show under average pooling (pooling connectors rely on it), and without this a pooled token of the tiny
+tower held the tile's glyph in no form a connector could learn to read, at any resolution.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from transformers import CLIPVisionModel
 
 from ..utils.io import atomic_dir, atomic_write_json
 from ..vision.transforms import ImageTransform
-from .scene import BACKGROUNDS, COLOURS, GLYPHS, QUADRANTS, QUALITIES, SCENES, SHAPES, TEXTURES, quadrant
+from .scene import BACKGROUNDS, COLOURS, GLYPHS, PLACES, QUALITIES, SCENES, SHAPES, TEXTURES, place
 
 COLOUR_IDS = {c: i + 1 for i, c in enumerate(COLOURS)}
 SHAPE_IDS = {s: i + 1 for i, s in enumerate(SHAPES)}
@@ -36,11 +38,11 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
 
     Specks mark their patch with their colour and a size class of their own. Every patch also learns where it
     is (a 4 x 4 layout), so patch tokens carry their position the way CLIP's do. Big shapes and the tile label every
-    patch whose centre they cover (the tile with its glyph, its quadrant and a size class of its own: a tile resolved
+    patch whose centre they cover (the tile with its glyph, its place and a size class of its own: a tile resolved
     over more patches is held by more tokens, which pooling dilutes less); a small shape labels the patch holding its
     centre (it may cover no patch centre at a coarse grid); the tile is drawn last, as in the image.
     """
-    colour, shape, size, small_colour, glyph, tile_quadrant = (np.zeros(grid * grid, np.int64) for _ in range(6))
+    colour, shape, size, small_colour, glyph, tile_place = (np.zeros(grid * grid, np.int64) for _ in range(6))
     centres = (np.arange(grid) + 0.5) / grid
 
     def covered(obj: dict) -> np.ndarray:
@@ -64,11 +66,17 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
         tile = ann["tile"]
         cells = covered(tile)  # as a big shape: a tile resolved over several patches is held by each of them
         colour[cells], shape[cells], size[cells], glyph[cells] = 0, 0, 4, GLYPH_IDS[tile["shape"]]
-        tile_quadrant[cells] = QUADRANTS.index(quadrant(tile["cx"], tile["cy"])) + 1
+        tile_place[cells] = PLACES.index(place(tile["cx"], tile["cy"])) + 1
     for x, y, c in ann.get("specks", []):  # a speck marks its patch unless a shape already does
         cell = min(int(y * grid), grid - 1) * grid + min(int(x * grid), grid - 1)
         if size[cell] == 0:
             colour[cell], size[cell] = COLOUR_IDS[c], 3
+    region_glyph, region_place = np.zeros((grid // 2) ** 2, np.int64), np.zeros((grid // 2) ** 2, np.int64)
+    if ann.get("tile") and grid >= 2:
+        tile, half = ann["tile"], grid // 2
+        r = min(int(tile["cy"] * grid) // 2, half - 1) * half + min(int(tile["cx"] * grid) // 2, half - 1)
+        region_glyph[r] = GLYPH_IDS[tile["shape"]]
+        region_place[r] = PLACES.index(place(tile["cx"], tile["cy"])) + 1
     rows, cols = np.divmod(np.arange(grid * grid), grid)
     position = (rows * 4 // grid) * 4 + cols * 4 // grid  # which cell of a 4 x 4 layout the patch lies in
     shape_colour = np.zeros(len(SHAPES), np.int64)  # the colour of the big shape of each kind (0 = none)
@@ -77,10 +85,17 @@ def dense_targets(ann: dict, grid: int) -> dict[str, np.ndarray | int]:
     larger = max(ann["big"], key=lambda o: o["size"])
     return {"shape_colour": shape_colour, "larger": COLOUR_IDS[larger["colour"]],
             "colour": colour, "shape": shape, "size": size, "small_colour": small_colour, "glyph": glyph,
-            "tile_quadrant": tile_quadrant,
+            "tile_place": tile_place, "region_glyph": region_glyph, "region_place": region_place,
             "position": position, "scene": SCENES.index(ann["scene"]),
             "background": list(BACKGROUNDS).index(ann["background"]), "texture": TEXTURES.index(ann["texture"]),
             "quality": QUALITIES.index(ann["quality"])}
+
+
+def region_means(patches: torch.Tensor) -> torch.Tensor:
+    """[B, g*g, D] patch tokens -> [B, (g//2)^2, D], the mean of each 2 x 2 patches (what 4x average pooling keeps)."""
+    side = math.isqrt(patches.shape[1])
+    grid = patches.transpose(1, 2).reshape(len(patches), -1, side, side)
+    return F.avg_pool2d(grid, 2).flatten(2).transpose(1, 2)
 
 
 class DenseHeads(nn.Module):
@@ -91,7 +106,7 @@ class DenseHeads(nn.Module):
         self.size = nn.Linear(width, 5)  # background, big, small shape, speck, tile
         self.small_colour = nn.Linear(width, len(COLOURS) + 1)  # the small shape's colour, bound to it
         self.glyph = nn.Linear(width, len(GLYPHS) + 1)
-        self.tile_quadrant = nn.Linear(width, len(QUADRANTS) + 1)  # where the tile lies, held by its own token
+        self.tile_place = nn.Linear(width, len(PLACES) + 1)  # where the tile lies, held by its own token
         self.position = nn.Linear(width, 16)
         self.scene = nn.Linear(width, len(SCENES))
         self.background = nn.Linear(width, len(BACKGROUNDS))
@@ -107,11 +122,12 @@ class DenseHeads(nn.Module):
     def loss(self, patches: torch.Tensor, t: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         pooled = patches.mean(1)
 
-        def dense(head, target, object_weight):
+        def dense(head, target, object_weight, tokens=None):
             # One small shape covers about 1 patch in 64: without up-weighting, "background" wins everywhere.
             weight = torch.full((head.out_features,), float(object_weight))
             weight[0] = 1.0
-            return F.cross_entropy(head(patches).flatten(0, 1), target.flatten(), weight=weight)
+            x = patches if tokens is None else tokens
+            return F.cross_entropy(head(x).flatten(0, 1), target.flatten(), weight=weight)
 
         terms = {
             "colour": dense(self.colour, t["colour"], 4),
@@ -119,7 +135,7 @@ class DenseHeads(nn.Module):
             "size": dense(self.size, t["size"], 16),
             "small_colour": dense(self.small_colour, t["small_colour"], 16),
             "glyph": dense(self.glyph, t["glyph"], 32),
-            "tile_quadrant": dense(self.tile_quadrant, t["tile_quadrant"], 32),
+            "tile_place": dense(self.tile_place, t["tile_place"], 32),
             "position": F.cross_entropy(self.position(patches).flatten(0, 1), t["position"].flatten()),
             "scene": F.cross_entropy(self.scene(pooled), t["scene"]),
             "background": F.cross_entropy(self.background(pooled), t["background"]),
@@ -128,6 +144,11 @@ class DenseHeads(nn.Module):
         }
         # What a caption says of the big shapes, learnt from the pooled tokens as CLIP learns from captions: every
         # token then carries some of it, so pooling keeps it (the small things are learnt per patch only).
+        # The same heads read the tile from the mean of each 2 x 2 patches: a pooled token that holds the tile says
+        # so as its patch tokens do, as CLIP's tokens keep what they show under average pooling.
+        regions = region_means(patches)
+        terms["region_glyph"] = dense(self.glyph, t["region_glyph"], 8, regions)
+        terms["region_place"] = dense(self.tile_place, t["region_place"], 8, regions)
         terms["shape_colour"] = F.cross_entropy(self.shape_colour(pooled).flatten(0, 1), t["shape_colour"].flatten())
         terms["larger"] = F.cross_entropy(self.larger(pooled), t["larger"])
         return sum(terms.values()), {k: float(v.detach()) for k, v in terms.items()}
@@ -192,13 +213,13 @@ def held_out_accuracy(model, heads: DenseHeads, pixels: torch.Tensor, t: dict[st
     patches = model(pixel_values=pixels, output_hidden_states=True, interpolate_pos_encoding=True).hidden_states[-1][:, 1:]
     small, big, tile = t["size"] == 2, t["size"] == 1, t["size"] == 4
     acc = lambda logits, target, where: float((logits.argmax(-1)[where] == target[where]).float().mean())  # noqa: E731
-    pooled = patches.mean(1)
+    pooled, regions = patches.mean(1), region_means(patches)
     return {
         "small_colour": acc(heads.small_colour(patches), t["small_colour"], small),
         "small_found": float((heads.size(patches).argmax(-1)[small] == 2).float().mean()),
         "small_shape": acc(heads.shape(patches), t["shape"], small),
         "glyph": acc(heads.glyph(patches), t["glyph"], tile),
-        "tile_quadrant": acc(heads.tile_quadrant(patches), t["tile_quadrant"], tile),
+        "tile_place": acc(heads.tile_place(patches), t["tile_place"], tile),
         "big_colour": acc(heads.colour(patches), t["colour"], big),
         "size": acc(heads.size(patches), t["size"], torch.ones_like(small)),
         "position": acc(heads.position(patches), t["position"], torch.ones_like(small)),
@@ -206,4 +227,6 @@ def held_out_accuracy(model, heads: DenseHeads, pixels: torch.Tensor, t: dict[st
         "quality": acc(heads.quality(pooled), t["quality"], torch.ones_like(t["quality"], dtype=torch.bool)),
         "larger": acc(heads.larger(pooled), t["larger"], torch.ones_like(t["larger"], dtype=torch.bool)),
         "shape_colour": acc(heads.shape_colour(pooled), t["shape_colour"], t["shape_colour"] > 0),
+        "region_glyph": acc(heads.glyph(regions), t["region_glyph"], t["region_glyph"] > 0),
+        "region_place": acc(heads.tile_place(regions), t["region_place"], t["region_place"] > 0),
     }
