@@ -69,7 +69,7 @@ def main():
     report = (out / "report.md").read_text()
     verdicts = [line.removeprefix("- ").split("**")[1] for line in report.splitlines() if line.startswith("- **")]
     result = {
-        "benchmark": "connectorlab quickstart, fresh output folder, one process",
+        "benchmark": "connectorlab quickstart, fresh output folder, cells in the plan's worker processes",
         "wall_clock_s": wall, "limit_s": args.limit_s, "within_limit": wall <= args.limit_s,
         "figures": figures, "mlp_accuracy_over_chance": twice,
         "mlp_at_least_twice_chance_everywhere": all(v >= 2 for v in twice.values()),
