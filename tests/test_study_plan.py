@@ -125,6 +125,17 @@ def test_a_compression_axis_keeps_the_same_ratio_of_every_resolutions_patch_grid
     assert expand(StudyPlan.from_dict(tiny_plan))[-1].config.model.connector_options["num_tokens"] == 1
 
 
+def test_token_budgets_expand_without_the_towers_config_and_ratios_name_why_they_need_it(tiny_plan):
+    """Only a ratio needs the patch grid; a 7B plan with token counts still expands on a machine without checkpoints."""
+    tiny_plan["model"]["vision"] = "/nonexistent/tower"
+    tiny_plan["grid"]["reduce"] = {"method": "random", "tokens": 4}
+    assert [r.label for r in next(c for c in expand(StudyPlan.from_dict(tiny_plan)) if c.connector == "mlp").reductions] \
+        == ["random-4"]
+    tiny_plan["grid"].update(tokens=[None], compression=[4])
+    with pytest.raises(ConfigError, match="the tower's patch grid, needed for a compression ratio"):
+        expand(StudyPlan.from_dict(tiny_plan))
+
+
 def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     base = {c.label: c for c in expand(StudyPlan.from_dict(tiny_plan))}
     assert base == {c.label: c for c in expand(StudyPlan.from_dict(copy.deepcopy(tiny_plan)))}

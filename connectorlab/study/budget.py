@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import math
 
+from ..utils.validation import Range
+
+RATIO = Range(1)  # a compression ratio: at least 1 (1 keeps every patch)
+
 
 def tokens_for_ratio(grid: tuple[int, int], ratio: float) -> int:
     """Square outputs, because the pooling connectors (average pooling, C-Abstractor) emit a square grid: each side of
@@ -18,5 +22,13 @@ def tokens_for_ratio(grid: tuple[int, int], ratio: float) -> int:
     return side * side
 
 
-def ratio_label(ratio: float) -> str:
-    return f"{ratio:g}x"
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))  # NaN: a results.csv blank
+
+
+def budget_label(tokens, compression) -> str:
+    """A cell's budget as its grid gave it: a ratio of the patch grid (`-4x`, one setting at every resolution), a token
+    count (`-9t`), or none (the connector's own)."""
+    if _given(compression):
+        return f"-{float(compression):g}x"
+    return f"-{int(tokens)}t" if _given(tokens) else ""

@@ -13,7 +13,7 @@ import math
 import pandas as pd
 
 from ..evaluation.task_types import TYPES
-from .budget import ratio_label
+from .budget import budget_label
 
 TYPE_NAMES = {"coarse": "coarse-grained perception", "fine": "fine-grained perception", "reasoning": "reasoning"}
 TRAINING_FREE = "training-free"  # the family of a trained preserving cell whose output is reduced at inference
@@ -47,14 +47,6 @@ def _groups(tt: pd.DataFrame):
         res, seed, variant = key
         label = f"{res} px" + (f", seed {seed}" if tt.seed.nunique() > 1 else "") + (f", {variant}" if variant else "")
         yield label, part
-
-
-def budget_label(tokens, compression) -> str:
-    """A cell's budget as its grid gave it: a ratio of the patch grid (`-4x`, the same setting at every resolution),
-    a token count (`-9t`), or none (the connector's own)."""
-    if compression is not None and pd.notna(compression):
-        return f"-{ratio_label(float(compression))}"
-    return f"-{int(tokens)}t" if tokens is not None and pd.notna(tokens) else ""
 
 
 def budgets(tt: pd.DataFrame) -> pd.Series:

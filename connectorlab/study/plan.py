@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import itertools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from ..model.shape import ModelShape
 from ..reduction import METHODS, Reduction
 from ..training.config import STAGES, TrainConfig
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
-from .budget import ratio_label, tokens_for_ratio
+from .budget import RATIO, budget_label, tokens_for_ratio
 
 BENCHMARK_NAMES = ("mmbench", "mme", "seedbench", "probe")
 ENGINES = ("local", "accelerate", "slurm")
@@ -68,11 +69,12 @@ class Grid:
     # never trained.
     reduce: dict[str, Any] | None = None
 
-    def reductions(self, grid: tuple[int, int]) -> list[Reduction]:
-        """The reductions of a cell whose patch grid is `grid` (a ratio becomes that grid's token count)."""
+    def reductions(self, tokens_at: Callable[[float], int]) -> list[Reduction]:
+        """The reductions of one cell; `tokens_at(ratio)` is that cell's token count for a ratio (called only for one,
+        so a plan whose budgets are token counts never needs the tower's patch grid)."""
         if not self.reduce:
             return []
-        budgets = ([tokens_for_ratio(grid, r) for r in _as_list(self.reduce["compression"])]
+        budgets = ([tokens_at(r) for r in _as_list(self.reduce["compression"])]
                    if "compression" in self.reduce else _as_list(self.reduce["tokens"]))
         return [Reduction(m, t) for m in _as_list(self.reduce["method"]) for t in budgets]
 
@@ -157,8 +159,7 @@ class Cell:
     @property
     def label(self) -> str:
         size = f"{self.resolution}px" if self.resolution else "native"
-        budget = (f"-{ratio_label(self.compression)}" if self.compression is not None
-                  else f"-{self.tokens}t" if self.tokens is not None else "")
+        budget = budget_label(self.tokens, self.compression)
         variant = f"-{self.variant}" if self.variant else ""
         return f"{self.connector}{budget}-{size}-s{self.seed}{variant}"
 
@@ -246,9 +247,8 @@ def _grid(data: dict) -> Grid:
         except ValueError as err:
             raise ConfigError(f"{where}: {err}") from None
     grid = from_mapping(Grid, {**data, "connectors": connectors}, "grid")
-    ratio = Range(1)
     for axis, rule in (("resolutions", Range(1, integer=True, optional=True)), ("tokens", Range(1, integer=True, optional=True)),
-                       ("seeds", NON_NEGATIVE_INT), ("compression", ratio)):
+                       ("seeds", NON_NEGATIVE_INT), ("compression", RATIO)):
         values = getattr(grid, axis)
         if axis == "compression" and values is None:
             continue
@@ -290,9 +290,8 @@ def _check_reduce(reduce: Any) -> None:
     if unknown or "method" not in reduce or len(budget) != 1:
         raise ConfigError(f"grid.reduce = {reduce!r}: needs 'method' and one of 'tokens' or 'compression' (a value or "
                           "a list each)")
-    ratio = Range(1)
     for key, ok, what in (("method", lambda v: v in METHODS, f"one of {', '.join(METHODS)}"),
-                          ("tokens", POSITIVE_INT.ok, POSITIVE_INT.describe()), ("compression", ratio.ok, ratio.describe())):
+                          ("tokens", POSITIVE_INT.ok, POSITIVE_INT.describe()), ("compression", RATIO.ok, RATIO.describe())):
         for v in _as_list(reduce.get(key, [])):
             if not ok(v):
                 raise ConfigError(f"grid.reduce.{key}: {v!r} must be {what}")
@@ -366,7 +365,7 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
                               f"{variant.get('name') or 'default'}: {err}") from None
         resolved = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
         preserving = CONNECTORS[entry.name].family == "preserving"
-        reductions = plan.grid.reductions(grid_at(res)) if preserving and plan.grid.reduce else []
+        reductions = plan.grid.reductions(lambda r, res=res: tokens_for_ratio(grid_at(res), r)) if preserving else []
         cell = Cell(entry.name, options, res, tokens, seed, variant.get("name"), cfg, _hash(resolved),
                     _hash({k: resolved[k] for k in PRETRAIN_KEYS}), reductions, ratio)
         cfg.output_dir = str(root / cell.folder_name)

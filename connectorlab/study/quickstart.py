@@ -24,7 +24,7 @@ from ..training.run_folder import differences
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.progress import progress_bar
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, check_ranges
-from .budget import ratio_label, tokens_for_ratio
+from .budget import budget_label, tokens_for_ratio
 from .plan import StudyPlan
 from .report import ABOUT, write_report
 from .runner import StudyRun, run_study
@@ -111,7 +111,7 @@ def budgets(qc: QuickstartConfig, plan: StudyPlan) -> str:
     grids = {res: (res // qc.sizes.patch_size,) * 2 for res in sorted(qc.resolutions)}
     if plan.grid.compression:
         return ", ".join(
-            f"{ratio_label(r)} fewer tokens than their patch grid ("
+            f"{budget_label(None, r).removeprefix('-')} fewer tokens than their patch grid ("
             + ", ".join(f"{tokens_for_ratio(g, r)} at {res} px" for res, g in grids.items())
             + f"; as {576 / r:.0f} of the paper's 576)" for r in plan.grid.compression)
     return ", ".join(f"{t} tokens (" + ", ".join(f"{g[0] * g[1] / t:.1f}x fewer than the {g[0]}x{g[1]} grid at {res} px"

@@ -28,8 +28,7 @@ from .runner import BLIND, REDUCED, study_states
 
 ALPHA = 0.05
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression", "seed", "variant", "benchmark", "level",
-           "name", "n",
-           "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
+           "name", "n", "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
            "connector_flops", "pretrain_s", "finetune_s", "pretrain_flops_per_sample", "finetune_flops_per_sample",
            "pretrain_peak_mb", "finetune_peak_mb"]
 ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
