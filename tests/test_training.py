@@ -1,6 +1,7 @@
 """Training: data validation, batching, config, DDP equivalence and exact kill-and-resume."""
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -75,6 +76,24 @@ def test_epoch_order_groups_modalities_and_is_seeded():
     assert len(pure) >= 3  # 30 image + 10 text samples: three image-only batches, one text-only
     ungrouped = epoch_order(lengths, has_image, 8, seed=0, epoch=0, group_by_length=False)
     assert len(ungrouped) == 5
+
+def test_a_length_span_groups_like_lengths_across_global_batches():
+    """With one micro-batch per step, sorting within a global batch removes no padding; a span of batches does."""
+    rng = random.Random(0)
+    lengths, has_image = [rng.randint(50, 90) for _ in range(400)], [True] * 400
+
+    def padded(order):
+        return sum(max(lengths[i] for i in b) * len(b) for b in order)
+
+    llava = epoch_order(lengths, has_image, 8, seed=0, epoch=0)
+    spanned = epoch_order(lengths, has_image, 8, seed=0, epoch=0, length_span=50)
+    assert spanned == epoch_order(lengths, has_image, 8, seed=0, epoch=0, length_span=50)
+    assert sorted(i for b in spanned for i in b) == list(range(400))
+    assert padded(spanned) < 0.9 * padded(llava) and padded(spanned) - sum(lengths) < 0.02 * sum(lengths)
+    assert epoch_order(lengths, has_image, 8, seed=0, epoch=0, length_span=1) == llava
+    plan = StepPlan(lengths, has_image, 8, seed=0, group_by_length=True, world=1, rank=0, micro_batch=8, length_span=50)
+    assert plan(3)[1] == spanned[3]
+
 
 
 def test_global_batch_split_covers_each_sample_once():

@@ -15,12 +15,14 @@ from ..language.processor import IGNORE_INDEX
 
 
 def epoch_order(lengths: list[int], has_image: list[bool], global_batch: int, seed: int, epoch: int,
-                group_by_length: bool = True) -> list[list[int]]:
+                group_by_length: bool = True, length_span: int = 1) -> list[list[int]]:
     """Global batches (lists of sample indices) for one epoch; the incomplete tail is dropped.
 
     With grouping (LLaVA's modality-length grouping), multimodal and text-only samples form
     separate global batches, and each global batch is sorted by length so that micro-batches pad
-    little.
+    little. With `length_span` > 1 (as Hugging Face's LengthGroupedSampler, which uses 50), each run of that many
+    global batches is sorted by length before it is cut, so a global batch also holds samples of like length: where
+    one process runs one micro-batch per step, that is the only grouping that removes padding.
     """
     rng = random.Random(seed * 1_000_003 + epoch)
     if not group_by_length:
@@ -32,6 +34,9 @@ def epoch_order(lengths: list[int], has_image: list[bool], global_batch: int, se
         idx = [i for i in range(len(lengths)) if has_image[i] == modality]
         rng.shuffle(idx)
         full = len(idx) - len(idx) % global_batch
+        span = global_batch * length_span
+        for start in range(0, full, span):
+            idx[start:min(start + span, full)] = sorted(idx[start:min(start + span, full)], key=lambda i: (-lengths[i], i))
         batches += [idx[i:i + global_batch] for i in range(0, full, global_batch)]
         leftovers += idx[full:]
     rng.shuffle(leftovers)
@@ -53,9 +58,10 @@ class StepPlan:
     resumed run, a loader that looks a step ahead and an uninterrupted run all see the same batches."""
 
     def __init__(self, lengths: list[int], has_image: list[bool], global_batch: int, seed: int, group_by_length: bool,
-                 world: int, rank: int, micro_batch: int):
+                 world: int, rank: int, micro_batch: int, length_span: int = 1):
         self.lengths, self.has_image, self.global_batch, self.seed = lengths, has_image, global_batch, seed
         self.group_by_length, self.world, self.rank, self.micro_batch = group_by_length, world, rank, micro_batch
+        self.length_span = length_span
         self.steps_per_epoch = len(lengths) // global_batch
         self._orders: dict[int, list[list[int]]] = {}
 
@@ -64,7 +70,7 @@ class StepPlan:
         epoch, k = divmod(step, self.steps_per_epoch)
         if epoch not in self._orders:  # the previous epoch stays: a step and the one ahead may straddle the boundary
             self._orders[epoch] = epoch_order(self.lengths, self.has_image, self.global_batch, self.seed, epoch,
-                                              self.group_by_length)
+                                              self.group_by_length, self.length_span)
             for old in [e for e in self._orders if e < epoch - 1]:
                 del self._orders[old]
         gbatch = self._orders[epoch][k]

@@ -52,6 +52,8 @@ class StageConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     group_by_length: bool = True
+    # Global batches sorted by length together (1: LLaVA's grouping, within each global batch; see epoch_order).
+    length_span: int = 1
     train_vision: bool = False
     image_workers: int = 4  # threads decoding the next step's images (0: decode inline); results are identical
     lora: LoraConfig | None = None
@@ -60,7 +62,7 @@ class StageConfig:
     RANGES = {"lr": POSITIVE, "connector_lr": Range(0, low_open=True, optional=True), "global_batch": POSITIVE_INT,
               "micro_batch": POSITIVE_INT, "epochs": POSITIVE_INT, "max_steps": Range(1, integer=True, optional=True),
               "warmup_ratio": FRACTION, "weight_decay": NON_NEGATIVE, "max_grad_norm": NON_NEGATIVE,
-              "image_workers": NON_NEGATIVE_INT}
+              "image_workers": NON_NEGATIVE_INT, "length_span": POSITIVE_INT}
 
     def validate(self, where: str) -> None:
         check_ranges(self, self.RANGES, where)

@@ -145,7 +145,7 @@ def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: 
     accum = accumulation_steps(sc.global_batch, world, sc.micro_batch)
     samples = data.samples
     plan = StepPlan([s.length for s in samples], [s.image is not None for s in samples], sc.global_batch, cfg.seed,
-                    sc.group_by_length, world, rank, sc.micro_batch)
+                    sc.group_by_length, world, rank, sc.micro_batch, sc.length_span)
     if plan.steps_per_epoch == 0:
         raise ValueError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
     total = plan.steps_per_epoch * sc.epochs if sc.max_steps is None else min(sc.max_steps, plan.steps_per_epoch * sc.epochs)
