@@ -35,8 +35,9 @@ def epoch_order(lengths: list[int], has_image: list[bool], global_batch: int, se
         rng.shuffle(idx)
         full = len(idx) - len(idx) % global_batch
         span = global_batch * length_span
-        for start in range(0, full, span):
-            idx[start:min(start + span, full)] = sorted(idx[start:min(start + span, full)], key=lambda i: (-lengths[i], i))
+        for start in range(0, full, span) if length_span > 1 else ():
+            end = min(start + span, full)
+            idx[start:end] = sorted(idx[start:end], key=lambda i: (-lengths[i], i))
         batches += [idx[i:i + global_batch] for i in range(0, full, global_batch)]
         leftovers += idx[full:]
     rng.shuffle(leftovers)
