@@ -38,9 +38,8 @@ SPECK_RATIO = 0.375  # a speck's diameter relative to a small shape's side (abou
 # The glyph tile's side relative to a small shape's. Tried 1.5 (strokes under a pixel at 32 px, one at 48 px; with the
 # tile in the outer third of its quadrant): the tower read the glyph at 0.45 / 0.65 (32 / 48 px, against 0.78 / 0.85)
 # and mlp at 0.36 / 0.38 (against 0.74 / 0.86). Also tried: small shapes kept 0.1 of the side away from the tile, so
-# that a 3 x 3 pooled token rarely holds both: average pooling's colour at 48 px rose from 0.34 to 0.57 (its
-# fine-grained score 50.7 -> 58.2, beyond noise); not kept on one run, in which mlp at 32 px also missed the locate
-# question (0.45; 0.93 and 0.89 at two other training seeds).
+# that a 3 x 3 pooled token rarely holds both: average pooling's colour at 48 px rose from 0.34 to 0.57 at seed 0 (its
+# fine-grained score 50.7 -> 58.2, beyond noise), but not at seed 1 (0.33 -> 0.29; fine-grained 47.8 -> 43.0).
 TILE_RATIO = 2.0
 
 
