@@ -77,6 +77,7 @@ def test_epoch_order_groups_modalities_and_is_seeded():
     ungrouped = epoch_order(lengths, has_image, 8, seed=0, epoch=0, group_by_length=False)
     assert len(ungrouped) == 5
 
+
 def test_a_length_span_groups_like_lengths_across_global_batches():
     """With one micro-batch per step, sorting within a global batch removes no padding; a span of batches does."""
     rng = random.Random(0)
@@ -90,6 +91,7 @@ def test_a_length_span_groups_like_lengths_across_global_batches():
     assert spanned == epoch_order(lengths, has_image, 8, seed=0, epoch=0, length_span=50)
     assert sorted(i for b in spanned for i in b) == list(range(400))
     assert padded(spanned) < 0.9 * padded(llava) and padded(spanned) - sum(lengths) < 0.02 * sum(lengths)
+
     def cut_from_one_sorted_run(order):
         ranges = sorted(((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in order), reverse=True)
         return all(low >= high for (low, _), (_, high) in zip(ranges, ranges[1:], strict=False))
@@ -97,7 +99,6 @@ def test_a_length_span_groups_like_lengths_across_global_batches():
     assert cut_from_one_sorted_run(spanned) and not cut_from_one_sorted_run(llava)  # 400 samples: a span of 50 is all
     plan = StepPlan(lengths, has_image, 8, seed=0, group_by_length=True, world=1, rank=0, micro_batch=8, length_span=50)
     assert plan(3)[1] == spanned[3]
-
 
 
 def test_global_batch_split_covers_each_sample_once():
