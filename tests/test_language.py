@@ -133,6 +133,24 @@ def test_over_length_raises_counting_visual_tokens(tok):
         proc.encode(CONV)
 
 
+@pytest.mark.parametrize("name", ["vicuna_v1", "llama_2", "chatml"])
+def test_batch_encoding_gives_each_item_its_own_encoding_or_error(tok, name):
+    """One tokenizer call for many records must give what one call per record gives, and a bad record its own error
+    in its own place, leaving its neighbours encoded."""
+    limit = len(MultimodalProcessor(tok, name, num_image_tokens=4).encode(CONV, 1).input_ids)
+    proc = MultimodalProcessor(tok, name, num_image_tokens=4, max_length=limit)
+    long = [{"from": "human", "value": "<image>\n" + "word " * limit}, {"from": "gpt", "value": "x"}]
+    convs = [CONV, [{"from": "robot", "value": "x"}], CONV[:2], long, CONV[2:]]
+    images = [1, 1, 1, 1, 0]
+    out = proc.encode_many(convs, images)
+    assert out[0] == proc.encode(CONV, 1) and out[2] == proc.encode(CONV[:2], 1) and out[4] == proc.encode(CONV[2:], 0)
+    assert isinstance(out[1], ValueError) and "unknown role" in str(out[1])
+    assert isinstance(out[3], OverLength)
+    questions = [CONV[0]["value"], "Is it left?", "<image>\n" + "word " * limit]
+    prompts = proc.encode_prompts(questions, num_images=None)
+    assert prompts[:2] == [proc.encode_prompt(q) for q in questions[:2]] and isinstance(prompts[2], OverLength)
+
+
 def test_registry_lists_templates():
     assert {"vicuna_v1", "llama_2", "chatml"} <= set(TEMPLATES.names())
     with pytest.raises(KeyError, match="valid names"):

@@ -49,41 +49,48 @@ def load_samples(path: str | Path, image_folder: str | Path | None, processor: M
                  report: SkipReport) -> list[Sample]:
     path = Path(path)
     folder = Path(image_folder) if image_folder else path.parent
+    checked = [check_record(n, rec, folder) for n, rec in enumerate(read_records(path))]
+    valid = [c for c in checked if c[2] is None]
+    encoded = iter(processor.encode_many([rec["conversations"] for _, rec, _, _ in valid],
+                                         [1 if image else 0 for _, _, _, image in valid]))
     samples: list[Sample] = []
-    for n, rec in enumerate(read_records(path)):
-        rid = str(rec.get("id", f"#{n}")) if isinstance(rec, dict) else f"#{n}"
-        skip = lambda reason, detail, rid=rid: report.skip(reason, rid, detail, str(path))  # noqa: E731
-        if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list) or not rec["conversations"]:
-            skip("malformed_conversation", "field 'conversations' must be a non-empty list")
-            continue
-        image = None
-        if rec.get("image") is not None:
-            if not isinstance(rec["image"], str):
-                skip("malformed_conversation", "field 'image' must be a path string")
-                continue
-            image = folder / rec["image"]
-            if not image.is_file():
-                skip("missing_image", f"field 'image': {image} not found")
-                continue
-            try:
-                with Image.open(image) as im:  # reads the header only
-                    _ = im.size
-            except (UnidentifiedImageError, OSError) as err:
-                skip("unreadable_image", f"field 'image': {image}: {err}")
-                continue
-        try:
-            enc = processor.encode(rec["conversations"], num_images=1 if image else 0)
-        except OverLength as err:
-            skip("over_length", str(err))
-            continue
-        except TokenizationMismatch as err:
-            skip("tokenization_mismatch", f"field 'conversations': {err}")
-            continue
-        except ValueError as err:
-            skip("malformed_conversation", f"field 'conversations': {err}")
-            continue
-        if enc.num_supervised == 0:
-            skip("no_supervised_token", "no assistant turn to learn from")
+    for rid, _, problem, image in checked:  # skips reported in record order
+        enc = next(encoded) if problem is None else None
+        problem = problem or encoding_problem(enc)
+        if problem is not None:
+            report.skip(problem[0], rid, problem[1], str(path))
             continue
         samples.append(Sample(rid, enc.input_ids, enc.labels, image))
     return samples
+
+
+def check_record(n: int, rec, folder: Path) -> tuple[str, dict, tuple[str, str] | None, Path | None]:
+    """(id, record, (skip reason, detail) or None, image path) of a record before it is tokenized."""
+    rid = str(rec.get("id", f"#{n}")) if isinstance(rec, dict) else f"#{n}"
+    if not isinstance(rec, dict) or not isinstance(rec.get("conversations"), list) or not rec["conversations"]:
+        return rid, rec, ("malformed_conversation", "field 'conversations' must be a non-empty list"), None
+    if rec.get("image") is None:
+        return rid, rec, None, None
+    if not isinstance(rec["image"], str):
+        return rid, rec, ("malformed_conversation", "field 'image' must be a path string"), None
+    image = folder / rec["image"]
+    if not image.is_file():
+        return rid, rec, ("missing_image", f"field 'image': {image} not found"), None
+    try:
+        with Image.open(image) as im:  # reads the header only
+            _ = im.size
+    except (UnidentifiedImageError, OSError) as err:
+        return rid, rec, ("unreadable_image", f"field 'image': {image}: {err}"), None
+    return rid, rec, None, image
+
+
+def encoding_problem(enc) -> tuple[str, str] | None:
+    if isinstance(enc, OverLength):
+        return "over_length", str(enc)
+    if isinstance(enc, TokenizationMismatch):
+        return "tokenization_mismatch", f"field 'conversations': {enc}"
+    if isinstance(enc, ValueError):
+        return "malformed_conversation", f"field 'conversations': {enc}"
+    if enc.num_supervised == 0:
+        return "no_supervised_token", "no assistant turn to learn from"
+    return None

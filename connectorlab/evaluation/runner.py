@@ -152,15 +152,14 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
                  info.get("model_fingerprint", info.get("model", "model")))
     skips = SkipReport()
     todo = []
-    for it in bench.items:
-        if it.key in preds:
+    left = [it for it in bench.items if it.key not in preds]
+    prompts = [it.prompt.replace("<image>\n", "").replace("<image>", "") if blind else it.prompt for it in left]
+    for it, ids in zip(left, model.processor.encode_prompts(prompts, num_images=0 if blind else 1), strict=True):
+        if isinstance(ids, OverLength):
+            skips.skip("over_length", it.key, str(ids))
             continue
-        prompt = it.prompt.replace("<image>\n", "").replace("<image>", "") if blind else it.prompt
-        try:
-            ids = model.processor.encode_prompt(prompt, num_images=0 if blind else 1)
-        except OverLength as err:
-            skips.skip("over_length", it.key, str(err))
-            continue
+        if isinstance(ids, ValueError):
+            raise ids
         todo.append((len(ids), it, ids))
     todo.sort(key=lambda t: (t[0], t[1].image_key or ""))  # copies of one image side by side: encoded once
     model.eval()

@@ -70,42 +70,94 @@ class MultimodalProcessor:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_id
 
     def encode(self, conversations: list[dict] | list[tuple[str, str]], num_images: int | None = None) -> Encoded:
-        turns = conversation_turns(conversations) if conversations and isinstance(conversations[0], dict) else conversations
-        return self._encode(self.template.render(list(turns)), num_images)
+        result = self.encode_many([conversations], [num_images])[0]
+        if isinstance(result, ValueError):
+            raise result
+        return result
 
     def encode_prompt(self, question: str, history: list[tuple[str, str]] = (), num_images: int | None = None) -> list[int]:
         """Ids of a generation prompt (ending with the assistant's role marker)."""
-        turns = [*history, ("user", question)]
-        return self._encode(self.template.render(turns, add_generation_prompt=True), num_images).input_ids
+        result = self.encode_prompts([question], num_images, history)[0]
+        if isinstance(result, ValueError):
+            raise result
+        return result
 
-    def _encode(self, parts: list[Part], num_images: int | None) -> Encoded:
-        ids: list[int] = []
-        labels: list[int] = []
-        run: list[Text] = []
-        images = 0
+    def encode_many(self, conversations: list, num_images: list[int | None]) -> list[Encoded | ValueError]:
+        """`encode` of many conversations with one tokenizer call: a call's fixed cost is most of a short text's.
+        Each item is its encoding or the error `encode` would raise for it, so one bad record stops nothing."""
+        parts: list = []
+        for conv in conversations:
+            try:
+                turns = conversation_turns(conv) if conv and isinstance(conv[0], dict) else conv
+                parts.append(self.template.render(list(turns)))
+            except ValueError as err:
+                parts.append(err)
+        return self._encode_many(parts, num_images)
 
-        def flush():
-            if run:
-                self._tokenize_run(run, ids, labels)
-                run.clear()
+    def encode_prompts(self, questions: list[str], num_images: int | None = None,
+                       history: list[tuple[str, str]] = ()) -> list[list[int] | ValueError]:
+        """`encode_prompt` of many questions (one tokenizer call); each item is its ids or its error."""
+        rendered = [self.template.render([*history, ("user", q)], add_generation_prompt=True) for q in questions]
+        return [r if isinstance(r, ValueError) else r.input_ids
+                for r in self._encode_many(rendered, [num_images] * len(questions))]
 
+    def _encode_many(self, items: list, num_images: list[int | None]) -> list[Encoded | ValueError]:
+        """Text runs of every item tokenized together, then each item assembled as `_encode_one`."""
+        runs = [self._text_runs(parts) for parts in items if not isinstance(parts, ValueError)]
+        texts = ["".join(p.text for p in run) for item in runs for run in item if isinstance(run, list)]
+        tokenized = iter(self._tokenize(texts))
+        out: list[Encoded | ValueError] = []
+        for parts, images in zip(items, num_images, strict=True):
+            if isinstance(parts, ValueError):
+                out.append(parts)
+                continue
+            encs = [next(tokenized) if isinstance(g, list) else None for g in self._text_runs(parts)]
+            try:
+                out.append(self._encode_one(parts, images, encs))
+            except ValueError as err:
+                out.append(err)
+        return out
+
+    @staticmethod
+    def _text_runs(parts: list[Part]) -> list:
+        """The parts with consecutive Text parts gathered into one list (a run tokenized as one text)."""
+        grouped: list = []
         for part in parts:
             if isinstance(part, Text):
-                run.append(part)
-                continue
-            flush()
-            if isinstance(part, Image):
+                if grouped and isinstance(grouped[-1], list):
+                    grouped[-1].append(part)
+                else:
+                    grouped.append([part])
+            else:
+                grouped.append(part)
+        return grouped
+
+    def _tokenize(self, texts: list[str], chunk: int = 1024) -> list[tuple[list[int], list[tuple[int, int]]]]:
+        out = []
+        for i in range(0, len(texts), chunk):
+            enc = self.tokenizer(texts[i:i + chunk], add_special_tokens=False, return_offsets_mapping=True,
+                                 return_attention_mask=False, return_token_type_ids=False)
+            out += list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+        return out
+
+    def _encode_one(self, parts: list[Part], num_images: int | None, encs: list) -> Encoded:
+        ids: list[int] = []
+        labels: list[int] = []
+        images = 0
+        for group, enc in zip(self._text_runs(parts), encs, strict=True):
+            if isinstance(group, list):
+                self._add_run(group, enc, ids, labels)
+            elif isinstance(group, Image):
                 images += 1
                 ids.extend([IMAGE_TOKEN_ID] * self.num_image_tokens)
                 labels.extend([IGNORE_INDEX] * self.num_image_tokens)
-            elif isinstance(part, Bos):
+            elif isinstance(group, Bos):
                 if self.tokenizer.bos_token_id is not None:
                     ids.append(self.tokenizer.bos_token_id)
                     labels.append(IGNORE_INDEX)
-            elif isinstance(part, Stop):
+            elif isinstance(group, Stop):
                 ids.append(self.stop_id)
-                labels.append(self.stop_id if part.supervised else IGNORE_INDEX)
-        flush()
+                labels.append(self.stop_id if group.supervised else IGNORE_INDEX)
         if images > 1:
             raise TokenizationMismatch(f"{images} '<image>' placeholders; one image per conversation is supported")
         if num_images is not None and images != num_images:
@@ -114,14 +166,18 @@ class MultimodalProcessor:
             raise OverLength(f"{len(ids)} tokens ({images * self.num_image_tokens} visual) exceed max_length={self.max_length}")
         return Encoded(ids, labels)
 
-    def _tokenize_run(self, run: list[Text], ids: list[int], labels: list[int]) -> None:
+    def _add_run(self, run: list[Text], enc, ids: list[int], labels: list[int]) -> None:
+        tokens, offsets = enc
+        if not any(p.supervised for p in run):  # a prompt: no answer to line up, no token can straddle one
+            ids.extend(tokens)
+            labels.extend([IGNORE_INDEX] * len(tokens))
+            return
         text = "".join(p.text for p in run)
         mask = []
         for p in run:
             mask.extend([p.supervised] * len(p.text))
-        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        covered = [False] * len(text)
-        for tok, (start, end) in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        covered = bytearray(len(text))
+        for tok, (start, end) in zip(tokens, offsets, strict=True):
             span = mask[start:end]
             if span and any(span) != all(span):
                 raise TokenizationMismatch(
@@ -130,8 +186,7 @@ class MultimodalProcessor:
                 )
             ids.append(tok)
             labels.append(tok if span and span[0] else IGNORE_INDEX)
-            for i in range(start, end):
-                covered[i] = True
+            covered[start:end] = b"\x01" * (end - start)
         missed = [i for i, m in enumerate(mask) if m and not covered[i] and not text[i].isspace()]
         if missed:
             raise TokenizationMismatch(f"answer characters {text[missed[0]]!r}... of {text!r} map to no token")
