@@ -168,6 +168,19 @@ def test_report_findings_follow_the_numbers():
     assert "within noise of mlp on coarse perception and reasoning: partly holds" in " ".join(findings(noisy))
 
 
+def test_training_time_verdict_needs_both_stages_and_prefers_steps_timed_side_by_side():
+    pre_only = frame(cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=4, ft=30))
+    assert "train faster: does not hold" in " ".join(findings(pre_only))  # faster stage 1 alone is not enough
+    # Wall-clock says slower (the cell ran while the machine was slow); its steps, timed beside mlp's, are faster
+    drifted = frame(cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=40, ft=80))
+    drifted["pretrain_step_ms"] = drifted.connector.map({"mlp": 50.0, "avgpool": 30.0})
+    drifted["finetune_step_ms"] = drifted.connector.map({"mlp": 40.0, "avgpool": 36.0})
+    text = " ".join(findings(drifted))
+    assert "train faster: holds" in text and "fine-tuning 10% less time than mlp (time per step" in text
+    drifted.loc[drifted.connector == "avgpool", "finetune_step_ms"] = float("nan")  # not timed: the stage times decide
+    assert "train faster: does not hold" in " ".join(findings(drifted))
+
+
 def test_findings_compare_cells_of_the_same_seed_only():
     one = frame(cell("mlp", "preserving", 64, 0.9), cell("avgpool", "compressing", 64, 0.3, tokens=9, pre=4, ft=10))
     other = one.assign(seed=1, accuracy=lambda d: d.accuracy.where(d.connector != "avgpool", 0.95))

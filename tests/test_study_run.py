@@ -34,6 +34,7 @@ def study(toy, tmp_path_factory):
         "benchmarks": [{"name": "probe", "data": str(probe / "test.tsv"), "blind": True, "max_new_tokens": 4}],
         "reference_connector": "mlp",
         "reference_results": str(ROOT / "configs/studies/reference/paper_seedbench_released.csv"),
+        "timing": {"rounds": 2, "steps": 1},
     }
     plan = StudyPlan.from_dict(data)
     result = run_study(plan, show_progress=False)
@@ -61,10 +62,12 @@ def test_a_rerun_skips_finished_cells_and_retries_failed_ones_on_request(study):
     plan, out, result, _ = study
     model = out / "cells" / next(p.name for p in (out / "cells").iterdir() if p.name.startswith("mlp-48px-s0-a"))
     stamp = (model / "finetune/summary.json").stat().st_mtime_ns
+    timed = (out / "step_timing.json").stat().st_mtime_ns
     again = run_study(plan, show_progress=False)
     assert again.failed == ["mlp-32px-s0-broken"] and again.states["mlp-32px-s0-broken"].error == \
         result.states["mlp-32px-s0-broken"].error
     assert (model / "finetune/summary.json").stat().st_mtime_ns == stamp
+    assert (out / "step_timing.json").stat().st_mtime_ns == timed  # every group was timed: nothing to redo
     retried = run_study(plan, show_progress=False, retry_failed=True)
     assert retried.failed == ["mlp-32px-s0-broken"]  # ran again, and failed again: its data is still missing
     assert [s.status if s else "pending" for _, s in study_states(out)].count("done") == 5
@@ -100,6 +103,15 @@ def test_report_tables_results_and_paired_comparisons(study):
     assert (out / "task_type_accuracy.png").stat().st_size > 1000 and (out / "subtasks.png").stat().st_size > 1000
     assert "## Resolution effect" in text and "preserving, fine, 32 -> 48 px" in text
     assert "avgpool-4t-32px-s0-a vs mlp-32px-s0-a: pre-training" in text
+    # Paired step timing: every cell with a partner at its resolution, seed and variant, each stage, each round
+    timing = json.loads((out / "step_timing.json").read_text())
+    paired = {"mlp-32px-s0-a", "avgpool-4t-32px-s0-a", "mlp-48px-s0-a", "avgpool-4t-48px-s0-a"}
+    assert set(timing["cells"]) == paired and (timing["rounds"], timing["steps"]) == (2, 1)
+    assert all(len(e[s]) == 2 and min(e[s]) > 0 for e in timing["cells"].values() for s in ("pretrain", "finetune"))
+    steps = df.drop_duplicates("cell").set_index("cell")
+    assert steps.loc[sorted(paired), ["pretrain_step_ms", "finetune_step_ms"]].gt(0).all().all()
+    assert steps.loc["mlp-32px-s0-b", ["pretrain_step_ms", "finetune_step_ms"]].isna().all()  # no partner: not timed
+    assert "time per step measured side by side" in text and "(time per step, measured side by side)" in text
     # The authors' released SEED numbers, regrouped: paper.md gives mlp2-336 fine micro 64.6, reasoning micro 73.8.
     row = next(line for line in text.splitlines() if line.startswith("| paper:llava-mlp2-336 |"))
     assert row.startswith("| paper:llava-mlp2-336 | 576 | 336 | 74.4 [") and "| 64.6 [" in row and "| 73.8 [" in row

@@ -169,6 +169,17 @@ class Cell:
 
 
 @dataclass
+class StepTiming:
+    """Each cell's training steps timed side by side with the other cells of its resolution, seed and variant, in
+    alternating rounds, after the cells trained (study/timing.py); 0 rounds: off, the stage times stand alone."""
+    rounds: int = 0
+    steps: int = 5  # optimizer steps per cell and round
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {"rounds": NON_NEGATIVE_INT, "steps": POSITIVE_INT}, "timing")
+
+
+@dataclass
 class StudyPlan:
     model: dict[str, Any]  # ModelConfig fields but connector, connector_options, image_size
     grid: Grid
@@ -177,6 +188,7 @@ class StudyPlan:
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig's other keys (cache_features, bf16, ...)
     benchmarks: list[BenchmarkSpec] = field(default_factory=list)
     execution: Execution = field(default_factory=Execution)
+    timing: StepTiming = field(default_factory=StepTiming)
     shape: ModelShape | None = None  # widths, when the checkpoints' config files are not on this machine
     reference_connector: str | None = None  # training time is reported relative to it
     reference_results: str | None = None  # a results.csv made elsewhere (e.g. the paper's released numbers)
@@ -209,6 +221,7 @@ class StudyPlan:
             execution["slurm"] = from_mapping(SlurmSettings, _mapping(execution["slurm"], "execution.slurm"),
                                               "execution.slurm")
         data["execution"] = from_mapping(Execution, execution, "execution")
+        data["timing"] = from_mapping(StepTiming, _mapping(data.get("timing") or {}, "timing"), "timing")
         if data.get("shape") is not None:
             data["shape"] = from_mapping(ModelShape, _mapping(data["shape"], "shape"), "shape")
         allowed = {f.name for f in dataclasses.fields(TrainConfig)} - {"model", "output_dir", "seed", *STAGES}

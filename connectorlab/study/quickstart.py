@@ -136,7 +136,10 @@ def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
         f"fine-tune {plan.finetune.get('epochs', 1)} epoch(s), global batch {plan.finetune.get('global_batch')}).",
         "- Accuracy: MMBench circular accuracy per task type (a question counts only if all rotations are right), with "
         "n questions and a Wilson 95% interval; in brackets, the same model without the image (blind). Training time: "
-        "wall-clock seconds of each stage on this machine.",
+        "wall-clock seconds of each stage on this machine" + (
+            f", and each cell's time per step of each stage timed beside the other cells of its resolution "
+            f"({plan.timing.rounds} alternating rounds of {plan.timing.steps} steps; the median)" if plan.timing.rounds
+            else "") + ".",
         f"- The plan: `{BUILTIN_PLAN.name}` (built in{', its full grid' if qc.full else ''}), with this folder's probe and "
         "presets; `study status` and `study report` read this folder like any study's.",
     ])

@@ -25,11 +25,13 @@ from .projection import projection_section
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
 from .runner import BLIND, REDUCED, study_states
+from .timing import STAGES, median_ms, read_timing
 
 ALPHA = 0.05
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression", "seed", "variant", "benchmark", "level",
            "name", "n", "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
-           "connector_flops", "pretrain_s", "finetune_s", "pretrain_flops_per_sample", "finetune_flops_per_sample",
+           "connector_flops", "pretrain_s", "finetune_s", "pretrain_step_ms", "finetune_step_ms",
+           "pretrain_flops_per_sample", "finetune_flops_per_sample",
            "pretrain_peak_mb", "finetune_peak_mb"]
 ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
 
@@ -39,11 +41,15 @@ def load_cells(out: Path) -> list[dict]:
     a cell's output becomes a cell of its own (family `training-free`, the budget as its tokens, the trained cell's
     times and blind baseline)."""
     cells = []
+    timing = read_timing(out)
     for entry, state in study_states(out):
         if state is None or state.status != "done":
             continue
         scores = {name: json.loads(Path(path).read_text())["scores"] for name, path in state.evaluations.items()}
-        cells.append({"entry": entry, "state": state, "scores": {k: v for k, v in scores.items() if REDUCED not in k}})
+        timed = timing.get(entry["label"], {})
+        steps = {s: median_ms(timed, s) for s in STAGES} if timed.get("cell_id") == state.cell_id else {}
+        cells.append({"entry": entry, "state": state, "steps": steps,
+                      "scores": {k: v for k, v in scores.items() if REDUCED not in k}})
         reduced: dict[str, dict] = defaultdict(dict)
         for name, value in scores.items():
             if REDUCED in name:
@@ -51,7 +57,8 @@ def load_cells(out: Path) -> list[dict]:
                 reduced[label][bench] = value
         for label, by_bench in sorted(reduced.items()):
             blind = {b + BLIND: scores[b + BLIND] for b in by_bench if b + BLIND in scores}
-            cells.append({"entry": reduced_entry(entry, label), "state": state, "scores": {**by_bench, **blind}})
+            cells.append({"entry": reduced_entry(entry, label), "state": state, "steps": steps,
+                          "scores": {**by_bench, **blind}})
     return cells
 
 
@@ -73,6 +80,7 @@ def _rows(cell: dict) -> list[dict]:
             "variant": size.get("variant"),
             "visual_tokens": size["visual_tokens"], "connector_parameters": size["parameters"],
             "connector_flops": size["flops"], "pretrain_s": state.pretrain_s, "finetune_s": state.finetune_s,
+            "pretrain_step_ms": cell["steps"].get("pretrain"), "finetune_step_ms": cell["steps"].get("finetune"),
             "pretrain_peak_mb": state.pretrain_peak_mb, "finetune_peak_mb": state.finetune_peak_mb,
             "pretrain_flops_per_sample": state.pretrain_flops_per_sample,
             "finetune_flops_per_sample": state.finetune_flops_per_sample}
@@ -296,8 +304,13 @@ def time_against_reference(tt: pd.DataFrame, reference: str | None) -> list[str]
             flops = (f"; model FLOPs per sample {100 * (r.pretrain_flops_per_sample / ref.pretrain_flops_per_sample - 1):+.0f} %"
                      f" and {100 * (r.finetune_flops_per_sample / ref.finetune_flops_per_sample - 1):+.0f} % "
                      f"({r.pretrain_flops_per_sample / 1e9:.2f} and {r.finetune_flops_per_sample / 1e9:.2f} GFLOP)")
+        paired = ""
+        if all(pd.notna(x) for x in (r.pretrain_step_ms, r.finetune_step_ms, ref.pretrain_step_ms, ref.finetune_step_ms)):
+            paired = (f"; time per step measured side by side {100 * (r.pretrain_step_ms / ref.pretrain_step_ms - 1):+.0f} % "
+                      f"and {100 * (r.finetune_step_ms / ref.finetune_step_ms - 1):+.0f} % ({r.pretrain_step_ms:.1f} and "
+                      f"{r.finetune_step_ms:.1f} ms)")
         lines.append(f"- {r.cell} vs {ref.cell}: pre-training {100 * (r.pretrain_s / ref.pretrain_s - 1):+.0f} %, "
-                     f"fine-tuning {100 * (r.finetune_s / ref.finetune_s - 1):+.0f} % (measured wall-clock time){flops}")
+                     f"fine-tuning {100 * (r.finetune_s / ref.finetune_s - 1):+.0f} % (measured wall-clock time){paired}{flops}")
     return lines
 
 

@@ -20,6 +20,7 @@ from ..evaluation.benchmarks.mmbench import load_mmbench
 from ..evaluation.runner import evaluate, load_benchmark
 from ..model.mllm import MultimodalLM
 from ..reduction import Reduction
+from ..training.config import TrainConfig
 from ..training.run_folder import differences
 from ..training.trainer import make_accelerator
 from ..utils.io import atomic_write_json, exclusive
@@ -112,6 +113,16 @@ def quiet(phase: str) -> None:
     """The default of `note`: where a cell is, for a live view (ignored)."""
 
 
+def pretrain_config(cell: Cell, out: Path) -> TrainConfig:
+    """Stage 1 runs in the folder of its pre-training key, which the cells that share it share."""
+    return dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
+
+
+def finetune_config(cell: Cell, pretrained_connector: Path) -> TrainConfig:
+    return dataclasses.replace(cell.config, finetune=dataclasses.replace(cell.config.finetune,
+                                                                        init_connector=str(pretrained_connector)))
+
+
 def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator,
                caches: dict | None = None, note=quiet) -> Path:
     """Stage 1 in the shared folder of its pre-training key, then stage 2 in the cell's own folder."""
@@ -120,14 +131,12 @@ def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, acceler
             return run_stage_launched(cfg, name, plan.execution)
         return run_stage_here(cfg, name, accelerator, caches)
 
-    pre_cfg = dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
     note("pre-training")
-    pre = stage(pre_cfg, "pretrain")
+    pre = stage(pretrain_config(cell, out), "pretrain")
     state.pretrain_s, state.pretrain_folder, state.pretrain_peak_mb = pre.wall_clock_s, str(pre.folder), pre.peak_memory_mb
     state.pretrain_flops_per_sample = pre.flops_per_sample
-    finetune = dataclasses.replace(cell.config.finetune, init_connector=str(pre.artifact))
     note("fine-tuning")
-    ft = stage(dataclasses.replace(cell.config, finetune=finetune), "finetune")
+    ft = stage(finetune_config(cell, pre.artifact), "finetune")
     state.finetune_s, state.finetune_peak_mb = ft.wall_clock_s, ft.peak_memory_mb
     state.finetune_flops_per_sample = ft.flops_per_sample
     return ft.artifact
@@ -210,6 +219,12 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
                 for cell in cells:
                     note = lambda phase, label=cell.label: bar.update(task, info=f"{label}: {phase}")  # noqa: E731
                     finished(run_cell(plan, cell, out, benchmarks, accelerator, retry_failed, eval_batch, caches, note))
+            if plan.timing.rounds and plan.execution.engine == "local":
+                from .timing import time_cells  # it builds stage runs as `train_cell` does, from this module
+
+                done = [c for c in cells if states[c.label].status == "done"]
+                for line in time_cells(plan, done, out, workers, threads, bar):
+                    log.warning("paired step timing failed for %s", line)
     return StudyRun(out, cells, {c.label: states[c.label] for c in cells})
 
 

@@ -1,0 +1,163 @@
+"""Training time measured side by side, so that "compressing trains faster" compares cells, not moments.
+
+A cell's stage time is measured while it trains, and cells train one after another. On a shared machine the speed
+drifts by 10-30 % within minutes: in one quick start every compressing cell fine-tuned 10-26 % longer than `mlp`
+only because it ran later. Here the finished cells of one resolution, seed and variant are rebuilt for each stage
+and the same steps of each are timed in alternating rounds (A B C, then C B A, ...), so that drift hits them alike;
+a cell's time per step is the median over rounds. The steps run on throwaway copies: nothing a cell saved changes.
+Every cell of a group is held in memory at once, which suits the small models of a CPU study.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from ..data.images import ImageLoader
+from ..language.processor import IGNORE_INDEX
+from ..training.feature_cache import FeatureCache
+from ..training.loop import StageRun, micro_step, optimizer_step
+from ..training.stage_data import load_stage_data
+from ..training.trainer import make_accelerator, prepare_stage, stage_artifact, stage_dir
+from ..utils.io import atomic_write_json
+from .plan import Cell, StepTiming, StudyPlan
+from .pool import run_pool
+from .runner import finetune_config, pretrain_config
+
+TIMING_FILE = "step_timing.json"
+STAGES = ("pretrain", "finetune")
+
+
+def timing_groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells compared with each other (same resolution, seed, variant), in plan order; single cells are not timed."""
+    groups: dict[tuple, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.resolution, cell.seed, cell.variant), []).append(cell)
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def stage_run(cell: Cell, out: Path, stage: str, accelerator) -> StageRun:
+    pre = pretrain_config(cell, out)
+    cfg = pre if stage == "pretrain" else finetune_config(cell, stage_artifact(stage_dir(pre, "pretrain"), "pretrain"))
+    return prepare_stage(cfg, stage, accelerator, load_stage_data(cfg, stage, accelerator), resume=False)
+
+
+class TimedStage:
+    """The first `steps` optimizer steps of one cell's stage, ready to be run again and again."""
+
+    def __init__(self, run: StageRun, steps: int):
+        self.run, self.steps = run, min(steps, run.total)
+        samples = run.data.samples
+        self.batches = [run.plan(step)[1:] for step in range(self.steps)]  # (global batch, micro-batches)
+        paths = [samples[i].image for g, _ in self.batches for i in g if samples[i].image is not None]
+        inner = run.inner
+        self.cache = FeatureCache(inner.vision, inner.image_transform, paths, workers=run.sc.image_workers) \
+            if run.cfg.cache_features and inner.vision.frozen else None
+        self.supervised = [sum(sum(label != IGNORE_INDEX for label in samples[i].labels[1:]) for i in g)
+                           for g, _ in self.batches]
+        self.scaler = torch.amp.GradScaler(run.accelerator.device.type) if run.cfg.fp16 else None
+        self.pixels = None  # without cached features: each micro-batch's images, decoded once, before any timing
+        if self.cache is None:
+            with ImageLoader(inner.image_transform, run.sc.image_workers) as loader:
+                self.pixels = [loader.load([samples[i].image for i in idx if samples[i].image is not None])
+                               for _, micro in self.batches for idx in micro]
+        run.model.train()
+
+    def seconds_per_step(self) -> float:
+        device = self.run.accelerator.device
+        synchronize(device)
+        t0 = time.perf_counter()
+        pixels = None if self.pixels is None else iter(self.pixels)
+        for (_, micro), sup in zip(self.batches, self.supervised, strict=True):
+            for j, idx in enumerate(micro):
+                micro_step(self.run, idx, self.cache, pixels, self.run.accelerator.num_processes / sup,
+                           j == len(micro) - 1, self.scaler)
+            optimizer_step(self.run, self.scaler)
+        synchronize(device)
+        return (time.perf_counter() - t0) / self.steps
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_group(cells: list[Cell], out: Path, timing: StepTiming) -> dict[str, dict]:
+    """Per cell, per stage, the seconds per step of each round; cells alternate within a round and reverse their order
+    from one round to the next."""
+    accelerator = make_accelerator()
+    result = {c.label: {"cell_id": c.cell_id} for c in cells}
+    for stage in STAGES:
+        timed = {c.label: TimedStage(stage_run(c, out, stage, accelerator), timing.steps) for c in cells}
+        for t in timed.values():
+            t.seconds_per_step()  # warm-up: first-call allocations and kernel choices
+        rounds: dict[str, list[float]] = {label: [] for label in timed}
+        for r in range(timing.rounds):
+            for label in (list(timed) if r % 2 == 0 else list(reversed(timed))):
+                rounds[label].append(timed[label].seconds_per_step())
+        for label, values in rounds.items():
+            result[label][stage] = values
+        del timed
+        accelerator.free_memory()  # the prepared models of this stage
+    return result
+
+
+def time_cells(plan: StudyPlan, cells: list[Cell], out: Path, workers: int, threads: int | None, bar) -> list[str]:
+    """The plan's paired timing of every group of finished cells not yet timed, one group per worker process; returns
+    one line per group that failed (the report then falls back on the stage times of its cells)."""
+    groups = pending_groups(cells, out, plan.timing)
+    if not groups:
+        return []
+    task = bar.add_task("paired step timing", total=len(groups))
+    failed: list[str] = []
+
+    def done(args, found) -> None:
+        record(out, plan.timing, found)
+        bar.advance(task)
+
+    def error(args, err) -> None:
+        failed.append(f"{', '.join(c.label for c in args[0])}: {type(err).__name__}: {err}")
+        bar.advance(task)
+
+    jobs = [(g, out, plan.timing) for g in groups]
+    if workers > 1:
+        run_pool(time_group, jobs, min(workers, len(jobs)), threads, done, error)
+    else:
+        for args in jobs:
+            try:
+                done(args, time_group(*args))
+            except Exception as err:  # noqa: BLE001 - one group's failure leaves the others' timings and the study
+                error(args, err)
+    return failed
+
+
+def read_timing(out: str | Path) -> dict[str, dict]:
+    path = Path(out) / TIMING_FILE
+    return json.loads(path.read_text())["cells"] if path.exists() else {}
+
+
+def pending_groups(cells: list[Cell], out: Path, timing: StepTiming) -> list[list[Cell]]:
+    """Groups whose every cell finished training and whose timing is missing or was made for other cells or
+    settings (a re-run resumes here)."""
+    path = out / TIMING_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    same = saved.get("rounds") == timing.rounds and saved.get("steps") == timing.steps
+    known = saved.get("cells", {}) if same else {}
+    return [g for g in timing_groups(cells) if any(known.get(c.label, {}).get("cell_id") != c.cell_id for c in g)]
+
+
+def record(out: Path, timing: StepTiming, found: dict[str, dict]) -> None:
+    """Merged into the study's timing file (atomically), keeping the groups timed before with the same settings."""
+    path = out / TIMING_FILE
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    keep = saved.get("cells", {}) if (saved.get("rounds"), saved.get("steps")) == (timing.rounds, timing.steps) else {}
+    atomic_write_json(path, {"rounds": timing.rounds, "steps": timing.steps, "statistic": "median over rounds",
+                             "cells": {**keep, **found}})
+
+
+def median_ms(entry: dict, stage: str) -> float | None:
+    values = entry.get(stage)
+    return 1000 * statistics.median(values) if values else None
