@@ -177,6 +177,15 @@ def test_training_time_verdict_needs_both_stages_and_prefers_steps_timed_side_by
     drifted["finetune_step_ms"] = drifted.connector.map({"mlp": 40.0, "avgpool": 36.0})
     text = " ".join(findings(drifted))
     assert "train faster: holds" in text and "fine-tuning 10% less time than mlp (time per step" in text
+    # With the rounds they were timed in: faster in every round is beyond noise, in 3 of 5 is not
+    ms = lambda *v: [x / 1000 for x in v]  # noqa: E731
+    rounds = {"mlp-64px-s0": {"pretrain": ms(50, 52, 49, 51, 50), "finetune": ms(40, 41, 39, 40, 42)},
+              "avgpool-64px-s0": {"pretrain": ms(30, 31, 29, 30, 32), "finetune": ms(36, 36, 36, 41, 43)}}
+    text = " ".join(findings(drifted, "mlp", rounds))
+    assert "train faster: does not hold" in text and "pre-training 40% less time (faster in 5 of 5 rounds, p = 0.031)" in text
+    assert "fine-tuning 10% less time (faster in 3 of 5 rounds, p = 0.16: not beyond noise)" in text
+    rounds["avgpool-64px-s0"]["finetune"] = ms(36, 37, 35, 36, 38)
+    assert "train faster: holds" in " ".join(findings(drifted, "mlp", rounds))
     drifted.loc[drifted.connector == "avgpool", "finetune_step_ms"] = float("nan")  # not timed: the stage times decide
     assert "train faster: does not hold" in " ".join(findings(drifted))
 

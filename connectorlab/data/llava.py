@@ -46,10 +46,11 @@ def read_records(path: str | Path) -> list:
 
 
 def load_samples(path: str | Path, image_folder: str | Path | None, processor: MultimodalProcessor,
-                 report: SkipReport) -> list[Sample]:
+                 report: SkipReport, records: list | None = None) -> list[Sample]:
+    """`records`: some of the file's records, already read (the file still names them in skip reports)."""
     path = Path(path)
     folder = Path(image_folder) if image_folder else path.parent
-    checked = [check_record(n, rec, folder) for n, rec in enumerate(read_records(path))]
+    checked = [check_record(n, rec, folder) for n, rec in enumerate(read_records(path) if records is None else records)]
     valid = [c for c in checked if c[2] is None]
     encoded = iter(processor.encode_many([rec["conversations"] for _, rec, _, _ in valid],
                                          [1 if image else 0 for _, _, _, image in valid]))

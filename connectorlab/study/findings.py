@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+from scipy.stats import wilcoxon
 
 from ..evaluation.task_types import TYPES
 from .budget import budget_label
@@ -18,6 +19,8 @@ from .budget import budget_label
 TYPE_NAMES = {"coarse": "coarse-grained perception", "fine": "fine-grained perception", "reasoning": "reasoning"}
 TRAINING_FREE = "training-free"  # the family of a trained preserving cell whose output is reduced at inference
 WHERE = ["resolution", "seed", "variant"]  # cells compared with each other must agree on these
+ALPHA = 0.05  # of every test in a study report
+STAGE_KEYS = {"pre-training": "pretrain", "fine-tuning": "finetune"}  # as the paired step timing names its stages
 
 
 def pct(x: float) -> str:
@@ -109,9 +112,29 @@ def stage_costs(row, ref) -> tuple[tuple[float, float], tuple[float, float], str
     return (row.pretrain_s, ref.pretrain_s), (row.finetune_s, ref.finetune_s), "stage wall-clock time"
 
 
-def compressing_faster(tt: pd.DataFrame, reference: str) -> str:
+def faster_in_rounds(cell: list[float], ref: list[float]) -> tuple[bool, str]:
+    """Whether a cell's steps are faster than the reference's beyond the noise of the rounds they were timed in side by
+    side: one-sided Wilcoxon signed-rank test on the per-round log ratios, alpha 0.05 (with 5 rounds: every round)."""
+    logs = [math.log(a / b) for a, b in zip(cell, ref, strict=True)]
+    p = float(wilcoxon(logs, alternative="less").pvalue) if any(logs) else 1.0
+    below = sum(x < 0 for x in logs)
+    return p < ALPHA, f"faster in {below} of {len(logs)} rounds, p = {p:.2g}"
+
+
+def stage_verdict(name: str, values: tuple[float, float], label: str, rounds: dict, ref_label: str) -> tuple[bool, str]:
+    """Whether the cell's stage costs less than the reference's, and the words for it: beyond the rounds' noise where
+    both were timed side by side, else by the measured values alone (no noise to judge them against)."""
+    text = f"{name} {change(*values)}"
+    a, b = rounds.get(label, {}).get(STAGE_KEYS[name]), rounds.get(ref_label, {}).get(STAGE_KEYS[name])
+    if a and b and len(a) == len(b):
+        ok, how = faster_in_rounds(a, b)
+        return ok, f"{text} ({how}{'' if ok else ': not beyond noise'})"
+    return values[0] < values[1], text
+
+
+def compressing_faster(tt: pd.DataFrame, reference: str, rounds: dict | None = None) -> str:
     """A compressing cell trains faster when both of its stages cost less than the reference's (the paper reports
-    both stages)."""
+    both stages); `rounds`: per cell label and stage, the seconds per step of each round timed side by side."""
     faster, total, parts = 0, 0, []
     for where, part in _groups(tt.drop_duplicates("cell")):
         ref = part[part.connector == reference]
@@ -119,11 +142,13 @@ def compressing_faster(tt: pd.DataFrame, reference: str) -> str:
             continue
         b = next(ref.itertuples())
         for row in part[part.family == "compressing"].itertuples():
-            (pre, pre_ref), (ft, ft_ref), what = stage_costs(row, b)
+            pre, ft, what = stage_costs(row, b)
+            timed = (rounds or {}) if what.startswith("time per step") else {}
+            (pre_ok, pre_text), (ft_ok, ft_text) = (stage_verdict(n, v, row.cell, timed, b.cell)
+                                                    for n, v in (("pre-training", pre), ("fine-tuning", ft)))
             total += 1
-            faster += pre < pre_ref and ft < ft_ref
-            parts.append(f"{_short(row)} at {where}: pre-training {change(pre, pre_ref)}, fine-tuning "
-                         f"{change(ft, ft_ref)} than {reference} ({what})")
+            faster += pre_ok and ft_ok
+            parts.append(f"{_short(row)} at {where}: {pre_text}, {ft_text} than {reference} ({what})")
     return (f"**Compressing connectors train faster: {verdict(faster, total)}.** {faster} of {total} compressing cells "
             "cost less than the reference in both stages; " + "; ".join(parts) + ".")
 
@@ -209,12 +234,13 @@ def training_free_vs_trained(tt: pd.DataFrame) -> list[str]:
     return out
 
 
-def findings(tt: pd.DataFrame, reference: str = "mlp") -> list[str]:
-    """One sentence per finding of the paper, its verdict computed from `tt` (task-type rows of one benchmark), then
-    one per training-free reduction method against the connectors trained to compress."""
+def findings(tt: pd.DataFrame, reference: str = "mlp", rounds: dict | None = None) -> list[str]:
+    """One sentence per finding of the paper, its verdict computed from `tt` (task-type rows of one benchmark) and the
+    paired step timing's `rounds` where the study has one, then one per training-free reduction method against the
+    connectors trained to compress."""
     trained = tt[tt.family != TRAINING_FREE]
     out = [preserving_wins_fine(trained, reference), compressing_close(trained, reference),
-           compressing_faster(trained, reference)]
+           compressing_faster(trained, reference, rounds)]
     resolution = resolution_helps_fine(trained)
     return out + ([resolution] if resolution else []) + training_free_vs_trained(tt)
 

@@ -20,14 +20,13 @@ from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
 from ..utils.io import atomic_write_text
 from .figures import figures
-from .findings import TRAINING_FREE, budgets, findings, sanity
+from .findings import ALPHA, TRAINING_FREE, budgets, findings, sanity
 from .projection import projection_section
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
 from .runner import BLIND, REDUCED, study_states
 from .timing import STAGES, median_ms, read_timing
 
-ALPHA = 0.05
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression", "seed", "variant", "benchmark", "level",
            "name", "n", "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
            "connector_flops", "pretrain_s", "finetune_s", "pretrain_step_ms", "finetune_step_ms",
@@ -47,8 +46,9 @@ def load_cells(out: Path) -> list[dict]:
             continue
         scores = {name: json.loads(Path(path).read_text())["scores"] for name, path in state.evaluations.items()}
         timed = timing.get(entry["label"], {})
-        steps = {s: median_ms(timed, s) for s in STAGES} if timed.get("cell_id") == state.cell_id else {}
-        cells.append({"entry": entry, "state": state, "steps": steps,
+        rounds = {s: timed[s] for s in STAGES if s in timed} if timed.get("cell_id") == state.cell_id else {}
+        steps = {s: median_ms(rounds, s) for s in rounds}
+        cells.append({"entry": entry, "state": state, "steps": steps, "rounds": rounds,
                       "scores": {k: v for k, v in scores.items() if REDUCED not in k}})
         reduced: dict[str, dict] = defaultdict(dict)
         for name, value in scores.items():
@@ -57,7 +57,7 @@ def load_cells(out: Path) -> list[dict]:
                 reduced[label][bench] = value
         for label, by_bench in sorted(reduced.items()):
             blind = {b + BLIND: scores[b + BLIND] for b in by_bench if b + BLIND in scores}
-            cells.append({"entry": reduced_entry(entry, label), "state": state, "steps": steps,
+            cells.append({"entry": reduced_entry(entry, label), "state": state, "steps": steps, "rounds": {},
                           "scores": {**by_bench, **blind}})
     return cells
 
@@ -172,7 +172,8 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
               + (f", and {reduced} training-free reductions of their outputs." if reduced else "."), ""]
     tt = df[df.level == "task_type"]
     lines += tables_section(tt)
-    lines += findings_section(tt, meta.get("reference_connector"))
+    rounds = {c["entry"]["label"]: c["rounds"] for c in cells if c["rounds"]}
+    lines += findings_section(tt, meta.get("reference_connector"), rounds)
     if comps:
         lines += [f"## Paired comparisons against `{meta['reference_connector']}` (exact McNemar, Holm over "
                   f"{len(comps)} comparisons, alpha {ALPHA})", ""]
@@ -220,14 +221,15 @@ def tables_section(tt: pd.DataFrame) -> list[str]:
     return lines
 
 
-def findings_section(tt: pd.DataFrame, reference: str | None) -> list[str]:
-    """The paper's findings on each benchmark that has both families and the reference connector."""
+def findings_section(tt: pd.DataFrame, reference: str | None, rounds: dict | None = None) -> list[str]:
+    """The paper's findings on each benchmark that has both families and the reference connector (`rounds`: the paired
+    step timing's seconds per step of each round, per cell and stage)."""
     lines = []
     for bench, part in tt[~tt.benchmark.str.endswith(BLIND)].groupby("benchmark", sort=True):
         if not reference or reference not in set(part.connector) or part.family.nunique() < 2:
             continue
         lines += [f"## The paper's findings on {bench} (against `{reference}`)", "",
-                  *[f"- {s}" for s in findings(part, reference)], ""]
+                  *[f"- {s}" for s in findings(part, reference, rounds)], ""]
         checks = sanity(part, reference)
         if checks:
             lines += [f"Sanity check on {bench}:", "", *[f"- {s}" for s in checks], ""]

@@ -10,6 +10,7 @@ Every cell of a group is held in memory at once, which suits the small models of
 from __future__ import annotations
 
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..data.images import ImageLoader
+from ..data.llava import read_records
 from ..language.processor import IGNORE_INDEX
 from ..training.feature_cache import FeatureCache
 from ..training.loop import StageRun, micro_step, optimizer_step
@@ -39,10 +41,15 @@ def timing_groups(cells: list[Cell]) -> list[list[Cell]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def stage_run(cell: Cell, out: Path, stage: str, accelerator) -> StageRun:
+def stage_run(cell: Cell, out: Path, stage: str, accelerator, steps: int) -> StageRun:
+    """The cell's stage, prepared as for training, on `steps` global batches of records drawn with the cell's seed
+    (the same records for every cell of a group): tokenizing the whole file for a few steps would cost more than them."""
     pre = pretrain_config(cell, out)
     cfg = pre if stage == "pretrain" else finetune_config(cell, stage_artifact(stage_dir(pre, "pretrain"), "pretrain"))
-    return prepare_stage(cfg, stage, accelerator, load_stage_data(cfg, stage, accelerator), resume=False)
+    sc = cfg.stage(stage)
+    records = read_records(sc.data)
+    drawn = random.Random(cfg.seed).sample(records, min(len(records), steps * sc.global_batch))
+    return prepare_stage(cfg, stage, accelerator, load_stage_data(cfg, stage, accelerator, records=drawn), resume=False)
 
 
 class TimedStage:
@@ -91,7 +98,7 @@ def time_group(cells: list[Cell], out: Path, timing: StepTiming) -> dict[str, di
     accelerator = make_accelerator()
     result = {c.label: {"cell_id": c.cell_id} for c in cells}
     for stage in STAGES:
-        timed = {c.label: TimedStage(stage_run(c, out, stage, accelerator), timing.steps) for c in cells}
+        timed = {c.label: TimedStage(stage_run(c, out, stage, accelerator, timing.steps), timing.steps) for c in cells}
         for t in timed.values():
             t.seconds_per_step()  # warm-up: first-call allocations and kernel choices
         rounds: dict[str, list[float]] = {label: [] for label in timed}

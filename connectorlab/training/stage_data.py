@@ -30,7 +30,7 @@ class StageData:
 
 
 def load_stage_data(cfg: TrainConfig, stage: str, accelerator: Accelerator, tokenizer=None,
-                    num_tokens: int | None = None) -> StageData:
+                    num_tokens: int | None = None, records: list | None = None) -> StageData:
     sc = cfg.stage(stage)
     if not sc.data:
         raise ConfigError(f"{stage}.data is not set")
@@ -38,7 +38,7 @@ def load_stage_data(cfg: TrainConfig, stage: str, accelerator: Accelerator, toke
     num_tokens = num_tokens if num_tokens is not None else meta_connector(cfg.model).num_output_tokens
     processor = MultimodalProcessor(tokenizer, sc.template or cfg.model.template, num_tokens, cfg.model.max_length)
     report = SkipReport(strict=cfg.strict)
-    samples = load_samples(sc.data, sc.image_folder, processor, report)
+    samples = load_samples(sc.data, sc.image_folder, processor, report, records)
     if stage == "pretrain":  # stage 1 trains the connector alone: a text-only record gives nothing a gradient
         samples = drop_text_only(samples, report, sc.data)
     if cfg.check_images:
