@@ -118,6 +118,32 @@ def test_report_tables_results_and_paired_comparisons(study):
     assert "## Recommendation" in text and report["recommendation"]["benchmark"] == "probe"
 
 
+def test_a_failing_timing_group_is_reported_and_leaves_the_others(study, monkeypatch, tmp_path):
+    from connectorlab.study import timing
+    from connectorlab.study.plan import expand
+    from connectorlab.utils.progress import progress_bar
+
+    plan, out, _, _ = study
+    cells = [c for c in expand(plan, out) if c.variant == "a"]
+    real = timing.time_group
+
+    def flaky(group, folder, settings):
+        if group[0].resolution == 48:
+            raise RuntimeError("out of memory")
+        return real(group, folder, settings)
+
+    monkeypatch.setattr(timing, "time_group", flaky)
+    (out / timing.TIMING_FILE).rename(tmp_path / "kept.json")  # the study's own timing, put back below
+    try:
+        with progress_bar(False) as bar:
+            failed = timing.time_cells(plan, cells, out, 1, None, bar)
+        saved = timing.read_timing(out)
+    finally:
+        (tmp_path / "kept.json").replace(out / timing.TIMING_FILE)
+    assert len(failed) == 1 and "mlp-48px-s0-a" in failed[0] and "out of memory" in failed[0]
+    assert set(saved) == {"mlp-32px-s0-a", "avgpool-4t-32px-s0-a"}
+
+
 def test_status_lists_every_cell(study, capsys, monkeypatch):
     from test_bad_inputs import cli
 

@@ -18,6 +18,7 @@ from ..data.skips import DataError
 from ..evaluation.paired import holm, mcnemar_exact
 from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
+from ..training.config import STAGES
 from ..utils.io import atomic_write_text
 from .figures import figures
 from .findings import ALPHA, TRAINING_FREE, budgets, findings, sanity
@@ -25,7 +26,7 @@ from .projection import projection_section
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
 from .runner import BLIND, REDUCED, study_states
-from .timing import STAGES, median_ms, read_timing
+from .timing import median_ms, read_timing
 
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression", "seed", "variant", "benchmark", "level",
            "name", "n", "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",

@@ -20,6 +20,7 @@ import torch
 from ..data.images import ImageLoader
 from ..data.llava import read_records
 from ..language.processor import IGNORE_INDEX
+from ..training.config import STAGES
 from ..training.feature_cache import FeatureCache
 from ..training.loop import StageRun, micro_step, optimizer_step
 from ..training.stage_data import load_stage_data
@@ -30,7 +31,6 @@ from .pool import run_pool
 from .runner import finetune_config, pretrain_config
 
 TIMING_FILE = "step_timing.json"
-STAGES = ("pretrain", "finetune")
 
 
 def timing_groups(cells: list[Cell]) -> list[list[Cell]]:
