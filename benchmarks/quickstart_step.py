@@ -33,6 +33,8 @@ from connectorlab.model.config import ModelConfig  # noqa: E402
 from connectorlab.model.mllm import MultimodalLM  # noqa: E402
 from connectorlab.model.tiny import make_llm, make_vision, make_word_tokenizer  # noqa: E402
 from connectorlab.probe.presets import TinySizes  # noqa: E402
+from connectorlab.study.budget import tokens_for_ratio  # noqa: E402
+from connectorlab.study.quickstart import builtin_plan  # noqa: E402
 from connectorlab.utils.io import atomic_write_json  # noqa: E402
 
 BATCH, ANSWERS = 8, 8  # the quick start's fine-tuning batch; supervised tokens per sample (answers and stops)
@@ -91,15 +93,21 @@ def build_presets(root: Path) -> None:
 
 
 def variants(root: Path, text: int) -> dict[str, Cell]:
-    cabs = {"num_tokens": 9, "hidden": TinySizes.vision_hidden, "depth": 1}
-    out = {}
-    for res in (32, 48):
+    """The quick start's default grid: its resolutions, and its compressing connectors at its ratio of each grid."""
+    grid = builtin_plan()["grid"]
+    ratio = grid["compression"][0]
+    out, loops = {}, {}
+    for res in grid["resolutions"]:
+        tokens = tokens_for_ratio((res // TinySizes.patch_size,) * 2, ratio)
+        cabs = {"num_tokens": tokens, "hidden": TinySizes.vision_hidden, "depth": 1}
         out[f"mlp@{res}"] = Cell(root, "mlp", {}, res, True, text)
-        out[f"avgpool@{res}"] = Cell(root, "avgpool", {"num_tokens": 9}, res, True, text)
+        out[f"avgpool@{res}"] = Cell(root, "avgpool", {"num_tokens": tokens}, res, True, text)
         out[f"c_abstractor@{res}"] = Cell(root, "c_abstractor", cabs, res, True, text)
         out[f"c_abstractor@{res}, nn.Conv2d 1x1"] = Cell(root, "c_abstractor", cabs, res, True, text, conv=True)
-    out["mlp@32, AdamW loop"] = Cell(root, "mlp", {}, 32, False, text)
-    out["c_abstractor@32, AdamW loop"] = Cell(root, "c_abstractor", cabs, 32, False, text)
+        loops.setdefault("c_abstractor", cabs)
+    low = grid["resolutions"][0]
+    out[f"mlp@{low}, AdamW loop"] = Cell(root, "mlp", {}, low, False, text)
+    out[f"c_abstractor@{low}, AdamW loop"] = Cell(root, "c_abstractor", loops["c_abstractor"], low, False, text)
     return out
 
 
@@ -126,7 +134,9 @@ def main():
         print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {1e3 * statistics.median(v):.1f} ms"
                                                           for n, v in times.items()))
     median = {n: statistics.median(v) for n, v in times.items()}
-    vs_mlp = {n: median[n] / median[f"mlp@{n.split('@')[1][:2]}"] - 1 for n in median if not n.startswith("mlp@")}
+    vs_mlp = {n: median[n] / median[f"mlp@{n.split('@')[1].split(',')[0]}"] - 1 for n in median if not n.startswith("mlp@")}
+    resolutions = builtin_plan()["grid"]["resolutions"]
+    low = resolutions[0]
     result = {
         "benchmark": "quick start fine-tuning step (cached tower features, connector + 2-layer Llama, batch 8), "
                      "variants in alternating rounds",
@@ -134,11 +144,11 @@ def main():
         "visual_tokens": {n: c.visual for n, c in cells.items()},
         "median_step_ms": {n: round(1e3 * v, 2) for n, v in median.items()},
         "vs_mlp_same_resolution": {n: round(v, 3) for n, v in vs_mlp.items()},
-        "fused_adamw_saves_ms": {r: round(1e3 * (median[f"{c}@32, AdamW loop"] - median[f"{c}@32"]), 2)
-                                 for r, c in (("mlp@32", "mlp"), ("c_abstractor@32", "c_abstractor"))},
+        "fused_adamw_saves_ms": {f"{c}@{low}": round(1e3 * (median[f"{c}@{low}, AdamW loop"] - median[f"{c}@{low}"]), 2)
+                                 for c in ("mlp", "c_abstractor")},
         "pointwise_saves_ms": {f"c_abstractor@{res}": round(1e3 * (median[f"c_abstractor@{res}, nn.Conv2d 1x1"]
                                                                   - median[f"c_abstractor@{res}"]), 2)
-                               for res in (32, 48)},
+                               for res in resolutions},
         "rounds": args.rounds, "steps_per_round": args.steps,
         **code_version(), "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
     }
