@@ -26,9 +26,10 @@ def build_mlp(in_dim: int, out_dim: int, depth: int = 2, act: str = "gelu") -> n
 
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1 convolution run as a matmul over channels: the same parameters (and so the same checkpoints and imported
-    weights), but on a CPU a convolution kernel's fixed cost per call dominates on a connector's small maps (measured:
-    a C-Abstractor step 2x slower). The result is channels-last in memory, which the LayerNorm2d after it reads
-    without a copy."""
+    weights), but on a CPU a convolution kernel's fixed cost per call dominates on a connector's small maps
+    (benchmarks/quickstart_step.py times both: a C-Abstractor step was 2x slower with nn.Conv2d on the machine where
+    this was first measured, 1-10 % on a later one). The result is channels-last in memory, which the LayerNorm2d
+    after it reads without a copy."""
 
     def __init__(self, c_in: int, c_out: int, bias: bool = True):
         super().__init__(c_in, c_out, 1, bias=bias)
