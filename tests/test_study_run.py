@@ -192,6 +192,8 @@ def test_a_reduce_axis_added_later_evaluates_finished_cells_without_training_the
     assert set(free.cell) == {f"mlp+{m}-4t-{r}px-s0-a" for m in ("random", "avgpool") for r in (32, 48)} | \
         {f"mlp+{m}-4t-32px-s0-b" for m in ("random", "avgpool")}
     assert (free.visual_tokens == 4).all()
+    times = (out / "report.md").read_text().split("## Training time against")[1].split("\n## ")[0]
+    assert "avgpool-4t-32px-s0-a vs mlp-32px-s0-a" in times and "mlp+random" not in times  # a reduction trains nothing
 
 
 def test_mcnemar_finds_a_real_difference_and_not_a_null_one():

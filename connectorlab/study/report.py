@@ -291,11 +291,12 @@ def budget_effect(tt: pd.DataFrame) -> list[str]:
 
 
 def time_against_reference(tt: pd.DataFrame, reference: str | None) -> list[str]:
-    """Each cell's measured training time per stage relative to the reference connector at the same resolution and
-    seed (the paper: C-Abstractor -80 % pre-training, -51 % fine-tuning against the two-layer MLP at 448 px)."""
+    """Each trained cell's measured training time per stage relative to the reference connector at the same resolution
+    and seed (the paper: C-Abstractor -80 % pre-training, -51 % fine-tuning against the two-layer MLP at 448 px); a
+    training-free reduction was not trained, its times being those of the cell it reduces."""
     if not reference:
         return []
-    cells = tt.drop_duplicates("cell")
+    cells = tt[tt.family != TRAINING_FREE].drop_duplicates("cell")
     refs = {(r.resolution, r.seed, r.variant): r for r in cells.itertuples() if r.connector == reference}
     lines = []
     for r in cells.itertuples():
