@@ -102,18 +102,19 @@ class MultimodalProcessor:
                 for r in self._encode_many(rendered, [num_images] * len(questions))]
 
     def _encode_many(self, items: list, num_images: list[int | None]) -> list[Encoded | ValueError]:
-        """Text runs of every item tokenized together, then each item assembled as `_encode_one`."""
-        runs = [self._text_runs(parts) for parts in items if not isinstance(parts, ValueError)]
-        texts = ["".join(p.text for p in run) for item in runs for run in item if isinstance(run, list)]
+        """Text runs of every item tokenized together, then each item assembled by `_encode_one`."""
+        grouped = [p if isinstance(p, ValueError) else self._text_runs(p) for p in items]
+        texts = ["".join(t.text for t in g) for item in grouped if not isinstance(item, ValueError)
+                 for g in item if isinstance(g, list)]
         tokenized = iter(self._tokenize(texts))
         out: list[Encoded | ValueError] = []
-        for parts, images in zip(items, num_images, strict=True):
-            if isinstance(parts, ValueError):
-                out.append(parts)
+        for groups, images in zip(grouped, num_images, strict=True):
+            if isinstance(groups, ValueError):
+                out.append(groups)
                 continue
-            encs = [next(tokenized) if isinstance(g, list) else None for g in self._text_runs(parts)]
             try:
-                out.append(self._encode_one(parts, images, encs))
+                out.append(self._encode_one([(g, next(tokenized) if isinstance(g, list) else None) for g in groups],
+                                            images))
             except ValueError as err:
                 out.append(err)
         return out
@@ -140,11 +141,12 @@ class MultimodalProcessor:
             out += list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
         return out
 
-    def _encode_one(self, parts: list[Part], num_images: int | None, encs: list) -> Encoded:
+    def _encode_one(self, groups: list[tuple], num_images: int | None) -> Encoded:
+        """`groups`: (a text run with its tokenization, or another part with None), in order."""
         ids: list[int] = []
         labels: list[int] = []
         images = 0
-        for group, enc in zip(self._text_runs(parts), encs, strict=True):
+        for group, enc in groups:
             if isinstance(group, list):
                 self._add_run(group, enc, ids, labels)
             elif isinstance(group, Image):

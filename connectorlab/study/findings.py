@@ -102,14 +102,13 @@ def compressing_close(tt: pd.DataFrame, reference: str) -> str:
             + (f"; outside it: {', '.join(far)}." if far else "."))
 
 
-def stage_costs(row, ref) -> tuple[tuple[float, float], tuple[float, float], str]:
-    """(cell, reference) pre-training and fine-tuning costs, and what they are: the time per step measured side by side
-    where the study timed both cells so, else each stage's wall-clock time where it ran (which drifts with the machine)."""
-    steps = ("pretrain_step_ms", "finetune_step_ms")
-    if all(pd.notna(getattr(r, c, None)) for r in (row, ref) for c in steps):
-        return ((row.pretrain_step_ms, ref.pretrain_step_ms), (row.finetune_step_ms, ref.finetune_step_ms),
-                "time per step, measured side by side")
-    return (row.pretrain_s, ref.pretrain_s), (row.finetune_s, ref.finetune_s), "stage wall-clock time"
+def stage_costs(row, ref) -> tuple[dict[str, tuple[float, float]], bool]:
+    """Per stage, the (cell, reference) cost, and whether it is the time per step measured side by side (where the
+    study timed both cells so) rather than each stage's wall-clock time where it ran (which drifts with the machine)."""
+    paired = all(pd.notna(getattr(r, c, None)) for r in (row, ref) for c in ("pretrain_step_ms", "finetune_step_ms"))
+    column = "{}_step_ms" if paired else "{}_s"
+    return {name: (getattr(row, column.format(key)), getattr(ref, column.format(key)))
+            for name, key in STAGE_KEYS.items()}, paired
 
 
 def faster_in_rounds(cell: list[float], ref: list[float]) -> tuple[bool, str]:
@@ -142,13 +141,13 @@ def compressing_faster(tt: pd.DataFrame, reference: str, rounds: dict | None = N
             continue
         b = next(ref.itertuples())
         for row in part[part.family == "compressing"].itertuples():
-            pre, ft, what = stage_costs(row, b)
-            timed = (rounds or {}) if what.startswith("time per step") else {}
-            (pre_ok, pre_text), (ft_ok, ft_text) = (stage_verdict(n, v, row.cell, timed, b.cell)
-                                                    for n, v in (("pre-training", pre), ("fine-tuning", ft)))
+            costs, paired = stage_costs(row, b)
+            judged = [stage_verdict(name, values, row.cell, (rounds or {}) if paired else {}, b.cell)
+                      for name, values in costs.items()]
             total += 1
-            faster += pre_ok and ft_ok
-            parts.append(f"{_short(row)} at {where}: {pre_text}, {ft_text} than {reference} ({what})")
+            faster += all(ok for ok, _ in judged)
+            what = "time per step, measured side by side" if paired else "stage wall-clock time"
+            parts.append(f"{_short(row)} at {where}: {', '.join(t for _, t in judged)} than {reference} ({what})")
     return (f"**Compressing connectors train faster: {verdict(faster, total)}.** {faster} of {total} compressing cells "
             "cost less than the reference in both stages; " + "; ".join(parts) + ".")
 

@@ -19,10 +19,9 @@ import torch
 
 from ..data.images import ImageLoader
 from ..data.llava import read_records
-from ..language.processor import IGNORE_INDEX
 from ..training.config import STAGES
 from ..training.feature_cache import FeatureCache
-from ..training.loop import StageRun, micro_step, optimizer_step
+from ..training.loop import StageRun, micro_step, optimizer_step, supervised_tokens
 from ..training.stage_data import load_stage_data
 from ..training.trainer import make_accelerator, prepare_stage, stage_artifact, stage_dir
 from ..utils.io import atomic_write_json
@@ -63,8 +62,8 @@ class TimedStage:
         inner = run.inner
         self.cache = FeatureCache(inner.vision, inner.image_transform, paths, workers=run.sc.image_workers) \
             if run.cfg.cache_features and inner.vision.frozen else None
-        self.supervised = [sum(sum(label != IGNORE_INDEX for label in samples[i].labels[1:]) for i in g)
-                           for g, _ in self.batches]
+        per_sample = supervised_tokens(samples)
+        self.supervised = [sum(per_sample[i] for i in g) for g, _ in self.batches]
         self.scaler = torch.amp.GradScaler(run.accelerator.device.type) if run.cfg.fp16 else None
         self.pixels = None  # without cached features: each micro-batch's images, decoded once, before any timing
         if self.cache is None:
@@ -146,23 +145,23 @@ def read_timing(out: str | Path) -> dict[str, dict]:
     return json.loads(path.read_text())["cells"] if path.exists() else {}
 
 
-def pending_groups(cells: list[Cell], out: Path, timing: StepTiming) -> list[list[Cell]]:
-    """Groups whose every cell finished training and whose timing is missing or was made for other cells or
-    settings (a re-run resumes here)."""
+def timed_before(out: Path, timing: StepTiming) -> dict[str, dict]:
+    """The saved timings made with these settings (another round or step count is not comparable: timed again)."""
     path = out / TIMING_FILE
     saved = json.loads(path.read_text()) if path.exists() else {}
-    same = saved.get("rounds") == timing.rounds and saved.get("steps") == timing.steps
-    known = saved.get("cells", {}) if same else {}
+    return saved.get("cells", {}) if (saved.get("rounds"), saved.get("steps")) == (timing.rounds, timing.steps) else {}
+
+
+def pending_groups(cells: list[Cell], out: Path, timing: StepTiming) -> list[list[Cell]]:
+    """Groups whose timing is missing or was made for other cells or settings (a re-run resumes here)."""
+    known = timed_before(out, timing)
     return [g for g in timing_groups(cells) if any(known.get(c.label, {}).get("cell_id") != c.cell_id for c in g)]
 
 
 def record(out: Path, timing: StepTiming, found: dict[str, dict]) -> None:
     """Merged into the study's timing file (atomically), keeping the groups timed before with the same settings."""
-    path = out / TIMING_FILE
-    saved = json.loads(path.read_text()) if path.exists() else {}
-    keep = saved.get("cells", {}) if (saved.get("rounds"), saved.get("steps")) == (timing.rounds, timing.steps) else {}
-    atomic_write_json(path, {"rounds": timing.rounds, "steps": timing.steps, "statistic": "median over rounds",
-                             "cells": {**keep, **found}})
+    atomic_write_json(out / TIMING_FILE, {"rounds": timing.rounds, "steps": timing.steps, "statistic": "median over rounds",
+                                          "cells": {**timed_before(out, timing), **found}})
 
 
 def median_ms(entry: dict, stage: str) -> float | None:

@@ -70,11 +70,17 @@ class StepTotals:
     steps: int
 
 
+def supervised_tokens(samples) -> list[int]:
+    """Per sample, the labels a loss is taken on (the first position predicts nothing): a step's loss is divided by
+    its global batch's total, so that gradient accumulation and process count never change it."""
+    return [sum(label != IGNORE_INDEX for label in s.labels[1:]) for s in samples]
+
+
 def train_steps(run: StageRun, steplog: StepLog | None, feature_cache: FeatureCache | None, bar) -> StepTotals:
     """The optimizer steps from `run.start` to `run.total`, a checkpoint every `checkpoint_every` and at the end."""
     cfg, sc, accelerator, inner = run.cfg, run.sc, run.accelerator, run.inner
     samples, device, world = run.data.samples, accelerator.device, accelerator.num_processes
-    supervised = [sum(label != IGNORE_INDEX for label in s.labels[1:]) for s in samples]
+    supervised = supervised_tokens(samples)
     text_tokens = [s.length - s.input_ids.count(IMAGE_TOKEN_ID) for s in samples]  # counted once, logged every step
     has_image = [s.image is not None for s in samples]
     q = inner.connector.num_output_tokens
