@@ -144,6 +144,27 @@ def test_a_failing_timing_group_is_reported_and_leaves_the_others(study, monkeyp
     assert set(saved) == {"mlp-32px-s0-a", "avgpool-4t-32px-s0-a"}
 
 
+def test_each_timing_round_runs_its_own_batches_the_same_for_every_cell(study, monkeypatch):
+    from connectorlab.study import timing
+    from connectorlab.study.plan import StepTiming, expand
+
+    plan, out, _, _ = study
+    group = [c for c in expand(plan, out) if c.variant == "a" and c.resolution == 32]
+    seen = []  # (cell's model, the ids of the micro-batch's first sample)
+    real = timing.micro_step
+    monkeypatch.setattr(timing, "micro_step", lambda run, idx, *a: seen.append((id(run.model), run.data.samples[idx[0]].id))
+                        or real(run, idx, *a))
+    found = timing.time_group(group, out, StepTiming(rounds=3, steps=1))
+    assert all(len(found[c.label]["finetune"]) == 3 for c in group)
+    finetune = seen[len(seen) // 2:]  # the second stage: a warm-up call and 3 rounds of one step per cell, 2 micro-batches each
+    per_call = [finetune[k:k + 2] for k in range(0, len(finetune), 2)]
+    rounds = per_call[len(group):]  # after the warm-ups
+    firsts = [[s for _, s in call] for call in rounds]
+    assert firsts[0] == firsts[1] and firsts[2] == firsts[3] and firsts[4] == firsts[5]  # both cells, same batch
+    assert firsts[0] != firsts[2] != firsts[4]  # each round a new one
+    assert rounds[0][0][0] != rounds[1][0][0]  # the two calls of a round are two cells
+
+
 def test_status_lists_every_cell(study, capsys, monkeypatch):
     from test_bad_inputs import cli
 

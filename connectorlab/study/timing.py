@@ -3,8 +3,10 @@
 A cell's stage time is measured while it trains, and cells train one after another. On a shared machine the speed
 drifts by 10-30 % within minutes: in one quick start every compressing cell fine-tuned 10-26 % longer than `mlp`
 only because it ran later. Here the finished cells of one resolution, seed and variant are rebuilt for each stage
-and the same steps of each are timed in alternating rounds (A B C, then C B A, ...), so that drift hits them alike;
-a cell's time per step is the median over rounds. The steps run on throwaway copies: nothing a cell saved changes.
+and their steps are timed in alternating rounds (A B C, then C B A, ...), so that drift hits them alike; every cell
+runs the same batches in a round, and each round its own batches, so that the per-round ratios pair like with like
+while the rounds together sample the stage's mix of lengths. A cell's time per step is the median over rounds. The
+steps run on throwaway copies: nothing a cell saved changes.
 Every cell of a group is held in memory at once, which suits the small models of a CPU study.
 """
 from __future__ import annotations
@@ -42,7 +44,8 @@ def timing_groups(cells: list[Cell]) -> list[list[Cell]]:
 
 def stage_run(cell: Cell, out: Path, stage: str, accelerator, steps: int) -> StageRun:
     """The cell's stage, prepared as for training, on `steps` global batches of records drawn with the cell's seed
-    (the same records for every cell of a group): tokenizing the whole file for a few steps would cost more than them."""
+    (the same records for every cell of a group): tokenizing the whole file for the steps timed would cost more than
+    them."""
     pre = pretrain_config(cell, out)
     cfg = pre if stage == "pretrain" else finetune_config(cell, stage_artifact(stage_dir(pre, "pretrain"), "pretrain"))
     sc = cfg.stage(stage)
@@ -52,12 +55,13 @@ def stage_run(cell: Cell, out: Path, stage: str, accelerator, steps: int) -> Sta
 
 
 class TimedStage:
-    """The first `steps` optimizer steps of one cell's stage, ready to be run again and again."""
+    """The first `rounds` x `steps` optimizer steps of one cell's stage, `steps` of them per round (round r runs steps
+    r * steps onwards, the stage's first steps again where it has fewer), ready to be run again and again."""
 
-    def __init__(self, run: StageRun, steps: int):
+    def __init__(self, run: StageRun, steps: int, rounds: int = 1):
         self.run, self.steps = run, min(steps, run.total)
         samples = run.data.samples
-        self.batches = [run.plan(step)[1:] for step in range(self.steps)]  # (global batch, micro-batches)
+        self.batches = [run.plan(step)[1:] for step in range(min(self.steps * max(rounds, 1), run.total))]
         paths = [samples[i].image for g, _ in self.batches for i in g if samples[i].image is not None]
         inner = run.inner
         self.cache = FeatureCache(inner.vision, inner.image_transform, paths, workers=run.sc.image_workers) \
@@ -68,18 +72,20 @@ class TimedStage:
         self.pixels = None  # without cached features: each micro-batch's images, decoded once, before any timing
         if self.cache is None:
             with ImageLoader(inner.image_transform, run.sc.image_workers) as loader:
-                self.pixels = [loader.load([samples[i].image for i in idx if samples[i].image is not None])
-                               for _, micro in self.batches for idx in micro]
+                self.pixels = [[loader.load([samples[i].image for i in idx if samples[i].image is not None])
+                                for idx in micro] for _, micro in self.batches]
         run.model.train()
 
-    def seconds_per_step(self) -> float:
+    def seconds_per_step(self, round_: int = 0) -> float:
         device = self.run.accelerator.device
+        steps = [(round_ * self.steps + k) % len(self.batches) for k in range(self.steps)]
         synchronize(device)
         t0 = time.perf_counter()
-        pixels = None if self.pixels is None else iter(self.pixels)
-        for (_, micro), sup in zip(self.batches, self.supervised, strict=True):
+        for step in steps:
+            micro = self.batches[step][1]
             for j, idx in enumerate(micro):
-                micro_step(self.run, idx, self.cache, pixels, self.run.accelerator.num_processes / sup,
+                pixels = None if self.pixels is None else iter([self.pixels[step][j]])
+                micro_step(self.run, idx, self.cache, pixels, self.run.accelerator.num_processes / self.supervised[step],
                            j == len(micro) - 1, self.scaler)
             optimizer_step(self.run, self.scaler)
         synchronize(device)
@@ -97,13 +103,14 @@ def time_group(cells: list[Cell], out: Path, timing: StepTiming) -> dict[str, di
     accelerator = make_accelerator()
     result = {c.label: {"cell_id": c.cell_id} for c in cells}
     for stage in STAGES:
-        timed = {c.label: TimedStage(stage_run(c, out, stage, accelerator, timing.steps), timing.steps) for c in cells}
+        timed = {c.label: TimedStage(stage_run(c, out, stage, accelerator, timing.steps * timing.rounds),
+                                     timing.steps, timing.rounds) for c in cells}
         for t in timed.values():
             t.seconds_per_step()  # warm-up: first-call allocations and kernel choices
         rounds: dict[str, list[float]] = {label: [] for label in timed}
         for r in range(timing.rounds):
             for label in (list(timed) if r % 2 == 0 else list(reversed(timed))):
-                rounds[label].append(timed[label].seconds_per_step())
+                rounds[label].append(timed[label].seconds_per_step(r))
         for label, values in rounds.items():
             result[label][stage] = values
         del timed
