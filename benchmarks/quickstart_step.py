@@ -96,10 +96,11 @@ def variants(root: Path, text: int) -> dict[str, Cell]:
     """The quick start's default grid: its resolutions, and its compressing connectors at its ratio of each grid."""
     grid = builtin_plan()["grid"]
     ratio = grid["compression"][0]
+    options = {e["name"]: e.get("options", {}) for e in grid["connectors"] if isinstance(e, dict)}
     out, loops = {}, {}
     for res in grid["resolutions"]:
         tokens = tokens_for_ratio((res // TinySizes.patch_size,) * 2, ratio)
-        cabs = {"num_tokens": tokens, "hidden": TinySizes.vision_hidden, "depth": 1}
+        cabs = {**options["c_abstractor"], "num_tokens": tokens}
         out[f"mlp@{res}"] = Cell(root, "mlp", {}, res, True, text)
         out[f"avgpool@{res}"] = Cell(root, "avgpool", {"num_tokens": tokens}, res, True, text)
         out[f"c_abstractor@{res}"] = Cell(root, "c_abstractor", cabs, res, True, text)

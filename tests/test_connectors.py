@@ -201,3 +201,16 @@ def test_pointwise_convolution_is_a_1x1_convolution_with_the_same_parameters():
     g_ref = torch.autograd.grad(ref.square().sum(), [x, conv.weight])
     g_out = torch.autograd.grad(out.square().sum(), [x, point.weight])
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(g_out, g_ref, strict=True))
+
+
+def test_zero_init_last_starts_each_c_abstractor_block_as_its_shortcut():
+    from connectorlab.connectors.layers import RegNetBottleneck
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 4, 4)
+    block = RegNetBottleneck(16, 16, zero_init_last=True)
+    assert torch.allclose(block(x), torch.nn.functional.silu(x))
+    assert not torch.allclose(RegNetBottleneck(16, 16)(x), torch.nn.functional.silu(x))
+    conn = build_connector("c_abstractor", V, L, (4, 4), num_tokens=4, hidden=V, depth=1, zero_init_last=True)
+    conn(torch.randn(2, 16, V)).pow(2).mean().backward()
+    assert all(b.norm3.weight.grad.abs().sum() > 0 for b in (*conn.s1, *conn.s2))  # the branch can leave zero

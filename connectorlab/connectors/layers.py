@@ -59,9 +59,12 @@ class SqueezeExcite(nn.Module):
 
 
 class RegNetBottleneck(nn.Module):
-    """timm's RegNet bottleneck as Honeybee configures it: bottle ratio 1, depthwise 3x3, SE 0.25, SiLU, LN2d."""
+    """timm's RegNet bottleneck as Honeybee configures it: bottle ratio 1, depthwise 3x3, SE 0.25, SiLU, LN2d.
 
-    def __init__(self, c_in: int, c_out: int, se_ratio: float = 0.25):
+    `zero_init_last` zeroes the last norm's scale, as timm's RegNet model does to its blocks by default; a bare stage,
+    which is what Honeybee builds, keeps the norm's scale of one."""
+
+    def __init__(self, c_in: int, c_out: int, se_ratio: float = 0.25, zero_init_last: bool = False):
         super().__init__()
         self.conv1 = PointwiseConv2d(c_in, c_out, bias=False)
         self.norm1 = LayerNorm2d(c_out)
@@ -70,6 +73,8 @@ class RegNetBottleneck(nn.Module):
         self.se = SqueezeExcite(c_out, max(1, round(c_in * se_ratio)))
         self.conv3 = PointwiseConv2d(c_out, c_out, bias=False)
         self.norm3 = LayerNorm2d(c_out)
+        if zero_init_last:  # the residual branch starts silent: the block starts as SiLU of its shortcut
+            nn.init.zeros_(self.norm3.weight)
         self.shortcut = (
             nn.Identity() if c_in == c_out else nn.Sequential(PointwiseConv2d(c_in, c_out, bias=False), LayerNorm2d(c_out))
         )
