@@ -350,6 +350,13 @@ def test_quickstart_seed_counts_are_checked():
         QuickstartConfig(seeds=0)
 
 
+def test_the_quickstart_seed_draws_the_probe_in_python_as_on_the_command_line():
+    assert QuickstartConfig(seed=3).probe == ProbeParams(seed=3)  # the CLI's --seed 3 draws this probe too
+    assert QuickstartConfig(seed=3, probe=ProbeParams(seed=3, clutter=4)).probe.clutter == 4
+    with pytest.raises(ValueError, match="probe.seed = 0 differs from quickstart.seed = 1"):
+        QuickstartConfig(seed=1, probe=ProbeParams(clutter=4))
+
+
 def test_the_projection_at_the_paper_shape_follows_tokens():
     from connectorlab.study.projection import LLM_WEIGHTS, TEXT_TOKENS, project, stage_flops
 

@@ -44,15 +44,21 @@ class QuickstartConfig:
     seed: int = 0  # of the probe, the presets and the first training seed of every cell
     seeds: int = 1  # training seeds per cell (seed, seed + 1, ...): the report gives the spread over them
     full: bool = False  # the plan's `full:` grid entries (more connectors, the third resolution) replace its own
-    probe: ProbeParams = field(default_factory=ProbeParams)
+    probe: ProbeParams | None = None  # the probe's drawing; its seed is `seed` (None: the default probe at `seed`)
     sizes: TinySizes = field(default_factory=TinySizes)
     vision_steps: int = 700
     warmup_epochs: int = 1
     plan: dict[str, Any] = field(default_factory=builtin_plan)  # a study plan with ${probe} ${vision} ${llm} ${seeds}
 
+    eval_batch: int = 128
+
     def __post_init__(self) -> None:
         check_ranges(self, {"seed": NON_NEGATIVE_INT, "seeds": POSITIVE_INT}, "quickstart")
-    eval_batch: int = 128
+        if self.probe is None:
+            self.probe = ProbeParams(seed=self.seed)
+        elif self.probe.seed != self.seed:  # one seed draws the probe and the presets: two would pair mismatched files
+            raise ValueError(f"quickstart.probe.seed = {self.probe.seed} differs from quickstart.seed = {self.seed}: "
+                             f"the probe is drawn with the quick start's seed (leave probe out, or give it seed={self.seed})")
 
     @property
     def grid(self) -> dict[str, Any]:
