@@ -97,18 +97,17 @@ def variants(root: Path, text: int) -> dict[str, Cell]:
     grid = builtin_plan()["grid"]
     ratio = grid["compression"][0]
     options = {e["name"]: e.get("options", {}) for e in grid["connectors"] if isinstance(e, dict)}
-    out, loops = {}, {}
-    for res in grid["resolutions"]:
-        tokens = tokens_for_ratio((res // TinySizes.patch_size,) * 2, ratio)
-        cabs = {**options["c_abstractor"], "num_tokens": tokens}
+    tokens = {res: tokens_for_ratio((res // TinySizes.patch_size,) * 2, ratio) for res in grid["resolutions"]}
+    cabs = {res: {**options["c_abstractor"], "num_tokens": q} for res, q in tokens.items()}
+    out = {}
+    for res, q in tokens.items():
         out[f"mlp@{res}"] = Cell(root, "mlp", {}, res, True, text)
-        out[f"avgpool@{res}"] = Cell(root, "avgpool", {"num_tokens": tokens}, res, True, text)
-        out[f"c_abstractor@{res}"] = Cell(root, "c_abstractor", cabs, res, True, text)
-        out[f"c_abstractor@{res}, nn.Conv2d 1x1"] = Cell(root, "c_abstractor", cabs, res, True, text, conv=True)
-        loops.setdefault("c_abstractor", cabs)
+        out[f"avgpool@{res}"] = Cell(root, "avgpool", {"num_tokens": q}, res, True, text)
+        out[f"c_abstractor@{res}"] = Cell(root, "c_abstractor", cabs[res], res, True, text)
+        out[f"c_abstractor@{res}, nn.Conv2d 1x1"] = Cell(root, "c_abstractor", cabs[res], res, True, text, conv=True)
     low = grid["resolutions"][0]
     out[f"mlp@{low}, AdamW loop"] = Cell(root, "mlp", {}, low, False, text)
-    out[f"c_abstractor@{low}, AdamW loop"] = Cell(root, "c_abstractor", loops["c_abstractor"], low, False, text)
+    out[f"c_abstractor@{low}, AdamW loop"] = Cell(root, "c_abstractor", cabs[low], low, False, text)
     return out
 
 
