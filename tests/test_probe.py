@@ -86,6 +86,16 @@ def test_fine_tuning_records_can_ask_a_few_fine_questions_and_the_prompt_in_a_sh
     assert 0.35 < with_prompt / len(records) < 0.65
 
 
+def test_a_fractional_fine_count_asks_one_more_fine_question_in_that_share_of_the_records(tmp_path):
+    generate(tmp_path, ProbeParams(n_train=300, n_test=1, questions_per_record=3, fine_per_record=1.5))
+    counts = []
+    for rec in json.loads((tmp_path / "finetune.json").read_text()):
+        asks = [t["value"].removeprefix("<image>\n").split("\n")[0] for t in rec["conversations"][0::2]]
+        assert len(asks) == 3 == len(set(asks))
+        counts.append(len(set(asks) & set(FINE_QUESTIONS)))
+    assert set(counts) == {1, 2} and 0.4 < counts.count(2) / len(counts) < 0.6
+
+
 def test_drawing_in_threads_gives_the_same_images(tmp_path):
     import random
 

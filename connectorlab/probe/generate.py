@@ -70,7 +70,7 @@ class ProbeParams:
     # ...of which this many fine-grained ones, drawn among the four (measured at seed 0: with all four in every record,
     # two thirds of the answers, avgpool, which cannot learn them, was 6.5 to 15.5 points below mlp on coarse
     # perception; with two of four, at most 3.4 points below in the three runs tried)...
-    fine_per_record: int = 2
+    fine_per_record: float = 2  # a fraction: one more in that share of the records
     # ...this many of them in the benchmark's multiple-choice prompt (options and instruction: about 28 tokens more than
     # the short question), the others short, as LLaVA-1.5's mix holds both kinds...
     mc_per_record: int = 1
@@ -82,7 +82,7 @@ class ProbeParams:
         check_ranges(self, {"seed": NON_NEGATIVE_INT, "image_size": Range(8, integer=True), "clutter": NON_NEGATIVE_INT,
                             "object_scale": Range(0, 0.5, low_open=True), "n_train": POSITIVE_INT,
                             "n_test": POSITIVE_INT, "questions_per_record": POSITIVE_INT,
-                            "fine_per_record": NON_NEGATIVE_INT, "mc_share": Range(0, 1),
+                            "fine_per_record": Range(0), "mc_share": Range(0, 1),
                             "mc_per_record": NON_NEGATIVE_INT}, "probe")
 
 
@@ -144,7 +144,8 @@ def instruction(qs: list[Question], params: ProbeParams, types: dict[str, str], 
     (as the evaluation runner builds it, LLaVA's MMBench prompt), the rest short."""
     fine = [q for q in qs if types[q.subtask] == "fine"]
     rest = [q for q in qs if types[q.subtask] != "fine"]
-    n_fine = min(len(fine), params.fine_per_record, params.questions_per_record)
+    whole, part = divmod(params.fine_per_record, 1)
+    n_fine = min(len(fine), int(whole) + (part > 0 and rng.random() < part), params.questions_per_record)
     fine = fine if n_fine == len(fine) else rng.sample(fine, n_fine)
     others = max(0, min(len(rest), params.questions_per_record - n_fine))
     qs = fine + rng.sample(rest, others)
