@@ -196,6 +196,12 @@ def test_training_time_verdict_needs_both_stages_and_prefers_steps_timed_side_by
     assert "fine-tuning 10% less time (faster in 3 of 5 rounds, p = 0.16: not beyond noise)" in text
     rounds["avgpool-64px-s0"]["finetune"] = ms(36, 37, 35, 36, 38)
     assert "train faster: holds" in " ".join(findings(drifted, "mlp", rounds))
+    # The rounds' test says faster, the median steps (which the words quote) say "more time": not counted as faster
+    rounds["avgpool-64px-s0"]["finetune"] = ms(39, 40, 38, 39, 41)
+    drifted.loc[drifted.connector == "avgpool", "finetune_step_ms"] = 41.0
+    text = " ".join(findings(drifted, "mlp", rounds))
+    assert "train faster: does not hold" in text
+    assert "fine-tuning 2% more time (faster in 5 of 5 rounds, p = 0.031: the median step is not shorter)" in text
     drifted.loc[drifted.connector == "avgpool", "finetune_step_ms"] = float("nan")  # not timed: the stage times decide
     assert "train faster: does not hold" in " ".join(findings(drifted))
 

@@ -122,13 +122,17 @@ def faster_in_rounds(cell: list[float], ref: list[float]) -> tuple[bool, str]:
 
 def stage_verdict(name: str, values: tuple[float, float], label: str, rounds: dict, ref_label: str) -> tuple[bool, str]:
     """Whether the cell's stage costs less than the reference's, and the words for it: beyond the rounds' noise where
-    both were timed side by side, else by the measured values alone (no noise to judge them against)."""
+    both were timed side by side, else by the measured values alone (no noise to judge them against). The rounds' test
+    looks at per-round ratios, the words give the ratio of the median steps: both must say faster, so that a
+    sentence reading "more time" is never counted as faster."""
     text = f"{name} {change(*values)}"
+    shorter = values[0] < values[1]
     a, b = rounds.get(label, {}).get(STAGE_KEYS[name]), rounds.get(ref_label, {}).get(STAGE_KEYS[name])
     if a and b and len(a) == len(b):
-        ok, how = faster_in_rounds(a, b)
-        return ok, f"{text} ({how}{'' if ok else ': not beyond noise'})"
-    return values[0] < values[1], text
+        beyond, how = faster_in_rounds(a, b)
+        why = "" if beyond and shorter else ": not beyond noise" if not beyond else ": the median step is not shorter"
+        return beyond and shorter, f"{text} ({how}{why})"
+    return shorter, text
 
 
 def compressing_faster(tt: pd.DataFrame, reference: str, rounds: dict | None = None) -> str:
