@@ -121,17 +121,27 @@ from . import probe as _probe  # noqa: E402,F401  (registers probe)
 from . import study as _study  # noqa: E402,F401  (registers study)
 
 
-def close_process_group() -> None:
+def close_process_group(finished: bool) -> None:
     """A launched worker must take its process group down before the interpreter exits: gloo's threads left running
-    at exit abort the process ("terminate called without an active exception"), which fails a finished launch."""
+    at exit abort the process ("terminate called without an active exception"), which fails a finished launch.
+    After a finished command the processes first meet at a barrier, so that none tears its connections down while
+    another is still printing or releasing a lock (CI saw the abort once more without it); after an error the others
+    may never arrive, so there is no barrier then."""
     dist = sys.modules.get("torch.distributed")  # a command that never imported torch has no group to close
     if dist is not None and dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 
 def main() -> None:
+    finished = False
     try:
         app(prog_name="connectorlab")
+        finished = True
+    except SystemExit as done:  # typer ends every command this way, successful ones with code 0
+        finished = done.code in (None, 0)
+        raise
     except expected_errors() as err:
         if _debug["on"]:
             raise
@@ -139,7 +149,7 @@ def main() -> None:
         errors.print("[dim](run with --debug for the traceback)[/dim]")
         sys.exit(2)
     finally:
-        close_process_group()
+        close_process_group(finished)
 
 
 if __name__ == "__main__":  # pragma: no cover
