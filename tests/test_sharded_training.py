@@ -148,3 +148,37 @@ def test_sigkill_of_two_processes_then_resume(toy, tmp_path, sharding, resume_pr
     else:
         assert summary["resharded_from"] == 2
         assert_close(a, b)  # one process sums the two halves' gradients in another order
+
+
+@pytest.mark.parametrize("finished", [True, False], ids=["finished", "failed"])
+def test_a_worker_meets_the_others_before_closing_its_group_only_after_a_finished_command(monkeypatch, finished):
+    import torch.distributed as dist
+
+    from connectorlab.cli import close_process_group
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    met = []
+    barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **kw: (met.append(True), barrier(*a, **kw))[1])
+    close_process_group(finished)
+    assert not dist.is_initialized() and met == ([True] if finished else [])
+
+
+@pytest.mark.parametrize("outcome,finished", [(None, True), (SystemExit(0), True), (SystemExit(1), False),
+                                              (RuntimeError("crash"), False)], ids=["returned", "exit-0", "exit-1", "crash"])
+def test_only_a_command_that_finished_counts_as_finished_at_exit(monkeypatch, outcome, finished):
+    import connectorlab.cli as cli
+
+    def app(**_):
+        if outcome is not None:
+            raise outcome
+
+    seen = []
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(cli, "close_process_group", seen.append)
+    if outcome is None:
+        cli.main()
+    else:
+        with pytest.raises(type(outcome)):
+            cli.main()
+    assert seen == [finished]
