@@ -125,8 +125,8 @@ def close_process_group(finished: bool) -> None:
     """A launched worker must take its process group down before the interpreter exits: gloo's threads left running
     at exit abort the process ("terminate called without an active exception"), which fails a finished launch.
     After a finished command the processes first meet at a barrier, so that none tears its connections down while
-    another is still printing or releasing a lock (CI saw the abort once more without it); after an error the others
-    may never arrive, so there is no barrier then."""
+    another is still printing or releasing a lock (CI saw the abort once with the group destroyed but no barrier);
+    after an error the others may never arrive, so there is no barrier then."""
     dist = sys.modules.get("torch.distributed")  # a command that never imported torch has no group to close
     if dist is not None and dist.is_available() and dist.is_initialized():
         if finished:
