@@ -2,8 +2,10 @@
 
 A tiny model (the quick start's preset sizes, `mlp` connector, 64 px) answers the probe's MMBench-layout
 test set through the same `evaluate` that `connectorlab eval` calls; every batch size must give the same
-answers (left-padded greedy decoding), and the goal is batch 16 at least 5x batch 1. Each batch size runs
-into a fresh folder, alternating rounds so that a slow moment of the machine hits all of them alike.
+answers (left-padded greedy decoding), and the goal is batch 16 at least 5x batch 1. The largest batch also runs with
+the shared image prefix off (`generate(share_prefix=False)`: every prompt prefilled whole), for what sharing saves and
+that it changes no answer. Each variant runs into a fresh folder, alternating rounds so that a slow moment of the
+machine hits all of them alike.
 Prints and saves JSON.
 
     python benchmarks/eval_throughput.py [--n-test 60] [--rounds 3] [--json benchmarks/results/eval_throughput.json]
@@ -11,6 +13,7 @@ Prints and saves JSON.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -32,6 +35,7 @@ from connectorlab.probe.presets import make_random_presets  # noqa: E402
 from connectorlab.utils.io import atomic_write_json  # noqa: E402
 
 BATCHES = (1, 4, 16, 64)
+VARIANTS = [(str(b), b, True) for b in BATCHES] + [(f"{BATCHES[-1]}-unshared", BATCHES[-1], False)]
 
 
 def main():
@@ -49,28 +53,31 @@ def main():
         model = MultimodalLM.build(ModelConfig(vision=presets["vision"], llm=presets["llm"], connector="mlp",
                                                select_layer=-1, template="plain_v1", max_length=512)).eval()
         bench = load_mmbench(work / "probe" / "test.tsv")
-        seconds: dict[int, list[float]] = {b: [] for b in BATCHES}
-        answers: dict[int, dict[str, str]] = {}
+        generate_shared = model.generate
+        seconds: dict[str, list[float]] = {name: [] for name, _, _ in VARIANTS}
+        answers: dict[str, dict[str, str]] = {}
         for r in range(args.rounds):
-            for b in BATCHES if r % 2 == 0 else reversed(BATCHES):
-                out = work / f"eval-b{b}-r{r}"
+            for name, b, share in VARIANTS if r % 2 == 0 else reversed(VARIANTS):
+                model.generate = functools.partial(generate_shared, share_prefix=share)
+                out = work / f"eval-{name}-r{r}"
                 res = evaluate(model, bench, out, batch_size=b, max_new_tokens=args.max_new_tokens, show_progress=False)
-                seconds[b].append(res["eval_seconds"])
+                seconds[name].append(res["eval_seconds"])
                 preds = {json.loads(line)["key"]: json.loads(line)["prediction"]
                          for line in (out / "predictions.jsonl").read_text().splitlines()}
-                answers.setdefault(b, preds)
-                if preds != answers[b]:
-                    raise SystemExit(f"batch size {b}: answers differ between rounds")
+                answers.setdefault(name, preds)
+                if preds != answers[name]:
+                    raise SystemExit(f"{name}: answers differ between rounds")
         items = len(bench.items)
-        qps = {str(b): items / min(s) for b, s in seconds.items()}
-        identical = all(answers[b] == answers[1] for b in BATCHES)
+        qps = {name: items / min(s) for name, s in seconds.items()}
+        identical = all(a == answers["1"] for a in answers.values())
         speedup16 = qps["16"] / qps["1"]
         result = {
             "benchmark": "evaluate() on the probe's test set, tiny mlp model at 64 px (quick-start preset sizes)",
             "questions": items, "max_new_tokens": args.max_new_tokens, "rounds": args.rounds,
-            "seconds_per_round": {str(b): s for b, s in seconds.items()},
+            "seconds_per_round": seconds,
             "questions_per_second": qps, "speedup_vs_batch_1": {b: q / qps["1"] for b, q in qps.items()},
             "answers_identical_across_batch_sizes": identical,
+            "shared_prefix_speedup_at_largest_batch": qps[str(BATCHES[-1])] / qps[f"{BATCHES[-1]}-unshared"],
             "goal": "batch 16 at least 5x batch 1", "goal_met": speedup16 >= 5,
             "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.machine(),
             "python": platform.python_version(), "torch": torch.__version__,

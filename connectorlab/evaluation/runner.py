@@ -176,8 +176,9 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
         task = bar.add_task(f"eval {bench.name}{' (blind)' if blind else ''}", total=shown[0], completed=shown[1])
         for chunk, (_, which), pixels in zip(chunks, groups, images, strict=True):
             with torch.inference_mode():
-                features = None if pixels is None else model.encode_images(pixels.to(model.lm_head.weight.device))[which]
-                outs = model.generate([ids for _, _, ids in chunk], max_new_tokens=max_new_tokens, image_features=features)
+                features = None if pixels is None else model.encode_images(pixels.to(model.lm_head.weight.device))
+                outs = model.generate([ids for _, _, ids in chunk], max_new_tokens=max_new_tokens, image_features=features,
+                                      image_index=None if pixels is None else which)
             for (_, it, _), new in zip(chunk, outs, strict=True):
                 text = model.processor.decode(new)
                 preds[it.key] = text

@@ -27,6 +27,7 @@ from ..utils.io import atomic_dir, atomic_write_json
 from ..vision.tower import VisionTower
 from ..vision.transforms import ImageTransform, normalisation_for
 from .config import DTYPES, ModelConfig
+from .prefix import SharedPrefix, expand_cache, shared_prefix
 
 CONFIG_NAME, CONNECTOR_WEIGHTS = "connectorlab_config.json", "connector.safetensors"
 
@@ -217,18 +218,22 @@ class MultimodalLM(nn.Module):
 
     @torch.no_grad()
     def generate(self, prompts: list[list[int]], pixel_values: torch.Tensor | None = None,
-                 max_new_tokens: int = 32, image_features: torch.Tensor | None = None) -> list[list[int]]:
+                 max_new_tokens: int = 32, image_features: torch.Tensor | None = None,
+                 image_index: list[int] | None = None, share_prefix: bool = True) -> list[list[int]]:
         """Greedy decoding of a left-padded batch; returns the new ids of each prompt up to its stop token.
-        `image_features` (connector outputs, one per prompt) replace `pixel_values` when the caller encoded the
-        images itself, e.g. once per distinct image of a batch."""
+        `image_features` (connector outputs) replace `pixel_values` when the caller encoded the images itself; with
+        `image_index` they hold each distinct image once and `image_index[i]` is prompt i's row. Prompts that start
+        alike up to the same image are then prefilled once (`model.prefix`) unless `share_prefix` is off."""
         device = self.lm_head.weight.device
-        ids, mask = (t.to(device) for t in self.pad_left(prompts))
-        embeds = self.embed(ids, None if pixel_values is None else pixel_values.to(device), image_features)
-        positions = positions_from_mask(mask)
+        if image_features is None and pixel_values is not None:
+            image_features = self.encode_images(pixel_values.to(device))
+        plan = shared_prefix(prompts, image_index, self.processor.num_image_tokens) if share_prefix else None
+        if image_features is not None and image_index is not None and plan is None:
+            image_features = image_features[torch.as_tensor(image_index, device=image_features.device)]
         cache_kw = "cache" if "cache" in inspect.signature(self.decoder.forward).parameters else "past_key_values"
         cache = DynamicCache()
-        out = self.decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                           **{cache_kw: cache})
+        out, mask, positions = (self._prefill_whole(prompts, image_features, cache, cache_kw) if plan is None
+                                else self._prefill_shared(prompts, plan, image_features, cache, cache_kw))
         stop = self.processor.stop_id
         done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
         new: list[torch.Tensor] = []
@@ -247,6 +252,30 @@ class MultimodalLM(nn.Module):
         for row in torch.stack(new, 1).tolist() if new else [[] for _ in prompts]:
             result.append(row[: row.index(stop)] if stop in row else row)
         return result
+
+    def _prefill_whole(self, prompts, image_features, cache, cache_kw):
+        ids, mask = (t.to(self.lm_head.weight.device) for t in self.pad_left(prompts))
+        positions = positions_from_mask(mask)
+        out = self.decoder(inputs_embeds=self.embed(ids, image_features=image_features), attention_mask=mask,
+                           position_ids=positions, use_cache=True, **{cache_kw: cache})
+        return out, mask, positions
+
+    def _prefill_shared(self, prompts, plan: SharedPrefix, image_features, cache, cache_kw):
+        """Each distinct prefix prefilled once and its cache copied to its rows; then the left-padded rest of every
+        prompt, whose pads sit between the prefix and the text and are masked out, at the positions it has whole."""
+        device = self.lm_head.weight.device
+        ids = torch.tensor(plan.ids, dtype=torch.long, device=device)
+        features = image_features[torch.tensor(plan.image_rows, device=image_features.device)]
+        ones = torch.ones_like(ids)
+        self.decoder(inputs_embeds=self.embed(ids, image_features=features), attention_mask=ones,
+                     position_ids=positions_from_mask(ones), use_cache=True, **{cache_kw: cache})
+        expand_cache(cache, plan.group)
+        rest, rest_mask = (t.to(device) for t in self.pad_left(plan.suffixes(prompts)))
+        mask = torch.cat([torch.ones(len(prompts), plan.length, dtype=rest_mask.dtype, device=device), rest_mask], 1)
+        positions = positions_from_mask(mask)[:, plan.length:]
+        out = self.decoder(inputs_embeds=self.llm.get_input_embeddings()(rest), attention_mask=mask,
+                           position_ids=positions, use_cache=True, **{cache_kw: cache})
+        return out, mask, positions
 
     def answer(self, questions: list[str], images: list | None = None, max_new_tokens: int = 32) -> list[str]:
         """Convenience for notebooks: PIL images + questions (with `<image>`) -> decoded answers."""
