@@ -11,7 +11,7 @@ from connectorlab.study.plan import StudyPlan
 from connectorlab.study.runner import run_study
 
 
-def plan_file(toy, out, execution, grid):
+def plan_file(toy, out, execution, grid, **extra):
     probe = toy / "probe"
     data = {
         "name": "engines", "output_dir": str(out),
@@ -22,7 +22,7 @@ def plan_file(toy, out, execution, grid):
         "training": {"checkpoint_every": 2},
         "grid": grid,
         "benchmarks": [{"name": "probe", "data": str(probe / "test.tsv"), "max_new_tokens": 3}],
-        "execution": execution,
+        "execution": execution, **extra,
     }
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -55,11 +55,27 @@ def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
 
-def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_path):
+def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_path, monkeypatch):
+    from connectorlab.study import timing
+
     grid = {"connectors": ["mlp", "avgpool"], "resolutions": [32], "tokens": [4]}
     threads = torch.get_num_threads()
-    one = run_study(plan_file(toy, tmp_path / "one", {"workers": 1, "threads": 1}, grid), show_progress=False)
-    two = run_study(plan_file(toy, tmp_path / "two", {"workers": 2, "threads": 1}, grid), show_progress=False)
+    left_after_cells = []  # timing groups still untimed when the cells are done
+
+    def spy(plan, cells, out, *args):
+        left_after_cells.append(len(timing.pending_groups(cells, out, plan.timing)))
+        return real(plan, cells, out, *args)
+
+    real = timing.time_cells
+    monkeypatch.setattr(timing, "time_cells", spy)
+    paired = {"timing": {"rounds": 2, "steps": 1}}
+    one = run_study(plan_file(toy, tmp_path / "one", {"workers": 1, "threads": 1}, grid, **paired), show_progress=False)
+    two = run_study(plan_file(toy, tmp_path / "two", {"workers": 2, "threads": 1}, grid, **paired), show_progress=False)
+    assert left_after_cells == [1, 0]  # one process times after its cells; two time in the cells' own workers
+    for out in ("one", "two"):
+        timed = json.loads((tmp_path / out / "step_timing.json").read_text())["cells"]
+        assert set(timed) == {"mlp-32px-s0", "avgpool-4t-32px-s0"}
+        assert all(len(e[s]) == 2 for e in timed.values() for s in ("pretrain", "finetune"))
     assert list(two.states) == list(one.states) == ["mlp-32px-s0", "avgpool-4t-32px-s0"]
     for a, b in zip(one.states.values(), two.states.values(), strict=True):
         assert a.status == b.status == "done", (a.error, b.error)
@@ -149,3 +165,23 @@ def test_a_study_killed_mid_training_and_mid_evaluation_resumes_to_the_same_resu
     resumed = json.loads(Path(b["evaluations"]["probe"]).read_text())
     assert resumed["resumed_predictions"] >= 5  # the killed evaluation's answers were kept, not recomputed
     assert Path(a.model, "connector.safetensors").read_bytes() == Path(b["model"], "connector.safetensors").read_bytes()
+
+
+def _pid_and(x):
+    import os
+
+    return os.getpid(), x
+
+
+def test_jobs_that_finished_jobs_hand_on_run_in_the_same_worker_processes():
+    from connectorlab.study.pool import run_pool
+
+    first, then, errors = [], [], []
+
+    def on_result(job, args, result):
+        (first if args[0] < 10 else then).append(result)
+        return [(_pid_and, (args[0] + 10,))] if args[0] < 10 else None  # each first job hands on one more
+
+    run_pool([(_pid_and, (i,)) for i in range(3)], 2, 1, on_result, lambda job, args, err: errors.append(err))
+    assert not errors and sorted(x for _, x in first) == [0, 1, 2] and sorted(x for _, x in then) == [10, 11, 12]
+    assert {pid for pid, _ in then} <= {pid for pid, _ in first}  # no new process started for them

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
@@ -49,17 +50,32 @@ def _start_worker(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-def run_pool(job: Callable[..., Any], argsets: Iterable[tuple], workers: int, threads: int | None,
-             on_result: Callable[[tuple, Any], None], on_error: Callable[[tuple, BaseException], None]) -> None:
-    """`job(*args)` for each argument tuple in `workers` spawned processes; every outcome is handed to `on_result` or
-    `on_error` in this process as it arrives (a job whose process died too)."""
+def run_pool(jobs: Iterable[tuple[Callable[..., Any], tuple]], workers: int, threads: int | None,
+             on_result: Callable[[Callable, tuple, Any], Iterable[tuple[Callable, tuple]] | None],
+             on_error: Callable[[Callable, tuple, BaseException], None]) -> None:
+    """`job(*args)` for each `(job, args)` in `workers` spawned processes; every outcome is handed to `on_result` or
+    `on_error` in this process as it arrives (a job whose process died too). `on_result` may return more jobs, which
+    run in the same processes: work that waits on finished jobs starts no new process and fills a worker that would
+    otherwise idle while the others finish."""
     ctx = get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(threads,)) as pool:
-        futures = {pool.submit(job, *args): args for args in argsets}
-        for future in as_completed(futures):
-            try:
-                result = future.result()
-            except Exception as err:  # noqa: BLE001 - the job's own error, or its process killed (BrokenProcessPool)
-                on_error(futures[future], err)
-            else:
-                on_result(futures[future], result)
+        running: dict[Future, tuple[Callable, tuple]] = {}
+
+        def submit(items: Iterable[tuple[Callable, tuple]]) -> None:
+            for job, args in items:
+                try:
+                    running[pool.submit(job, *args)] = (job, args)
+                except BrokenProcessPool as err:  # a process died: the pool takes no more work
+                    on_error(job, args, err)
+
+        submit(jobs)
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                job, args = running.pop(future)
+                try:
+                    result = future.result()
+                except Exception as err:  # noqa: BLE001 - the job's own error, or its process killed (BrokenProcessPool)
+                    on_error(job, args, err)
+                else:
+                    submit(on_result(job, args, result) or ())

@@ -209,9 +209,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
                 bar.update(task, advance=1, description=f"study cells ({done} done{f', {failed} failed' if failed else ''})")
 
             if workers > 1:
-                run_pool(run_cells_in_worker, [(plan, g, out, retry_failed, eval_batch) for g in groups], workers,
-                         threads, lambda args, result: [finished(CellState(**r)) for r in result],
-                         lambda args, err: [finished(worker_died(c, err)) for c in args[1]])
+                run_cell_pool(plan, cells, out, groups, workers, threads, retry_failed, eval_batch, bar, finished)
             else:
                 benchmarks = {} if launched(plan.execution) else load_benchmarks(plan)  # launched cells load their own
                 accelerator = make_accelerator()
@@ -234,6 +232,38 @@ def pretrain_groups(cells: list[Cell]) -> list[list[Cell]]:
     for cell in cells:
         groups.setdefault(cell.pretrain_key, []).append(cell)
     return list(groups.values())
+
+
+def run_cell_pool(plan: StudyPlan, cells: list[Cell], out: Path, groups: list[list[Cell]], workers: int,
+                  threads: int | None, retry_failed: bool, eval_batch: int, bar, finished) -> None:
+    """Cell groups in worker processes; with paired timing on the local engine, each timing group is timed in the
+    same processes once its cells are done."""
+    from .timing import TimingQueue  # it builds stage runs as `train_cell` does, from this module
+
+    queue = TimingQueue(plan, cells, out, bar) if plan.execution.engine == "local" else None
+    done: set[str] = set()
+
+    def on_result(job, args, result):
+        if job is not run_cells_in_worker:
+            queue.finished(result)
+            return None
+        for r in result:
+            state = CellState(**r)
+            finished(state)
+            if state.status == "done":
+                done.add(state.label)
+        return queue.ready(done) if queue else None
+
+    def on_error(job, args, err):
+        if job is run_cells_in_worker:
+            for c in args[1]:
+                finished(worker_died(c, err))
+        else:  # `time_cells` tries the group again after the cells
+            log.info("paired step timing in a cell worker failed (%s: %s); timed again after the cells",
+                     type(err).__name__, err)
+
+    run_pool([(run_cells_in_worker, (plan, g, out, retry_failed, eval_batch)) for g in groups], workers, threads,
+             on_result, on_error)
 
 
 _WORKER: dict = {}  # in a worker process: its benchmarks, accelerator and feature caches, made for its first cells

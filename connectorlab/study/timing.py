@@ -127,24 +127,46 @@ def time_cells(plan: StudyPlan, cells: list[Cell], out: Path, workers: int, thre
     task = bar.add_task("paired step timing", total=len(groups))
     failed: list[str] = []
 
-    def done(args, found) -> None:
+    def done(job, args, found) -> None:
         record(out, plan.timing, found)
         bar.advance(task)
 
-    def error(args, err) -> None:
+    def error(job, args, err) -> None:
         failed.append(f"{', '.join(c.label for c in args[0])}: {type(err).__name__}: {err}")
         bar.advance(task)
 
-    jobs = [(g, out, plan.timing) for g in groups]
+    jobs = [(time_group, (g, out, plan.timing)) for g in groups]
     if workers > 1:
-        run_pool(time_group, jobs, min(workers, len(jobs)), threads, done, error)
+        run_pool(jobs, min(workers, len(jobs)), threads, done, error)
     else:
-        for args in jobs:
+        for job, args in jobs:
             try:
-                done(args, time_group(*args))
+                done(job, args, job(*args))
             except Exception as err:  # noqa: BLE001 - one group's failure leaves the others' timings and the study
-                error(args, err)
+                error(job, args, err)
     return failed
+
+
+class TimingQueue:
+    """The groups to time, handed to the cells' own worker processes as soon as a group's last cell is done: no new
+    processes start, and a worker that has run out of cells times while the others still train. A group that fails
+    here is left to `time_cells`, which tries it again after the cells."""
+
+    def __init__(self, plan: StudyPlan, cells: list[Cell], out: Path, bar):
+        self.out, self.timing, self.bar, self.task = out, plan.timing, bar, None
+        self.waiting = pending_groups(cells, out, plan.timing) if plan.timing.rounds else []
+
+    def ready(self, done: set[str]) -> list[tuple]:
+        """Jobs for the groups whose cells are all in `done` (labels), each handed out once."""
+        now = [g for g in self.waiting if all(c.label in done for c in g)]
+        self.waiting = [g for g in self.waiting if g not in now]
+        if now and self.task is None:
+            self.task = self.bar.add_task("paired step timing", total=len(now) + len(self.waiting))
+        return [(time_group, (g, self.out, self.timing)) for g in now]
+
+    def finished(self, found: dict[str, dict]) -> None:
+        record(self.out, self.timing, found)
+        self.bar.advance(self.task)
 
 
 def read_timing(out: str | Path) -> dict[str, dict]:
