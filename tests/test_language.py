@@ -155,3 +155,20 @@ def test_registry_lists_templates():
     assert {"vicuna_v1", "llama_2", "chatml"} <= set(TEMPLATES.names())
     with pytest.raises(KeyError, match="valid names"):
         TEMPLATES["vicuna"]
+
+
+def test_a_word_tokenizer_keeps_each_role_marker_one_id(tmp_path):
+    from connectorlab.language.templates import VICUNA_ROLES
+    from connectorlab.model.tiny import make_word_tokenizer
+
+    words = ["What", "is", "it", "?", "red", "USER", ":", "ASSISTANT"]
+    split, whole = (make_word_tokenizer(tmp_path / name, words, **kw) for name, kw in
+                    (("split", {}), ("whole", {"whole": VICUNA_ROLES})))
+    conv = [{"from": "human", "value": "What is it?"}, {"from": "gpt", "value": "red"}]
+    a, b = (MultimodalProcessor(t, "plain_v1", num_image_tokens=4).encode(conv) for t in (split, whole))
+    assert len(a.input_ids) - len(b.input_ids) == 2  # "USER" ":" and "ASSISTANT" ":" each one id
+    assert [whole.convert_ids_to_tokens(i) for i in b.input_ids if whole.convert_ids_to_tokens(i) in VICUNA_ROLES] \
+        == list(VICUNA_ROLES)
+    assert [t for t, lab in zip(b.input_ids, b.labels, strict=True) if lab != IGNORE_INDEX] == \
+        [t for t, lab in zip(a.input_ids, a.labels, strict=True) if lab != IGNORE_INDEX]  # the answer as before
+    assert whole.decode(whole("red is it", add_special_tokens=False).input_ids) == "red is it"

@@ -69,14 +69,18 @@ class Template:
         raise NotImplementedError
 
 
+VICUNA_ROLES = ("USER:", "ASSISTANT:")  # the role markers of vicuna_v1 (a word-level tokenizer may keep each whole)
+
+
 class VicunaV1(Template):
     """LLaVA-1.5: 'SYSTEM USER: q ASSISTANT: a</s>USER: ...'."""
 
     def _render(self, turns, add_generation_prompt):
+        user, assistant = VICUNA_ROLES
         parts: list[Part] = [Bos(), Text(self.system + " ")]
         for role, msg in turns:
             if role == "user":
-                parts += [Text("USER: "), *split_image(msg), Text(" ASSISTANT:")]
+                parts += [Text(f"{user} "), *split_image(msg), Text(f" {assistant}")]
             else:
                 parts += [Text(" " + msg, supervised=True), Stop(supervised=True)]
         return parts

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     CLIPVisionConfig,
     CLIPVisionModel,
@@ -47,14 +47,17 @@ def make_bpe_tokenizer(path: str | Path, corpus: list[str] = CORPUS, vocab_size:
     return save_tokenizer(tok, path)
 
 
-def make_word_tokenizer(path: str | Path, words: list[str]) -> PreTrainedTokenizerFast:
-    """Word-level vocabulary (every word and punctuation mark one id): the probe's closed language."""
+def make_word_tokenizer(path: str | Path, words: list[str], whole: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """Word-level vocabulary (every word and punctuation mark one id): the probe's closed language. Each of `whole`
+    (e.g. a template's role markers) is one id too, punctuation included, as a subword vocabulary learns its frequent
+    strings: a role marker in two ids would lengthen every turn for nothing."""
     vocab = {t: i for i, t in enumerate(SPECIALS)}
     for w in words:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_tokens([AddedToken(w, normalized=False) for w in whole])
     return save_tokenizer(tok, path)
 
 
@@ -76,11 +79,12 @@ def make_vision(path: str | Path, kind: str = "clip", image_size: int = 32, patc
 
 
 def make_llm(path: str | Path, tokenizer: PreTrainedTokenizerFast, hidden: int = 64, layers: int = 2, heads: int = 4,
-             vocab_size: int | None = None, seed: int = 0, max_positions: int = 2048):
+             vocab_size: int | None = None, seed: int = 0, max_positions: int = 2048, intermediate: int | None = None):
     import torch
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
+    config = LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=hidden,
+                         intermediate_size=intermediate or 2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
                          max_position_embeddings=max_positions, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
