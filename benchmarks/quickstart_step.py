@@ -8,7 +8,7 @@ resolution. It also times the two implementation choices the quick start makes f
 torch's fused AdamW against the loop over parameters, and C-Abstractor's 1x1 convolutions as a matmul
 (`PointwiseConv2d`) against nn.Conv2d.
 
-    python benchmarks/quickstart_step.py [--rounds 7] [--steps 20] [--text 69] [--out benchmarks/results/quickstart_step.json]
+    python benchmarks/quickstart_step.py [--rounds 7] [--steps 20] [--text 61] [--out benchmarks/results/quickstart_step.json]
 """
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def build_presets(root: Path) -> None:
     tok = make_word_tokenizer(root / "llm", WORDS)
     make_vision(root / "vision", "clip", image_size=48, patch_size=s.patch_size, hidden=s.vision_hidden,
                 layers=s.vision_layers, heads=s.vision_heads)
-    make_llm(root / "llm", tok, hidden=s.llm_hidden, layers=s.llm_layers, heads=s.llm_heads)
+    make_llm(root / "llm", tok, hidden=s.llm_hidden, layers=s.llm_layers, heads=s.llm_heads, intermediate=s.llm_intermediate)
 
 
 def variants(root: Path, text: int) -> dict[str, Cell]:
@@ -115,7 +115,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--text", type=int, default=69, help="text tokens per sample (the default probe's mean: 69)")
+    ap.add_argument("--text", type=int, default=61,
+                    help="text tokens per sample (the default probe's mean: 61, its role markers one id each)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quickstart_step.json"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
