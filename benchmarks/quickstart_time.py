@@ -34,6 +34,19 @@ def code_version() -> dict:
     return {"commit": git("rev-parse", "HEAD").strip(), "uncommitted_library_changes": changed}
 
 
+def package_versions() -> dict[str, str]:
+    """The installed versions the numbers depend on: a fresh install can resolve an unpinned one to another release."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "tokenizers", "accelerate", "safetensors", "numpy", "pillow"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "runs" / "quickstart_bench"))
@@ -76,6 +89,7 @@ def main():
         "options": args.quickstart, "fine_gap_mlp_vs_avgpool": gaps, "cells": int(df.cell.nunique()), "verdicts": verdicts,
         **code,
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+        "packages": package_versions(),
     }
     atomic_write_json(args.json, result)
     print(json.dumps(result, indent=2))
