@@ -130,7 +130,7 @@ def adds_bos(tokenizer) -> bool:
 def chat_template(name: str, tokenizer_adds_bos: bool) -> str:
     """A Jinja chat template that renders connectorlab's template of that name (user text with `<image>` where the
     image goes; the generation prompt ends where the answer starts). The tests hold each against `encode_prompt`."""
-    from ..language.templates import TEMPLATES
+    from ..language.templates import TEMPLATES, VICUNA_ROLES
 
     system = TEMPLATES[name].system
     user = ("{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}"
@@ -139,7 +139,8 @@ def chat_template(name: str, tokenizer_adds_bos: bool) -> str:
     bos = "{% if not loop.first %}{{ bos_token }}{% endif %}" if tokenizer_adds_bos else "{{ bos_token }}"
     if name in ("vicuna_v1", "plain_v1"):
         return (("" if tokenizer_adds_bos else "{{ bos_token }}") + system + " {% for m in messages %}"
-                "{% if m['role'] == 'user' %}USER: " + user + " ASSISTANT:{% else %} " + answer + "{{ eos_token }}"
+                "{% if m['role'] == 'user' %}" + VICUNA_ROLES[0] + " " + user + " " + VICUNA_ROLES[1]
+                + "{% else %} " + answer + "{{ eos_token }}"
                 "{% endif %}{% endfor %}")
     if name == "llama_2":
         return ("{% for m in messages %}{% if m['role'] == 'user' %}" + bos + "{% if loop.first %}[INST] <<SYS>>\n"

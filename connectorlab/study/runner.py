@@ -236,11 +236,11 @@ def pretrain_groups(cells: list[Cell]) -> list[list[Cell]]:
 
 def run_cell_pool(plan: StudyPlan, cells: list[Cell], out: Path, groups: list[list[Cell]], workers: int,
                   threads: int | None, retry_failed: bool, eval_batch: int, bar, finished) -> None:
-    """Cell groups in worker processes; with paired timing on the local engine, each timing group is timed in the
+    """Cell groups in worker processes (the local engine); with paired timing, each timing group is timed in the
     same processes once its cells are done."""
     from .timing import TimingQueue  # it builds stage runs as `train_cell` does, from this module
 
-    queue = TimingQueue(plan, cells, out, bar) if plan.execution.engine == "local" else None
+    queue = TimingQueue(plan, cells, out, bar)
     done: set[str] = set()
 
     def on_result(job, args, result):
@@ -252,7 +252,7 @@ def run_cell_pool(plan: StudyPlan, cells: list[Cell], out: Path, groups: list[li
             finished(state)
             if state.status == "done":
                 done.add(state.label)
-        return queue.ready(done) if queue else None
+        return queue.ready(done)
 
     def on_error(job, args, err):
         if job is run_cells_in_worker:
