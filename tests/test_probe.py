@@ -60,7 +60,7 @@ def test_every_sub_task_has_its_own_type_in_the_mapping_yaml():
 
 
 FINE_QUESTIONS = ("What colour are the small shapes?", "How many small shapes are there?",
-                  "What symbol is on the tile?", "Where is the tile?")
+                  "What pattern is on the tile?", "Where is the tile?")
 
 
 def test_fine_tuning_records_ask_every_fine_question_short_and_some_as_multiple_choice(tmp_path):
@@ -121,7 +121,7 @@ def test_training_records_hold_the_image_once(tmp_path):
 
 def test_dense_targets_mark_the_small_shape_and_specks_and_the_big_shapes_facts():
     ann = {"scene": "sky", "background": "grey", "texture": "plain", "quality": "sharp",
-           "tile": {"shape": "ring", "colour": "", "cx": 0.1, "cy": 0.1, "size": 0.15},
+           "tile": {"shape": "grid", "colour": "", "cx": 0.1, "cy": 0.1, "size": 0.15},
            "big": [{"shape": "circle", "colour": "red", "cx": 0.25, "cy": 0.25, "size": 0.3},
                    {"shape": "square", "colour": "blue", "cx": 0.75, "cy": 0.75, "size": 0.2}],
            "small": [{"shape": "triangle", "colour": "white", "cx": 0.8, "cy": 0.2, "size": 0.1}],
@@ -384,3 +384,29 @@ def test_the_projection_at_the_paper_shape_follows_tokens():
     expected = (64 + TEXT_TOKENS["pretrain"]) / (1024 + TEXT_TOKENS["pretrain"]) - 1
     assert ca["pretrain_change_pct"] == pytest.approx(100 * expected, abs=2)  # the tower and connector add a little
     assert ca["pretrain_change_pct"] < ca["finetune_change_pct"] < 0  # longer text dilutes the saving in stage 2
+
+
+def test_the_tiles_glyphs_differ_only_below_the_lowest_resolutions_pixel():
+    """The glyph is the probe's detail that resolution decides: the four faces share one mean grey, and drawn at 64 px
+    and resized as the tower sees them, the least different two glyphs of an image differ (summed over its pixels)
+    several times more at 48 px than at 32 px."""
+    import random
+
+    from connectorlab.probe.scene import GLYPHS, glyph_pattern, render, sample_scene
+    from connectorlab.vision.transforms import ImageTransform
+
+    means = [float(glyph_pattern(g, 1000, 100.0).mean()) for g in GLYPHS]
+    assert max(means) - min(means) < 2, means
+    rng = random.Random(0)
+    specs = [s for s in (sample_scene(rng, 0.1, 0) for _ in range(60)) if s.quality == "sharp"][:5]
+    gaps = {}
+    for res in (32, 48):
+        least = []
+        for spec in specs:
+            faces = []
+            for glyph in GLYPHS:
+                spec.tile.shape = glyph
+                faces.append(ImageTransform(res, "resize")(render(spec, 64)))
+            least.append(min(float((a - b).abs().sum()) for i, a in enumerate(faces) for b in faces[i + 1:]))
+        gaps[res] = sum(least) / len(least)
+    assert gaps[48] > 3 * gaps[32], gaps

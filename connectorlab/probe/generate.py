@@ -56,8 +56,8 @@ class ProbeParams:
     seed: int = 0
     image_size: int = 64
     # Side of a small shape, as a fraction of the image side (the glyph tile is twice as wide). At 0.1 a small shape is
-    # half a patch of the tiny ViT at the lowest study resolution (32 px, patch 8) and the tile's glyph strokes are
-    # a pixel wide there, while the middle one (48 px) draws each stroke over about two pixels.
+    # half a patch of the tiny ViT at the lowest study resolution (32 px, patch 8); the tile's glyph is set apart by
+    # its stripes' period (scene.GLYPH_PERIOD), not by this scale.
     object_scale: float = 0.1
     # At most this many decoy specks per image (at least half as many). Measured on the tiny presets: with up to 8,
     # the MLP connector's fine-grained score stayed near chance in most runs (the binding plateau); with up to 2 it
@@ -118,7 +118,7 @@ def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
         q("colour", "What colour are the small shapes?", _options(rng, small[0].colour, SMALL_COLOURS), small[0].colour),
         q("count", "How many small shapes are there?", _options(rng, NUMBERS[len(small) - 1], NUMBERS[:MAX_SMALL]),
           NUMBERS[len(small) - 1]),
-        q("glyph", "What symbol is on the tile?", _options(rng, tile.shape, GLYPHS), tile.shape),
+        q("glyph", "What pattern is on the tile?", _options(rng, tile.shape, GLYPHS), tile.shape),
         q("locate", "Where is the tile?", _options(rng, tile.place, PLACES), tile.place),
         q("relation", f"Where is the {a.colour} {a.shape} relative to the {b.colour} {b.shape}?",
           _options(rng, spec.relation, RELATIONS), spec.relation),
@@ -132,7 +132,7 @@ def questions_for(spec: SceneSpec, rng: random.Random) -> list[Question]:
 def caption(spec: SceneSpec) -> str:
     a, b = spec.big
     n, s = len(spec.small), spec.small[0]  # the small things first, so stage 1 asks the connector to keep them apart
-    return (f"{NUMBERS[n - 1]} small {s.colour} shape{'s' if n > 1 else ''} and a tile with a {spec.tile.shape} in "
+    return (f"{NUMBERS[n - 1]} small {s.colour} shape{'s' if n > 1 else ''} and a {spec.tile.shape} tile in "
             f"the {spec.tile.place} of a {spec.quality} {spec.background} {spec.scene} scene "
             f"with {spec.texture} . the {a.colour} {a.shape} is {spec.relation} the {b.colour} {b.shape} and the "
             f"{spec.larger.colour} one is larger .")

@@ -32,14 +32,27 @@ COLOURS = {**BIG_COLOURS, **SMALL_COLOURS}
 # (locate 0.29-0.62 at 32 px in all five runs, against 0.91-0.96 in five of six runs with the tile anywhere).
 PLACES = ("top left", "top right", "bottom left", "bottom right")
 RELATIONS = ("left of", "right of", "above", "below")
-GLYPHS = ("plus", "cross", "ring", "bars")  # strokes a pixel or two wide: told apart only where the tile is resolved
+# The tile's glyph is a stripe pattern, and only its period tells the four apart (the same mean grey in each), so it is
+# a detail below what the lowest study resolution resolves, as small print is at 224 px, and above what the middle one
+# does. Drawn before (a plus, a cross, a ring or two bars in strokes a pixel wide at 32 px): their coarse shapes
+# differ, and the tower read them at 32 px nearly as well as at 48 px (0.78 / 0.85 held out), so a higher resolution
+# added little to mlp's fine-grained perception (+1.7 points at seed 0, within noise). With stripes the tower reads
+# them at 0.40 / 0.60 (32 / 48 px, held out, seed 0) and 0.48 / 0.71 (seed 1).
+GLYPHS = ("rows", "columns", "grid", "blank")
+# The stripes' period as a fraction of the image side: 1.6 pixels at 32 px (beyond the Nyquist limit, so resizing
+# leaves a faint alias: about a sixth of the contrast of 64 px, measured over 30 tile positions), 2.4 at 48 px
+# (about 70 %) and 3.2 at 64 px.
+GLYPH_PERIOD = 0.05
+GLYPH_DARK, GLYPH_LIGHT = 15, 245
+TILE_FRAME = 0.2  # the dark frame's share of the tile's half-side
 MAX_SMALL = 4
 SPECK_RATIO = 0.375  # a speck's diameter relative to a small shape's side (about 1/7 of its area)
-# The glyph tile's side relative to a small shape's. Tried 1.5 (strokes under a pixel at 32 px, one at 48 px; with the
-# tile in the outer third of its quadrant): the tower read the glyph at 0.45 / 0.65 (32 / 48 px, against 0.78 / 0.85)
-# and mlp at 0.36 / 0.38 (against 0.74 / 0.86). Also tried: small shapes kept 0.1 of the side away from the tile, so
-# that a 3 x 3 pooled token rarely holds both: average pooling's colour at 48 px rose from 0.34 to 0.57 at seed 0 (its
-# fine-grained score 50.7 -> 58.2, beyond noise), but not at seed 1 (0.33 -> 0.29; fine-grained 47.8 -> 43.0).
+# The glyph tile's side relative to a small shape's. With the earlier stroke glyphs, tried 1.5 (strokes under a pixel at
+# 32 px, one at 48 px; with the tile in the outer third of its quadrant): the tower read the glyph at 0.45 / 0.65
+# (32 / 48 px, against 0.78 / 0.85) and mlp at 0.36 / 0.38 (against 0.74 / 0.86). Also tried: small shapes kept 0.1
+# of the side away from the tile, so that a 3 x 3 pooled token rarely holds both: average pooling's colour at 48 px
+# rose from 0.34 to 0.57 at seed 0 (its fine-grained score 50.7 -> 58.2, beyond noise), but not at seed 1 (0.33 ->
+# 0.29; fine-grained 47.8 -> 43.0).
 TILE_RATIO = 2.0
 
 
@@ -160,22 +173,27 @@ def _draw_shape(draw: ImageDraw.ImageDraw, s: Shape, side: int) -> None:
         draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=colour)
 
 
-def _draw_tile(draw: ImageDraw.ImageDraw, tile: Shape, side: int) -> None:
-    """A black tile with a white glyph: readable only where a few pixels cover each stroke."""
+def glyph_pattern(glyph: str, n: int, period: float) -> np.ndarray:
+    """An n x n grey-level tile face whose glyph lives only at `period` pixels: rows and columns are stripes across or
+    down, grid is both (each line thinner, so that half the face stays white), blank is their mean grey. Every face has
+    the same mean, so where the period is below two pixels (the image's Nyquist limit) all four look alike."""
+    v, u = ((np.mgrid[0:n, 0:n] + 0.5) / period) % 1
+    thin = 1 - 0.5 ** 0.5  # two sets of lines this wide leave (1 - thin)^2 = half of the face dark
+    lit = {"rows": v < 0.5, "columns": u < 0.5, "grid": (v < thin) | (u < thin)}.get(glyph)
+    if lit is None:
+        return np.full((n, n), (GLYPH_DARK + GLYPH_LIGHT) / 2)
+    return np.where(lit, GLYPH_LIGHT, GLYPH_DARK).astype(float)
+
+
+def _draw_tile(image: Image.Image, tile: Shape, side: int) -> None:
+    """A dark-framed tile whose face holds the glyph's stripes (see GLYPH_PERIOD); the frame keeps the tile, and so
+    its place, visible at any resolution."""
     cx, cy, r = tile.cx * side, tile.cy * side, tile.size * side / 2
-    draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=(15, 15, 15))
-    a, w, white = r * 0.7, max(1, round(r * 0.3)), (245, 245, 245)
-    if tile.shape == "plus":
-        draw.line([(cx - a, cy), (cx + a, cy)], fill=white, width=w)
-        draw.line([(cx, cy - a), (cx, cy + a)], fill=white, width=w)
-    elif tile.shape == "cross":
-        draw.line([(cx - a, cy - a), (cx + a, cy + a)], fill=white, width=w)
-        draw.line([(cx - a, cy + a), (cx + a, cy - a)], fill=white, width=w)
-    elif tile.shape == "ring":
-        draw.ellipse([cx - a, cy - a, cx + a, cy + a], outline=white, width=w)
-    else:
-        for dy in (-a * 0.6, a * 0.6):
-            draw.line([(cx - a, cy + dy), (cx + a, cy + dy)], fill=white, width=w)
+    ImageDraw.Draw(image).rectangle([cx - r, cy - r, cx + r, cy + r], fill=(GLYPH_DARK,) * 3)
+    inner = r * (1 - TILE_FRAME)
+    x0, y0, n = round(cx - inner), round(cy - inner), round(2 * inner)
+    face = glyph_pattern(tile.shape, n, GLYPH_PERIOD * side).round().astype(np.uint8)
+    image.paste(Image.fromarray(np.repeat(face[..., None], 3, axis=2)), (x0, y0))
 
 
 def noise_seed(spec: SceneSpec, rng: random.Random) -> int | None:
@@ -196,7 +214,7 @@ def render(spec: SceneSpec, side: int, noise: int | None = None, supersample: in
     for s in spec.big + spec.small:
         _draw_shape(draw, s, big_side)
     if spec.tile:
-        _draw_tile(draw, spec.tile, big_side)
+        _draw_tile(image, spec.tile, big_side)
     image = image.resize((side, side), Image.LANCZOS)
     # Strong enough to survive the study's lowest resolution (half the drawn side): the image's quality is a coarse
     # property, and a blur of one drawn pixel or faint noise would make it a fine-grained one.
