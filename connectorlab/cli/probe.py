@@ -59,10 +59,12 @@ def quickstart(
                                        "(default: the probe's)"),
     clutter: int = typer.Option(None, help="probe difficulty: at most this many decoy specks per image (default: the "
                                 "probe's)"),
-    full: bool = typer.Option(False, "--full", help="the full grid: five connectors at three resolutions (longer)"),
+    full: bool = typer.Option(False, "--full", help="the full grid: five connectors at three resolutions and two "
+                              "budgets (longer)"),
 ):
-    """The whole study on a laptop CPU: probe, tiny MLLMs with a connector of each kind at two resolutions and two
-    budgets, training-free reductions beside them, report (a built-in study plan, run like `connectorlab study run`)."""
+    """The whole study on a laptop CPU: probe, tiny MLLMs with a connector of each kind at two resolutions (the
+    compressing ones at 4x fewer tokens than the patch grid), training-free reductions beside them, report (a built-in
+    study plan, run like `connectorlab study run`)."""
     from ..probe.generate import ProbeParams
     from ..study.quickstart import QuickstartConfig
     from ..study.quickstart import quickstart as run
