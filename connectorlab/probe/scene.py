@@ -8,6 +8,7 @@ the small things (which a pooled token mixes with their neighbours), reasoning o
 """
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass, field
 
@@ -140,23 +141,50 @@ def sample_scene(rng: random.Random, object_scale: float, clutter: int) -> Scene
                      big, relation, small, tile, specks)
 
 
+def _grid(side: int) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(np.mgrid[0:side, 0:side] / side)
+
+
+@functools.lru_cache(maxsize=16)
+def _light(scene: str, side: int) -> np.ndarray:
+    """The scene's layout of light and shade; cached, as every image of a side and scene shares it (drawing the probe
+    spent most of its time here)."""
+    yy, xx = _grid(side)
+    if scene == "sky":
+        light = 1.25 - 0.5 * yy
+    elif scene == "field":
+        light = np.where(yy < 0.35, 1.35, 0.8)
+    elif scene == "lake":
+        light = np.where(yy < 0.65, 0.8, 1.35)
+    else:  # room
+        light = np.where(xx < 0.5, 1.3, 0.85) * np.where(yy > 0.75, 0.7, 1.0)
+    light.setflags(write=False)
+    return light
+
+
+@functools.lru_cache(maxsize=16)
+def _texture(texture: str, side: int) -> np.ndarray | None:
+    """The texture's shading factor (None: plain); cached like the light."""
+    yy, xx = _grid(side)
+    period = 0.125
+    if texture == "stripes":
+        factor = np.where(((xx + yy) / period) % 1 < 0.5, 0.8, 1.0)
+    elif texture == "dots":
+        factor = np.where(((xx / period) % 1 - 0.5) ** 2 + ((yy / period) % 1 - 0.5) ** 2 < 0.06, 0.7, 1.0)
+    elif texture == "checks":
+        factor = np.where(((xx // period) + (yy // period)) % 2 == 0, 0.8, 1.0)
+    else:
+        return None
+    factor.setflags(write=False)
+    return factor
+
+
 def _background(spec: SceneSpec, side: int) -> np.ndarray:
     """The dominant hue everywhere, lit by the scene's layout (a gradient, a horizon high or low, a wall and floor)."""
-    base = np.array(BACKGROUNDS[spec.background], float)
-    yy, xx = np.mgrid[0:side, 0:side] / side
-    light = {"sky": 1.25 - 0.5 * yy,
-             "field": np.where(yy < 0.35, 1.35, 0.8),
-             "lake": np.where(yy < 0.65, 0.8, 1.35),
-             "room": np.where(xx < 0.5, 1.3, 0.85) * np.where(yy > 0.75, 0.7, 1.0)}[spec.scene]
-    canvas = base[None, None, :] * light[..., None]
-    period = 0.125
-    if spec.texture == "stripes":
-        canvas *= np.where(((xx + yy) / period) % 1 < 0.5, 0.8, 1.0)[..., None]
-    elif spec.texture == "dots":
-        d = ((xx / period) % 1 - 0.5) ** 2 + ((yy / period) % 1 - 0.5) ** 2
-        canvas *= np.where(d < 0.06, 0.7, 1.0)[..., None]
-    elif spec.texture == "checks":
-        canvas *= np.where(((xx // period) + (yy // period)) % 2 == 0, 0.8, 1.0)[..., None]
+    canvas = np.array(BACKGROUNDS[spec.background], float)[None, None, :] * _light(spec.scene, side)[..., None]
+    factor = _texture(spec.texture, side)
+    if factor is not None:
+        canvas *= factor[..., None]
     return canvas
 
 
