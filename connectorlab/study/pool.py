@@ -52,11 +52,10 @@ def _start_worker(threads: int | None) -> None:
 
 def run_pool(jobs: Iterable[tuple[Callable[..., Any], tuple]], workers: int, threads: int | None,
              on_result: Callable[[Callable, tuple, Any], Iterable[tuple[Callable, tuple]] | None],
-             on_error: Callable[[Callable, tuple, BaseException], None]) -> None:
+             on_error: Callable[[Callable, tuple, BaseException], Iterable[tuple[Callable, tuple]] | None]) -> None:
     """`job(*args)` for each `(job, args)` in `workers` spawned processes; every outcome is handed to `on_result` or
-    `on_error` in this process as it arrives (a job whose process died too). `on_result` may return more jobs, which
-    run in the same processes: work that waits on finished jobs starts no new process and fills a worker that would
-    otherwise idle while the others finish."""
+    `on_error` in this process as it arrives (a job whose process died too). Either may return more jobs, which run
+    in the same processes: work that waits on finished jobs starts no new process."""
     ctx = get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start_worker, initargs=(threads,)) as pool:
         running: dict[Future, tuple[Callable, tuple]] = {}
@@ -66,7 +65,7 @@ def run_pool(jobs: Iterable[tuple[Callable[..., Any], tuple]], workers: int, thr
                 try:
                     running[pool.submit(job, *args)] = (job, args)
                 except BrokenProcessPool as err:  # a process died: the pool takes no more work
-                    on_error(job, args, err)
+                    submit(on_error(job, args, err) or ())
 
         submit(jobs)
         while running:
@@ -76,6 +75,6 @@ def run_pool(jobs: Iterable[tuple[Callable[..., Any], tuple]], workers: int, thr
                 try:
                     result = future.result()
                 except Exception as err:  # noqa: BLE001 - the job's own error, or its process killed (BrokenProcessPool)
-                    on_error(job, args, err)
+                    submit(on_error(job, args, err) or ())
                 else:
                     submit(on_result(job, args, result) or ())

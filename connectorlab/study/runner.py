@@ -185,7 +185,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
     with exclusive(out, "study run"):
         check_unchanged(out, cells)
         sizes = describe_cells(plan, cells)
-        groups = pretrain_groups(cells)
+        groups = longest_first(plan, pretrain_groups(cells), {c.label: s for c, s in zip(cells, sizes, strict=True)})
         workers = worker_count(plan.execution.workers, len(groups)) if plan.execution.engine == "local" else 1
         threads = thread_count(plan.execution.threads, workers)
         atomic_write_json(out / "study.json", {
@@ -236,34 +236,48 @@ def pretrain_groups(cells: list[Cell]) -> list[list[Cell]]:
 
 def run_cell_pool(plan: StudyPlan, cells: list[Cell], out: Path, groups: list[list[Cell]], workers: int,
                   threads: int | None, retry_failed: bool, eval_batch: int, bar, finished) -> None:
-    """Cell groups in worker processes (the local engine); with paired timing, each timing group is timed in the
-    same processes once its cells are done."""
+    """Cell groups in worker processes (the local engine); with paired timing, the timing groups are then timed in
+    the same processes, one at a time."""
     from .timing import TimingQueue  # it builds stage runs as `train_cell` does, from this module
 
     queue = TimingQueue(plan, cells, out, bar)
     done: set[str] = set()
+    settled: set[str] = set()
 
     def on_result(job, args, result):
         if job is not run_cells_in_worker:
-            queue.finished(result)
-            return None
+            return queue.finished(result, done, settled)
         for r in result:
             state = CellState(**r)
             finished(state)
+            settled.add(state.label)
             if state.status == "done":
                 done.add(state.label)
-        return queue.ready(done)
+        return queue.ready(done, settled)
 
     def on_error(job, args, err):
-        if job is run_cells_in_worker:
-            for c in args[1]:
-                finished(worker_died(c, err))
-        else:  # `time_cells` tries the group again after the cells
+        if job is not run_cells_in_worker:  # `time_cells` tries the group again after the cells
             log.info("paired step timing in a cell worker failed (%s: %s); timed again after the cells",
                      type(err).__name__, err)
+            return queue.finished(None, done, settled)
+        for c in args[1]:
+            finished(worker_died(c, err))
+            settled.add(c.label)
+        return queue.ready(done, settled)
 
     run_pool([(run_cells_in_worker, (plan, g, out, retry_failed, eval_batch)) for g in groups], workers, threads,
              on_result, on_error)
+
+
+def longest_first(plan: StudyPlan, groups: list[list[Cell]], sizes: dict[str, dict]) -> list[list[Cell]]:
+    """The groups in the order the workers take them: the costliest first, so that no long cell starts while the
+    other workers run out of work. A cell's cost is estimated by its evaluations, then its visual tokens, then its
+    connector's FLOPs (`sizes`: `describe_cells` by label); the quick start's measured cells follow that order (mlp
+    74-90 s with five evaluations, c_abstractor 59-62 s, avgpool 54-57 s)."""
+    def cost(group: list[Cell]) -> tuple:
+        return tuple(sum(x) for x in zip(*[(len(evaluations(plan, c)), sizes[c.label]["visual_tokens"],
+                                            sizes[c.label]["flops"] or 0) for c in group], strict=True))
+    return sorted(groups, key=cost, reverse=True)
 
 
 _WORKER: dict = {}  # in a worker process: its benchmarks, accelerator and feature caches, made for its first cells
