@@ -165,6 +165,44 @@ def test_each_timing_round_runs_its_own_batches_the_same_for_every_cell(study, m
     assert rounds[0][0][0] != rounds[1][0][0]  # the two calls of a round are two cells
 
 
+def test_timing_groups_are_handed_out_after_every_cell_and_one_at_a_time(study, tmp_path):
+    from types import SimpleNamespace
+
+    from connectorlab.study import timing
+    from connectorlab.study.plan import expand
+
+    plan, out, _, _ = study
+    cells = [c for c in expand(plan, tmp_path) if c.variant == "a"]  # a folder with no timing yet: every group pending
+    bar = SimpleNamespace(add_task=lambda *a, **k: 0, advance=lambda *a: None)
+    queue = timing.TimingQueue(plan, cells, tmp_path, bar)
+    at = {res: {c.label for c in cells if c.resolution == res} for res in (32, 48)}
+    failed = {c.label for c in cells if c.resolution == 48 and c.connector == "avgpool"}
+    assert queue.ready(at[32], at[32]) == []  # the 48 px cells still train: nothing is timed beside them
+    everything = at[32] | at[48]
+    (job,) = queue.ready(everything, everything)
+    assert job[0] is timing.time_group and {c.label for c in job[1][0]} == at[32]
+    assert queue.ready(everything, everything) == []  # one group at a time
+    (job,) = queue.finished(None, everything, everything)  # a failed timing hands out the next group too
+    assert {c.label for c in job[1][0]} == at[48]
+    assert queue.finished(None, everything, everything) == []
+    queue = timing.TimingQueue(plan, cells, tmp_path, bar)  # a group with a failed cell is never timed
+    (job,) = queue.ready(everything - failed, everything)
+    assert {c.label for c in job[1][0]} == at[32] and queue.finished(None, everything - failed, everything) == []
+
+
+def test_worker_processes_take_the_costliest_cells_first(study):
+    from connectorlab.study.plan import describe_cells, expand
+    from connectorlab.study.runner import longest_first, pretrain_groups
+
+    plan, out, _, _ = study
+    cells = expand(plan, out)
+    sizes = {c.label: s for c, s in zip(cells, describe_cells(plan, cells), strict=True)}
+    order = [[c.label for c in g] for g in longest_first(plan, pretrain_groups(cells), sizes)]
+    assert order[0] == ["mlp-32px-s0-a", "mlp-32px-s0-b", "mlp-32px-s0-broken"]  # three cells' evaluations
+    assert order[1] == ["mlp-48px-s0-a"]  # 36 visual tokens; each avgpool cell has 4
+    assert sorted(order[2:]) == [["avgpool-4t-32px-s0-a"], ["avgpool-4t-48px-s0-a"]]
+
+
 def test_status_lists_every_cell(study, capsys, monkeypatch):
     from test_bad_inputs import cli
 
