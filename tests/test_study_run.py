@@ -177,17 +177,22 @@ def test_timing_groups_are_handed_out_after_every_cell_and_one_at_a_time(study, 
     queue = timing.TimingQueue(plan, cells, tmp_path, bar)
     at = {res: {c.label for c in cells if c.resolution == res} for res in (32, 48)}
     failed = {c.label for c in cells if c.resolution == 48 and c.connector == "avgpool"}
-    assert queue.ready(at[32], at[32]) == []  # the 48 px cells still train: nothing is timed beside them
-    everything = at[32] | at[48]
-    (job,) = queue.ready(everything, everything)
+    for label in at[32]:
+        queue.settle(label, True)
+    assert queue.ready() == []  # the 48 px cells still train: nothing is timed beside them
+    for label in at[48]:
+        queue.settle(label, True)
+    (job,) = queue.ready()
     assert job[0] is timing.time_group and {c.label for c in job[1][0]} == at[32]
-    assert queue.ready(everything, everything) == []  # one group at a time
-    (job,) = queue.finished(None, everything, everything)  # a failed timing hands out the next group too
+    assert queue.ready() == []  # one group at a time
+    (job,) = queue.finished(None)  # a failed timing hands out the next group too
     assert {c.label for c in job[1][0]} == at[48]
-    assert queue.finished(None, everything, everything) == []
+    assert queue.finished(None) == []
     queue = timing.TimingQueue(plan, cells, tmp_path, bar)  # a group with a failed cell is never timed
-    (job,) = queue.ready(everything - failed, everything)
-    assert {c.label for c in job[1][0]} == at[32] and queue.finished(None, everything - failed, everything) == []
+    for label in at[32] | at[48]:
+        queue.settle(label, label not in failed)
+    (job,) = queue.ready()
+    assert {c.label for c in job[1][0]} == at[32] and queue.finished(None) == []
 
 
 def test_worker_processes_take_the_costliest_cells_first(study):

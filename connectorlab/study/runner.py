@@ -241,29 +241,26 @@ def run_cell_pool(plan: StudyPlan, cells: list[Cell], out: Path, groups: list[li
     from .timing import TimingQueue  # it builds stage runs as `train_cell` does, from this module
 
     queue = TimingQueue(plan, cells, out, bar)
-    done: set[str] = set()
-    settled: set[str] = set()
 
     def on_result(job, args, result):
         if job is not run_cells_in_worker:
-            return queue.finished(result, done, settled)
+            return queue.finished(result)
         for r in result:
             state = CellState(**r)
             finished(state)
-            settled.add(state.label)
-            if state.status == "done":
-                done.add(state.label)
-        return queue.ready(done, settled)
+            queue.settle(state.label, state.status == "done")
+        return queue.ready()
 
     def on_error(job, args, err):
         if job is not run_cells_in_worker:  # `time_cells` tries the group again after the cells
             log.info("paired step timing in a cell worker failed (%s: %s); timed again after the cells",
                      type(err).__name__, err)
-            return queue.finished(None, done, settled)
+            return queue.finished(None)
         for c in args[1]:
-            finished(worker_died(c, err))
-            settled.add(c.label)
-        return queue.ready(done, settled)
+            state = worker_died(c, err)
+            finished(state)
+            queue.settle(c.label, state.status == "done")
+        return queue.ready()
 
     run_pool([(run_cells_in_worker, (plan, g, out, retry_failed, eval_batch)) for g in groups], workers, threads,
              on_result, on_error)

@@ -4,11 +4,10 @@ A cell's stage time is measured while it trains, and cells train one after anoth
 drifts by 10-30 % within minutes: in one quick start every compressing cell fine-tuned 10-26 % longer than `mlp`
 only because it ran later. Here the finished cells of one resolution, seed and variant are rebuilt for each stage
 and their steps are timed in alternating rounds (A B C, then C B A, ...), so that drift hits them alike, with no other
-group or cell running beside them (see `TimingQueue`); every cell
-runs the same batches in a round, and each round its own batches, so that the per-round ratios pair like with like
-while the rounds together sample the stage's mix of lengths. A cell's time per step is the median over rounds. The
-steps run on throwaway copies: nothing a cell saved changes.
-Every cell of a group is held in memory at once, which suits the small models of a CPU study.
+group or cell running beside them (see `TimingQueue`); every cell runs the same batches in a round, and each round
+its own batches, so that the per-round ratios pair like with like while the rounds together sample the stage's mix
+of lengths. A cell's time per step is the median over rounds. The steps run on throwaway copies: nothing a cell
+saved changes. Every cell of a group is held in memory at once, which suits the small models of a CPU study.
 """
 from __future__ import annotations
 
@@ -158,29 +157,36 @@ class TimingQueue:
 
     def __init__(self, plan: StudyPlan, cells: list[Cell], out: Path, bar):
         self.out, self.timing, self.bar, self.task = out, plan.timing, bar, None
-        self.cells = {c.label for c in cells}
+        self.unsettled = {c.label for c in cells}  # cells still training
+        self.failed: set[str] = set()
         self.waiting = pending_groups(cells, out, plan.timing) if plan.timing.rounds else []
         self.busy = False
 
-    def ready(self, done: set[str], settled: set[str]) -> list[tuple]:
-        """The next group's job once every cell is `settled` (done or failed) and no group is being timed; only groups
-        whose cells are all `done` (labels) are timed."""
-        self.waiting = [g for g in self.waiting if all(c.label in done for c in g) or
-                        any(c.label not in settled for c in g)]
-        if self.busy or not self.waiting or not self.cells <= settled:
+    def settle(self, label: str, done: bool) -> None:
+        """A cell has finished training: `done`, or failed (a group holding a failed cell is never timed)."""
+        self.unsettled.discard(label)
+        if not done:
+            self.failed.add(label)
+
+    def ready(self) -> list[tuple]:
+        """The next group's job once every cell is settled and no group is being timed."""
+        if self.busy or self.unsettled:
+            return []
+        self.waiting = [g for g in self.waiting if not any(c.label in self.failed for c in g)]
+        if not self.waiting:
             return []
         if self.task is None:
             self.task = self.bar.add_task("paired step timing", total=len(self.waiting))
         self.busy = True
         return [(time_group, (self.waiting.pop(0), self.out, self.timing))]
 
-    def finished(self, found: dict[str, dict] | None, done: set[str], settled: set[str]) -> list[tuple]:
+    def finished(self, found: dict[str, dict] | None) -> list[tuple]:
         """Records a group's timing (None: it failed) and hands out the next."""
         if found is not None:
             record(self.out, self.timing, found)
         self.bar.advance(self.task)
         self.busy = False
-        return self.ready(done, settled)
+        return self.ready()
 
 
 def read_timing(out: str | Path) -> dict[str, dict]:
