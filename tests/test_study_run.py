@@ -144,7 +144,7 @@ def test_a_failing_timing_group_is_reported_and_leaves_the_others(study, monkeyp
     assert set(saved) == {"mlp-32px-s0-a", "avgpool-4t-32px-s0-a"}
 
 
-def test_each_timing_round_runs_its_own_batches_the_same_for_every_cell(study, monkeypatch):
+def test_every_timing_round_runs_the_same_batch_for_every_cell(study, monkeypatch):
     from connectorlab.study import timing
     from connectorlab.study.plan import StepTiming, expand
 
@@ -159,10 +159,20 @@ def test_each_timing_round_runs_its_own_batches_the_same_for_every_cell(study, m
     finetune = seen[len(seen) // 2:]  # the second stage: a warm-up call and 3 rounds of one step per cell, 2 micro-batches each
     per_call = [finetune[k:k + 2] for k in range(0, len(finetune), 2)]
     rounds = per_call[len(group):]  # after the warm-ups
-    firsts = [[s for _, s in call] for call in rounds]
-    assert firsts[0] == firsts[1] and firsts[2] == firsts[3] and firsts[4] == firsts[5]  # both cells, same batch
-    assert firsts[0] != firsts[2] != firsts[4]  # each round a new one
+    assert len(rounds) == 3 * len(group) and len({tuple(s for _, s in call) for call in rounds}) == 1  # one batch
     assert rounds[0][0][0] != rounds[1][0][0]  # the two calls of a round are two cells
+
+
+def test_timing_takes_the_batches_of_median_padded_length():
+    from connectorlab.study.timing import typical_batches
+
+    lengths = [5, 9, 3, 7, 7, 1, 8]  # per sample
+    batches = [([0, 1], "b0"), ([2], "b1"), ([3], "b2"), ([4, 5], "b3"), ([6], "b4")]  # padded 9, 3, 7, 7, 8
+    picked = lambda count: [m for _, m in typical_batches(batches, lengths, count)]  # noqa: E731
+    assert picked(1) == ["b3"]  # by length: b1 b2 b3 b4 b0, the middle one (equal lengths in drawn order)
+    assert picked(2) == ["b2", "b3"]
+    assert picked(3) == ["b2", "b3", "b4"]  # in drawn order
+    assert picked(9) == ["b0", "b1", "b2", "b3", "b4"]  # more than drawn: all of them
 
 
 def test_timing_groups_are_handed_out_after_every_cell_and_one_at_a_time(study, tmp_path):

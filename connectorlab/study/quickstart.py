@@ -32,6 +32,7 @@ from .runner import StudyRun, run_study
 BUILTIN_PLAN = Path(__file__).with_name("plans") / "quickstart.yaml"
 SECTION_NOTE = f"section `{TASK_SECTION}` of evaluation/task_types.yaml"
 PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+CONFIG_FILE = "quickstart_config.json"  # the settings a quick start folder was made with (a re-run must match them)
 
 
 def builtin_plan() -> dict[str, Any]:
@@ -161,8 +162,8 @@ def quickstart(qc: QuickstartConfig = QuickstartConfig(), show_progress: bool = 
     torch.manual_seed(qc.seed)
     out = Path(qc.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_same_config(out / "quickstart_config.json", qc)
-    atomic_write_json(out / "quickstart_config.json", dataclasses.asdict(qc))
+    check_same_config(out / CONFIG_FILE, qc)
+    atomic_write_json(out / CONFIG_FILE, dataclasses.asdict(qc))
     with progress_bar(show_progress) as bar:
         probe, vision, llm = prepare(qc, bar)
     plan = quickstart_plan(qc, probe, vision, llm)

@@ -4,10 +4,12 @@ A cell's stage time is measured while it trains, and cells train one after anoth
 drifts by 10-30 % within minutes: in one quick start every compressing cell fine-tuned 10-26 % longer than `mlp`
 only because it ran later. Here the finished cells of one resolution, seed and variant are rebuilt for each stage
 and their steps are timed in alternating rounds (A B C, then C B A, ...), so that drift hits them alike, with no other
-group or cell running beside them (see `TimingQueue`); every cell runs the same batches in a round, and each round
-its own batches, so that the per-round ratios pair like with like while the rounds together sample the stage's mix
-of lengths. A cell's time per step is the median over rounds. The steps run on throwaway copies: nothing a cell
-saved changes. Every cell of a group is held in memory at once, which suits the small models of a CPU study.
+group or cell running beside them (see `TimingQueue`). Every round runs the same batches, those of the stage's
+median padded length among the batches drawn: a step's cost grows with its batch's length, so with each round on its
+own batches each cell's median step fell on different lengths, and the ratio of two cells' medians varied by several
+percent from run to run while the per-round ratios agreed (benchmarks/timing_repeatability.py). A cell's time per
+step is the median over rounds. The steps run on throwaway copies: nothing a cell saved changes. Every cell of a group
+is held in memory at once, which suits the small models of a CPU study.
 """
 from __future__ import annotations
 
@@ -55,13 +57,13 @@ def stage_run(cell: Cell, out: Path, stage: str, accelerator, steps: int) -> Sta
 
 
 class TimedStage:
-    """The first `rounds` x `steps` optimizer steps of one cell's stage, `steps` of them per round (round r runs steps
-    r * steps onwards, the stage's first steps again where it has fewer), ready to be run again and again."""
+    """`steps` optimizer steps of one cell's stage, the same ones every round: of the stage's first `rounds` x `steps`
+    batches (its first steps again where it has fewer), the `steps` of median padded length (`typical_batches`)."""
 
     def __init__(self, run: StageRun, steps: int, rounds: int = 1):
-        self.run, self.steps = run, min(steps, run.total)
         samples = run.data.samples
-        self.batches = [run.plan(step)[1:] for step in range(min(self.steps * max(rounds, 1), run.total))]
+        drawn = [run.plan(step)[1:] for step in range(min(steps * max(rounds, 1), run.total))]
+        self.run, self.batches = run, typical_batches(drawn, [len(s.input_ids) for s in samples], steps)
         paths = [samples[i].image for g, _ in self.batches for i in g if samples[i].image is not None]
         inner = run.inner
         self.cache = FeatureCache(inner.vision, inner.image_transform, paths, workers=run.sc.image_workers) \
@@ -76,20 +78,27 @@ class TimedStage:
                                 for idx in micro] for _, micro in self.batches]
         run.model.train()
 
-    def seconds_per_step(self, round_: int = 0) -> float:
+    def seconds_per_step(self) -> float:
         device = self.run.accelerator.device
-        steps = [(round_ * self.steps + k) % len(self.batches) for k in range(self.steps)]
         synchronize(device)
         t0 = time.perf_counter()
-        for step in steps:
-            micro = self.batches[step][1]
+        for step, (_, micro) in enumerate(self.batches):
             for j, idx in enumerate(micro):
                 pixels = None if self.pixels is None else iter([self.pixels[step][j]])
                 micro_step(self.run, idx, self.cache, pixels, self.run.accelerator.num_processes / self.supervised[step],
                            j == len(micro) - 1, self.scaler)
             optimizer_step(self.run, self.scaler)
         synchronize(device)
-        return (time.perf_counter() - t0) / self.steps
+        return (time.perf_counter() - t0) / len(self.batches)
+
+
+def typical_batches(batches: list[tuple], lengths: list[int], count: int) -> list[tuple]:
+    """The `count` batches (global batch indices, micro-batches) at the middle of all `batches` ordered by padded
+    length (their longest sample's; equal lengths in drawn order), returned in drawn order."""
+    padded = [max(lengths[i] for i in g) for g, _ in batches]
+    order = sorted(range(len(batches)), key=lambda j: (padded[j], j))
+    start = max(0, (len(order) - count) // 2)
+    return [batches[j] for j in sorted(order[start:start + count])]
 
 
 def synchronize(device: torch.device) -> None:
@@ -110,7 +119,7 @@ def time_group(cells: list[Cell], out: Path, timing: StepTiming) -> dict[str, di
         rounds: dict[str, list[float]] = {label: [] for label in timed}
         for r in range(timing.rounds):
             for label in (list(timed) if r % 2 == 0 else list(reversed(timed))):
-                rounds[label].append(timed[label].seconds_per_step(r))
+                rounds[label].append(timed[label].seconds_per_step())
         for label, values in rounds.items():
             result[label][stage] = values
         del timed
