@@ -175,34 +175,34 @@ def test_timing_takes_the_batches_of_median_padded_length():
     assert picked(9) == ["b0", "b1", "b2", "b3", "b4"]  # more than drawn: all of them
 
 
-def test_timing_groups_are_handed_out_after_every_cell_and_one_at_a_time(study, tmp_path):
+def test_timing_runs_after_the_cells_in_one_fresh_process_one_group_at_a_time(study, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from connectorlab.study import timing
+    from connectorlab.study import runner, timing
     from connectorlab.study.plan import expand
 
     plan, out, _, _ = study
     cells = [c for c in expand(plan, tmp_path) if c.variant == "a"]  # a folder with no timing yet: every group pending
     bar = SimpleNamespace(add_task=lambda *a, **k: 0, advance=lambda *a: None)
-    queue = timing.TimingQueue(plan, cells, tmp_path, bar)
-    at = {res: {c.label for c in cells if c.resolution == res} for res in (32, 48)}
-    failed = {c.label for c in cells if c.resolution == 48 and c.connector == "avgpool"}
-    for label in at[32]:
-        queue.settle(label, True)
-    assert queue.ready() == []  # the 48 px cells still train: nothing is timed beside them
-    for label in at[48]:
-        queue.settle(label, True)
-    (job,) = queue.ready()
-    assert job[0] is timing.time_group and {c.label for c in job[1][0]} == at[32]
-    assert queue.ready() == []  # one group at a time
-    (job,) = queue.finished(None)  # a failed timing hands out the next group too
-    assert {c.label for c in job[1][0]} == at[48]
-    assert queue.finished(None) == []
-    queue = timing.TimingQueue(plan, cells, tmp_path, bar)  # a group with a failed cell is never timed
-    for label in at[32] | at[48]:
-        queue.settle(label, label not in failed)
-    (job,) = queue.ready()
-    assert {c.label for c in job[1][0]} == at[32] and queue.finished(None) == []
+    pools = []
+
+    def fake_pool(jobs, workers, threads, on_result, on_error):  # every job fails; the pool's follow-ups kept
+        jobs = list(jobs)
+        pools.append((workers, jobs, [on_result(jobs[0][0], jobs[0][1], {})]
+                      + [on_error(job, args, RuntimeError("not run")) for job, args in jobs]))
+
+    monkeypatch.setattr(runner, "run_pool", fake_pool)
+    states = []
+    runner.run_cell_pool(plan, cells, tmp_path, [[c] for c in cells], 2, 1, False, 16, bar, states.append)
+    (workers, jobs, follow_ups), = pools
+    assert workers == 2 and {job for job, _ in jobs} == {runner.run_cells_in_worker}
+    assert not any(follow_ups) and len(states) == len(cells)  # no timing in the workers that trained the cells
+    monkeypatch.setattr(timing, "run_pool", fake_pool)
+    failed = timing.time_cells(plan, cells, tmp_path, 2, 1, bar)
+    workers, jobs, _ = pools[-1]
+    assert workers == 1  # one process of its own, the groups one after another
+    assert [job for job, _ in jobs] == [timing.time_group] * 2 and len(failed) == 2
+    assert [{c.resolution for c in args[0]} for _, args in jobs] == [{32}, {48}]
 
 
 def test_worker_processes_take_the_costliest_cells_first(study):

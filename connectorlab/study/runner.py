@@ -236,31 +236,15 @@ def pretrain_groups(cells: list[Cell]) -> list[list[Cell]]:
 
 def run_cell_pool(plan: StudyPlan, cells: list[Cell], out: Path, groups: list[list[Cell]], workers: int,
                   threads: int | None, retry_failed: bool, eval_batch: int, bar, finished) -> None:
-    """Cell groups in worker processes (the local engine); with paired timing, the timing groups are then timed in
-    the same processes, one at a time."""
-    from .timing import TimingQueue  # it builds stage runs as `train_cell` does, from this module
-
-    queue = TimingQueue(plan, cells, out, bar)
-
-    def on_result(job, args, result):
-        if job is not run_cells_in_worker:
-            return queue.finished(result)
+    """Cell groups in worker processes (the local engine). Paired timing comes after, in a fresh process
+    (`time_cells`)."""
+    def on_result(job, args, result) -> None:
         for r in result:
-            state = CellState(**r)
-            finished(state)
-            queue.settle(state.label, state.status == "done")
-        return queue.ready()
+            finished(CellState(**r))
 
-    def on_error(job, args, err):
-        if job is not run_cells_in_worker:  # `time_cells` tries the group again after the cells
-            log.info("paired step timing in a cell worker failed (%s: %s); timed again after the cells",
-                     type(err).__name__, err)
-            return queue.finished(None)
+    def on_error(job, args, err) -> None:
         for c in args[1]:
-            state = worker_died(c, err)
-            finished(state)
-            queue.settle(c.label, state.status == "done")
-        return queue.ready()
+            finished(worker_died(c, err))
 
     run_pool([(run_cells_in_worker, (plan, g, out, retry_failed, eval_batch)) for g in groups], workers, threads,
              on_result, on_error)

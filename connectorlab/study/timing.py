@@ -4,7 +4,7 @@ A cell's stage time is measured while it trains, and cells train one after anoth
 drifts by 10-30 % within minutes: in one quick start every compressing cell fine-tuned 10-26 % longer than `mlp`
 only because it ran later. Here the finished cells of one resolution, seed and variant are rebuilt for each stage
 and their steps are timed in alternating rounds (A B C, then C B A, ...), so that drift hits them alike, with no other
-group or cell running beside them (see `TimingQueue`). Every round runs the same batches, those of the stage's
+group or cell running beside them (see `time_cells`). Every round runs the same batches, those of the stage's
 median padded length among the batches drawn: a step's cost grows with its batch's length, so with each round on its
 own batches each cell's median step fell on different lengths, and the ratio of two cells' medians varied by several
 percent from run to run while the per-round ratios agreed (benchmarks/timing_repeatability.py). A cell's time per
@@ -128,9 +128,14 @@ def time_group(cells: list[Cell], out: Path, timing: StepTiming) -> dict[str, di
 
 
 def time_cells(plan: StudyPlan, cells: list[Cell], out: Path, workers: int, threads: int | None, bar) -> list[str]:
-    """The plan's paired timing of every group of finished cells not yet timed, one group at a time (with several
-    workers, in one worker process); returns one line per group that failed (the report then falls back on the stage
-    times of its cells)."""
+    """The plan's paired timing of every group of finished cells not yet timed, after every cell has finished, one
+    group at a time; returns one line per group that failed (the report then falls back on the stage times of its
+    cells). With several workers the groups run in one fresh worker process, not in the workers that trained the
+    cells, since a process's past work changes what a step costs. Measured on the quick start's seed-0 folder (40
+    rounds), c_abstractor-4x's fine-tuning step at 32 px against mlp's: 0.961 in a fresh process, 0.997 in the same
+    process after it had allocated and freed 200,000 tensors of random sizes; in the cell workers of seven quick start
+    runs 0.97-1.02, in eight fresh processes 0.91-1.00 (benchmarks/timing_repeatability.py). Timed beside another
+    group it read 0.998, alone 0.95-0.98 (24 rounds)."""
     groups = pending_groups(cells, out, plan.timing)
     if not groups:
         return []
@@ -146,7 +151,7 @@ def time_cells(plan: StudyPlan, cells: list[Cell], out: Path, workers: int, thre
         bar.advance(task)
 
     jobs = [(time_group, (g, out, plan.timing)) for g in groups]
-    if workers > 1:  # one worker: the groups are timed one at a time, as `TimingQueue` does
+    if workers > 1:
         run_pool(jobs, 1, threads, done, error)
     else:
         for job, args in jobs:
@@ -155,47 +160,6 @@ def time_cells(plan: StudyPlan, cells: list[Cell], out: Path, workers: int, thre
             except Exception as err:  # noqa: BLE001 - one group's failure leaves the others' timings and the study
                 error(job, args, err)
     return failed
-
-
-class TimingQueue:
-    """The groups to time, handed to the cells' own worker processes (no new process starts) once every cell has
-    finished, one group at a time: a step timed beside another process's work is not the step alone. Measured on the
-    quick start's folder, c_abstractor-4x's fine-tuning step at 32 px against mlp's: 0.998 (faster in 12 of 24 rounds)
-    while another group was timed beside it, 0.95-0.98 (faster in 16-21 of 24) alone. A group that fails here is left
-    to `time_cells`, which tries it again after the cells."""
-
-    def __init__(self, plan: StudyPlan, cells: list[Cell], out: Path, bar):
-        self.out, self.timing, self.bar, self.task = out, plan.timing, bar, None
-        self.unsettled = {c.label for c in cells}  # cells still training
-        self.failed: set[str] = set()
-        self.waiting = pending_groups(cells, out, plan.timing) if plan.timing.rounds else []
-        self.busy = False
-
-    def settle(self, label: str, done: bool) -> None:
-        """A cell has finished training: `done`, or failed (a group holding a failed cell is never timed)."""
-        self.unsettled.discard(label)
-        if not done:
-            self.failed.add(label)
-
-    def ready(self) -> list[tuple]:
-        """The next group's job once every cell is settled and no group is being timed."""
-        if self.busy or self.unsettled:
-            return []
-        self.waiting = [g for g in self.waiting if not any(c.label in self.failed for c in g)]
-        if not self.waiting:
-            return []
-        if self.task is None:
-            self.task = self.bar.add_task("paired step timing", total=len(self.waiting))
-        self.busy = True
-        return [(time_group, (self.waiting.pop(0), self.out, self.timing))]
-
-    def finished(self, found: dict[str, dict] | None) -> list[tuple]:
-        """Records a group's timing (None: it failed) and hands out the next."""
-        if found is not None:
-            record(self.out, self.timing, found)
-        self.bar.advance(self.task)
-        self.busy = False
-        return self.ready()
 
 
 def read_timing(out: str | Path) -> dict[str, dict]:
