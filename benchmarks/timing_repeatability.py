@@ -2,12 +2,11 @@
 
 The quick start times each resolution's cells side by side after they trained (study/timing.py) and judges every
 compressing cell against the reference by the rounds' signed-rank test and the ratio of median steps. This script
-repeats that timing on a finished quick start folder, one group at a time as the study does, each repeat in a fresh
-single-threaded worker process (the quick start itself times them in the workers that trained the cells), and
-reports per cell and stage how many repeats judged it faster, with the spread of the median-step ratio and of the
-paired per-round ratio. Nothing in the folder changes.
+repeats that timing on a finished quick start folder as the quick start runs it (one group at a time, in a fresh
+single-threaded worker process: one per repeat), and reports per cell and stage how many repeats judged it faster,
+with the spread of the median-step ratio and of the paired per-round ratio. Nothing in the folder changes.
 
-    python benchmarks/timing_repeatability.py [--out runs/quickstart_bench] [--repeats 6]
+    python benchmarks/timing_repeatability.py [--out runs/quickstart_bench] [--repeats 8]
         [--json benchmarks/results/timing_repeatability.json]
 """
 from __future__ import annotations
@@ -88,7 +87,7 @@ def judge(repeats: list[dict], pairs: list[tuple[str, str]]) -> dict[str, dict]:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=str(ROOT / "runs" / "quickstart_bench"), help="a finished quick start folder")
-    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "timing_repeatability.json"))
     args = ap.parse_args()
     qc = load_quickstart(Path(args.out))
