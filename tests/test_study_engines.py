@@ -71,7 +71,7 @@ def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_pat
     paired = {"timing": {"rounds": 2, "steps": 1}}
     one = run_study(plan_file(toy, tmp_path / "one", {"workers": 1, "threads": 1}, grid, **paired), show_progress=False)
     two = run_study(plan_file(toy, tmp_path / "two", {"workers": 2, "threads": 1}, grid, **paired), show_progress=False)
-    assert left_after_cells == [1, 0]  # one process times after its cells; two time in the cells' own workers
+    assert left_after_cells == [1, 1]  # both time after their cells (two workers: in a fresh process of its own)
     for out in ("one", "two"):
         timed = json.loads((tmp_path / out / "step_timing.json").read_text())["cells"]
         assert set(timed) == {"mlp-32px-s0", "avgpool-4t-32px-s0"}
