@@ -12,7 +12,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from ..language.processor import MultimodalProcessor, OverLength, TokenizationMismatch
+from ..language.processor import MultimodalProcessor, OverLength, SpecialTokenText, TokenizationMismatch
+from ..language.templates import IMAGE_PLACEHOLDER
 from ..utils.io import parse_jsonl
 from .skips import DataError, SkipReport
 
@@ -52,8 +53,8 @@ def load_samples(path: str | Path, image_folder: str | Path | None, processor: M
     folder = Path(image_folder) if image_folder else path.parent
     checked = [check_record(n, rec, folder) for n, rec in enumerate(read_records(path) if records is None else records)]
     valid = [c for c in checked if c[2] is None]
-    encoded = iter(processor.encode_many([rec["conversations"] for _, rec, _, _ in valid],
-                                         [1 if image else 0 for _, _, _, image in valid]))
+    encoded = iter(processor.encode_many([image_first(rec["conversations"]) if image else rec["conversations"]
+                                          for _, rec, _, image in valid], [1 if image else 0 for _, _, _, image in valid]))
     samples: list[Sample] = []
     for rid, _, problem, image in checked:  # skips reported in record order
         enc = next(encoded) if problem is None else None
@@ -61,8 +62,24 @@ def load_samples(path: str | Path, image_folder: str | Path | None, processor: M
         if problem is not None:
             report.skip(problem[0], rid, problem[1], str(path))
             continue
+        if enc.dropped_leading_turn:
+            report.adjust("leading_assistant_turn_dropped", rid)
         samples.append(Sample(rid, enc.input_ids, enc.labels, image))
     return samples
+
+
+def image_first(conversations: list) -> list:
+    """LLaVA's `preprocess_multimodal` for a record with an image: a turn holding `<image>` becomes "<image>\\n" and
+    the rest of the turn stripped, wherever the placeholder stood, so training sees the image where evaluation
+    prompts put it."""
+    out = []
+    for turn in conversations:
+        value = turn.get("value") if isinstance(turn, dict) else None
+        if isinstance(value, str) and IMAGE_PLACEHOLDER in value:
+            rest = value.replace(IMAGE_PLACEHOLDER, "").strip()
+            turn = {**turn, "value": (IMAGE_PLACEHOLDER + "\n" + rest).strip()}
+        out.append(turn)
+    return out
 
 
 def check_record(n: int, rec, folder: Path) -> tuple[str, dict, tuple[str, str] | None, Path | None]:
@@ -88,6 +105,8 @@ def check_record(n: int, rec, folder: Path) -> tuple[str, dict, tuple[str, str] 
 def encoding_problem(enc) -> tuple[str, str] | None:
     if isinstance(enc, OverLength):
         return "over_length", str(enc)
+    if isinstance(enc, SpecialTokenText):
+        return "special_token_text", f"field 'conversations': {enc}"
     if isinstance(enc, TokenizationMismatch):
         return "tokenization_mismatch", f"field 'conversations': {enc}"
     if isinstance(enc, ValueError):

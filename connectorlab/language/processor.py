@@ -1,15 +1,18 @@
 """Turns conversations into input ids and labels, expanding `<image>` to the connector's token count.
 
-Supervision is decided from character offsets of one tokenization of each text run, so the labels
-always line up with the ids that are actually fed. Any token that straddles a prompt/answer
-boundary, a stop token the tokenizer lacks, or an image count that does not match raises
-`TokenizationMismatch`; LLaVA only warns and trains on misaligned labels.
+The ids are LLaVA's (`preprocess_v1`, `tokenizer_image_token`; tests/test_llava_fidelity.py holds them to
+golden files LLaVA's code wrote): each text run between special tokens and images is tokenized as one
+string, as LLaVA tokenizes its prompt string. Supervision is decided by tokenizing each run with and
+without its answer, so the labels always line up with the ids that are actually fed. A token that
+straddles a prompt/answer boundary, a stop token the tokenizer lacks, special-token text in a message,
+or an image count that does not match raises `TokenizationMismatch`; LLaVA only warns and masks or
+mislabels the sample.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .templates import TEMPLATES, Bos, Image, Part, Stop, Template, Text
+from .templates import IMAGE_PLACEHOLDER, TEMPLATES, Bos, Image, Part, Stop, Template, Text
 
 IGNORE_INDEX = -100
 IMAGE_TOKEN_ID = -200  # sentinel, never a vocabulary id; the model splices connector outputs there
@@ -20,14 +23,44 @@ class TokenizationMismatch(ValueError):
     pass
 
 
+class SpecialTokenText(TokenizationMismatch):
+    """A message holds a special token's text (e.g. "</s>" in an answer). Text is text: a tokenizer would read it as
+    the token itself and end the answer mid-sentence, so such a record is refused (LLaVA drops it with a warning)."""
+
+
 class OverLength(ValueError):
     pass
+
+
+@dataclass
+class TextRun:
+    """Consecutive Text parts, tokenized as one string behind `context` (the text of the special token before it)."""
+
+    context: str
+    parts: list[Text]
+
+    @property
+    def text(self) -> str:
+        return "".join(p.text for p in self.parts)
+
+    @property
+    def answer(self) -> str:
+        return "".join(p.text for p in self.parts if p.supervised)
+
+    def texts(self) -> list[str]:
+        """What to tokenize: the run, and its prompt part when an answer follows one (the labels' boundary)."""
+        flags = [p.supervised for p in self.parts]
+        if flags != sorted(flags):
+            raise ValueError("a text run must be its prompt, then its answer")  # a template bug, not a data problem
+        prompt = "".join(p.text for p in self.parts if not p.supervised)
+        return [self.context + self.text] + ([self.context + prompt] if any(flags) and prompt else [])
 
 
 @dataclass
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    dropped_leading_turn: bool = False  # a leading assistant turn was dropped, as LLaVA's preprocess does
 
     @property
     def num_supervised(self) -> int:
@@ -51,8 +84,6 @@ def conversation_turns(conversations: list[dict]) -> list[tuple[str, str]]:
 
 class MultimodalProcessor:
     def __init__(self, tokenizer, template: str | Template, num_image_tokens: int, max_length: int | None = None):
-        if not getattr(tokenizer, "is_fast", False):
-            raise TypeError("connectorlab needs a fast tokenizer (offset mappings decide the labels)")
         self.tokenizer = tokenizer
         self.template = TEMPLATES[template] if isinstance(template, str) else template
         self.num_image_tokens = num_image_tokens
@@ -68,6 +99,9 @@ class MultimodalProcessor:
                 raise TokenizationMismatch(f"template {self.template.name!r} needs {stop!r} as one token; the tokenizer lacks it")
             self.stop_id = ids
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_id
+        self.stop_text = tokenizer.convert_ids_to_tokens(self.stop_id)
+        self.special_texts = tuple(t for t in tokenizer.all_special_tokens if t and t != IMAGE_PLACEHOLDER)
+        self._context_cache: dict[str, list[int]] = {}
 
     def encode(self, conversations: list[dict] | list[tuple[str, str]], num_images: int | None = None) -> Encoded:
         result = self.encode_many([conversations], [num_images])[0]
@@ -86,69 +120,93 @@ class MultimodalProcessor:
         """`encode` of many conversations with one tokenizer call: a call's fixed cost is most of a short text's.
         Each item is its encoding or the error `encode` would raise for it, so one bad record stops nothing."""
         parts: list = []
+        dropped: list[bool] = []
         for conv in conversations:
+            drop = False
             try:
-                turns = conversation_turns(conv) if conv and isinstance(conv[0], dict) else conv
-                parts.append(self.template.render(list(turns)))
+                turns = list(conversation_turns(conv) if conv and isinstance(conv[0], dict) else conv)
+                drop = len(turns) > 1 and turns[0][0] == "assistant"
+                turns = turns[drop:]
+                self._check_text(turns)
+                parts.append(self.template.render(turns))
             except ValueError as err:
                 parts.append(err)
-        return self._encode_many(parts, num_images)
+            dropped.append(drop)
+        out = self._encode_many(parts, num_images)
+        for enc, drop in zip(out, dropped, strict=True):
+            if isinstance(enc, Encoded):
+                enc.dropped_leading_turn = drop
+        return out
+
+    def _check_text(self, turns) -> None:
+        for i, (_, text) in enumerate(turns):
+            found = next((t for t in self.special_texts if t in text), None)
+            if found is not None:
+                raise SpecialTokenText(f"turn {i} holds the text of the special token {found!r}")
 
     def encode_prompts(self, questions: list[str], num_images: int | None = None,
                        history: list[tuple[str, str]] = ()) -> list[list[int] | ValueError]:
         """`encode_prompt` of many questions (one tokenizer call); each item is its ids or its error."""
-        rendered = [self.template.render([*history, ("user", q)], add_generation_prompt=True) for q in questions]
+        rendered = []
+        for q in questions:
+            try:
+                self._check_text([*history, ("user", q)])
+                rendered.append(self.template.render([*history, ("user", q)], add_generation_prompt=True))
+            except ValueError as err:
+                rendered.append(err)
         return [r if isinstance(r, ValueError) else r.input_ids
                 for r in self._encode_many(rendered, [num_images] * len(questions))]
 
     def _encode_many(self, items: list, num_images: list[int | None]) -> list[Encoded | ValueError]:
         """Text runs of every item tokenized together, then each item assembled by `_encode_one`."""
         grouped = [p if isinstance(p, ValueError) else self._text_runs(p) for p in items]
-        texts = ["".join(t.text for t in g) for item in grouped if not isinstance(item, ValueError)
-                 for g in item if isinstance(g, list)]
+        runs = [g for item in grouped if not isinstance(item, ValueError) for g in item if isinstance(g, TextRun)]
+        texts = [t for run in runs for t in run.texts()]
         tokenized = iter(self._tokenize(texts))
+        ids_of = {id(run): [next(tokenized) for _ in run.texts()] for run in runs}
         out: list[Encoded | ValueError] = []
         for groups, images in zip(grouped, num_images, strict=True):
             if isinstance(groups, ValueError):
                 out.append(groups)
                 continue
             try:
-                out.append(self._encode_one([(g, next(tokenized) if isinstance(g, list) else None) for g in groups],
-                                            images))
+                out.append(self._encode_one(groups, ids_of, images))
             except ValueError as err:
                 out.append(err)
         return out
 
-    @staticmethod
-    def _text_runs(parts: list[Part]) -> list:
-        """The parts with consecutive Text parts gathered into one list (a run tokenized as one text)."""
+    def _text_runs(self, parts: list[Part]) -> list:
+        """The parts with consecutive Text parts gathered into one `TextRun` (tokenized as one text, as LLaVA
+        tokenizes its whole prompt string). A run after a special token (a stop, or a BOS that does not open the
+        sequence) is tokenized behind that token's text, so the tokenizer decides, as it does on LLaVA's string,
+        whether text after a special token starts with SentencePiece's prefix space (`legacy`)."""
         grouped: list = []
-        for part in parts:
-            if isinstance(part, Text):
-                if grouped and isinstance(grouped[-1], list):
-                    grouped[-1].append(part)
-                else:
-                    grouped.append([part])
-            else:
+        for i, part in enumerate(parts):
+            if not isinstance(part, Text):
                 grouped.append(part)
+                continue
+            if not grouped or not isinstance(grouped[-1], TextRun):
+                prev = parts[i - 1] if i else None
+                context = (self.stop_text if isinstance(prev, Stop) else
+                           self.tokenizer.bos_token if isinstance(prev, Bos) and i > 1 else "")
+                grouped.append(TextRun(context, []))
+            grouped[-1].parts.append(part)
         return grouped
 
-    def _tokenize(self, texts: list[str], chunk: int = 1024) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    def _tokenize(self, texts: list[str], chunk: int = 1024) -> list[list[int]]:
         out = []
         for i in range(0, len(texts), chunk):
-            enc = self.tokenizer(texts[i:i + chunk], add_special_tokens=False, return_offsets_mapping=True,
-                                 return_attention_mask=False, return_token_type_ids=False)
-            out += list(zip(enc["input_ids"], enc["offset_mapping"], strict=True))
+            out += self.tokenizer(texts[i:i + chunk], add_special_tokens=False, return_attention_mask=False,
+                                  return_token_type_ids=False)["input_ids"]
         return out
 
-    def _encode_one(self, groups: list[tuple], num_images: int | None) -> Encoded:
-        """`groups`: (a text run with its tokenization, or another part with None), in order."""
+    def _encode_one(self, groups: list, ids_of: dict, num_images: int | None) -> Encoded:
         ids: list[int] = []
         labels: list[int] = []
         images = 0
-        for group, enc in groups:
-            if isinstance(group, list):
-                self._add_run(group, enc, ids, labels)
+        for group in groups:
+            if isinstance(group, TextRun):
+                self._add_run(group, ids_of[id(group)], ids, labels)
             elif isinstance(group, Image):
                 images += 1
                 ids.extend([IMAGE_TOKEN_ID] * self.num_image_tokens)
@@ -168,30 +226,34 @@ class MultimodalProcessor:
             raise OverLength(f"{len(ids)} tokens ({images * self.num_image_tokens} visual) exceed max_length={self.max_length}")
         return Encoded(ids, labels)
 
-    def _add_run(self, run: list[Text], enc, ids: list[int], labels: list[int]) -> None:
-        tokens, offsets = enc
-        if not any(p.supervised for p in run):  # a prompt: no answer to line up, no token can straddle one
-            ids.extend(tokens)
-            labels.extend([IGNORE_INDEX] * len(tokens))
-            return
-        text = "".join(p.text for p in run)
-        mask = []
-        for p in run:
-            mask.extend([p.supervised] * len(p.text))
-        covered = bytearray(len(text))
-        for tok, (start, end) in zip(tokens, offsets, strict=True):
-            span = mask[start:end]
-            if span and any(span) != all(span):
-                raise TokenizationMismatch(
-                    f"token {self.tokenizer.convert_ids_to_tokens(tok)!r} at chars {start}-{end} of {text!r} "
-                    "straddles a prompt/answer boundary"
-                )
-            ids.append(tok)
-            labels.append(tok if span and span[0] else IGNORE_INDEX)
-            covered[start:end] = b"\x01" * (end - start)
-        missed = [i for i, m in enumerate(mask) if m and not covered[i] and not text[i].isspace()]
-        if missed:
-            raise TokenizationMismatch(f"answer characters {text[missed[0]]!r}... of {text!r} map to no token")
+    def _add_run(self, run: TextRun, tokenized: list[list[int]], ids: list[int], labels: list[int]) -> None:
+        """Labels from two tokenizations, the whole run and its prompt part: the answer is clean when the prompt's
+        ids are a prefix of the run's (any tokenizer, fast or slow, no offsets needed)."""
+        context = self._context_ids(run.context)
+        whole = self._strip_context(tokenized[0], context, run)
+        supervised = len(whole) if run.answer and len(tokenized) == 1 else 0  # an answer from the run's first char
+        if len(tokenized) == 2:
+            prompt = self._strip_context(tokenized[1], context, run)
+            if whole[:len(prompt)] != prompt:
+                at = next((i for i, (a, b) in enumerate(zip(whole, prompt, strict=False)) if a != b),
+                          min(len(whole), len(prompt)))
+                raise TokenizationMismatch(f"token {self.tokenizer.convert_ids_to_tokens(whole[at:at + 1])} of "
+                                           f"{run.text!r} straddles a prompt/answer boundary")
+            supervised = len(whole) - len(prompt)
+        if run.answer.strip() and not supervised:
+            raise TokenizationMismatch(f"answer {run.answer!r} of {run.text!r} maps to no token")
+        ids.extend(whole)
+        labels.extend([IGNORE_INDEX] * (len(whole) - supervised) + whole[len(whole) - supervised:])
+
+    def _context_ids(self, context: str) -> list[int]:
+        if context not in self._context_cache:
+            self._context_cache[context] = self._tokenize([context])[0] if context else []
+        return self._context_cache[context]
+
+    def _strip_context(self, ids: list[int], context: list[int], run: TextRun) -> list[int]:
+        if ids[:len(context)] != context:
+            raise TokenizationMismatch(f"{run.text!r} merges into the special token before it")
+        return ids[len(context):]
 
     def decode(self, ids: list[int]) -> str:
         if self.stop_id in ids:

@@ -36,6 +36,7 @@ class Stop:
 
 Part = Text | Image | Bos | Stop
 IMAGE_PLACEHOLDER = "<image>"
+PLAIN_SEPARATOR = "\n"  # LLaVA's conv_llava_plain separator, which ends every pre-training caption
 
 
 def split_image(text: str, supervised: bool = False) -> list[Part]:
@@ -73,7 +74,7 @@ VICUNA_ROLES = ("USER:", "ASSISTANT:")  # the role markers of vicuna_v1 (a word-
 
 
 class VicunaV1(Template):
-    """LLaVA-1.5: 'SYSTEM USER: q ASSISTANT: a</s>USER: ...'."""
+    """LLaVA-1.5's conv_vicuna_v1: 'SYSTEM USER: q ASSISTANT: a</s>USER: ...'."""
 
     def _render(self, turns, add_generation_prompt):
         user, assistant = VICUNA_ROLES
@@ -87,7 +88,8 @@ class VicunaV1(Template):
 
 
 class Llama2(Template):
-    """LLaVA's llama_2: '<s>[INST] <<SYS>>...<</SYS>>\\n\\nq [/INST] a </s><s>[INST] q2 [/INST] ...'."""
+    """LLaVA's conv_llava_llama_2 (`conv_templates["llava_llama_2"]`; LLaVA's "llama_2" key holds Meta's system
+    text): '<s>[INST] <<SYS>>...<</SYS>>\\n\\nq [/INST] a </s><s>[INST] q2 [/INST] ...'."""
 
     def _render(self, turns, add_generation_prompt):
         parts: list[Part] = []
@@ -101,7 +103,8 @@ class Llama2(Template):
 
 
 class ChatML(Template):
-    """Qwen's ChatML: '<|im_start|>user\\nq<|im_end|>\\n<|im_start|>assistant\\na<|im_end|>\\n'."""
+    """ChatML as Qwen's chat template writes it (LLaVA's chatml_direct has no newlines between turns):
+    '<|im_start|>user\\nq<|im_end|>\\n<|im_start|>assistant\\na<|im_end|>\\n'."""
 
     def _render(self, turns, add_generation_prompt):
         parts: list[Part] = [Text(f"<|im_start|>system\n{self.system}"), Stop(), Text("\n")]
@@ -114,7 +117,8 @@ class ChatML(Template):
 
 
 class Plain(Template):
-    """LLaVA's pre-training format: the image, then the caption; the user's words are dropped."""
+    """LLaVA's pre-training format (`preprocess_plain`): the image, then the caption and the plain template's
+    separator, a newline, supervised; the user's words are dropped. No stop token: LLaVA ends a caption with that newline."""
 
     def _render(self, turns, add_generation_prompt):
         parts: list[Part] = [Bos()]
@@ -122,13 +126,14 @@ class Plain(Template):
             if role == "user":
                 parts += [p for p in split_image(msg) if isinstance(p, Image)]
             else:
-                parts += [Text(msg, supervised=True), Stop(supervised=True)]
+                parts.append(Text(msg + PLAIN_SEPARATOR, supervised=True))
         return parts
 
 
+# LLaVA-1.5's conv_vicuna_v1 ("user"; LLaVA's v0 and llava_v1 templates say "human")
 VICUNA_SYSTEM = (
-    "A chat between a curious human and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+    "A chat between a curious user and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 LLAMA2_SYSTEM = (
     "You are a helpful language and vision assistant. You are able to understand the visual content that the user "

@@ -20,8 +20,8 @@ from transformers import (
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
-    "A chat between a curious human and an artificial intelligence assistant.",
-    "The assistant gives helpful, detailed, and polite answers to the human's questions.",
+    "A chat between a curious user and an artificial intelligence assistant.",
+    "The assistant gives helpful, detailed, and polite answers to the user's questions.",
     "USER: ASSISTANT: [INST] <<SYS>> <</SYS>> [/INST] system user assistant",
     "What is in the image? Answer with the option's letter from the given choices directly.",
     "Answer the question using a single word or phrase. Is there a red circle? Yes No A. B. C. D.",

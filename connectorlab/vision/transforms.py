@@ -49,9 +49,9 @@ class ImageTransform:
         elif self.mode == "resize":
             image = image.resize((s, s), Image.BICUBIC)
         else:
-            w, h = image.size
-            scale = s / min(w, h)
-            image = image.resize((max(s, round(w * scale)), max(s, round(h * scale))), Image.BICUBIC)
+            w, h = image.size  # CLIP's processor: the short side to s, the long one truncated, then a centre crop
+            if min(w, h) != s:
+                image = image.resize((s, int(s * h / w)) if w <= h else (int(s * w / h), s), Image.BICUBIC)
             w, h = image.size
             left, top = (w - s) // 2, (h - s) // 2
             image = image.crop((left, top, left + s, top + s))
