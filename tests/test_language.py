@@ -97,11 +97,12 @@ def test_straddling_token_raises(tok):
     """A template whose answer boundary falls inside a word must raise, not mislabel."""
     class Glued(Template):
         def _render(self, turns, add_generation_prompt):
-            return [Text("USER: " + turns[0][1] + " ASSISTANT:hu"), Text("man", supervised=True), Stop(True)]
+            return [Text("USER: " + turns[0][1] + " ASSISTANT: assis"), Text("tant", supervised=True), Stop(True)]
 
     proc = MultimodalProcessor(tok, Glued("glued", "", None), 1)
+    assert len(tok(" assistant", add_special_tokens=False).input_ids) == 1  # one token across the boundary
     with pytest.raises(TokenizationMismatch, match="straddles"):
-        proc.encode([("user", "x"), ("assistant", "man")])
+        proc.encode([("user", "x"), ("assistant", "tant")])
 
 
 def test_missing_stop_token_raises(tok, tmp_path):

@@ -172,3 +172,58 @@ def test_pixels_are_llavas(size, mode):
         assert list(got.shape) == entry["shape"]
         assert hashlib.sha256(got.numpy().tobytes()).hexdigest() == entry["sha256"], \
             (name, got.flatten()[:8].tolist(), entry["first"])
+
+
+def test_a_fast_tokenizer_that_splits_spaces_otherwise_gives_way_to_sentencepiece(tokenizers, tmp_path):
+    """transformers 5 converts tokenizer.model to a BPE that splits "?  ASSISTANT" as ['▁▁', 'ASS']; LLaVA's
+    SentencePiece says ['▁', '▁ASS']. load_tokenizer checks parity and loads SentencePiece's, which survives a save."""
+    from transformers import AutoTokenizer
+
+    want = golden("tokenization.json")["legacy"]["false"]["prompt"]["vicuna_v1"]["spaces"]
+    text = want["prompt"].split("<image>")[1]
+    ids = want["input_ids"][want["input_ids"].index(-200) + 1:]
+    folder = write_tokenizer(tmp_path / "tok", legacy=False)
+    assert AutoTokenizer.from_pretrained(folder)(text).input_ids[1:] != ids  # the converted BPE disagrees
+    tok = tokenizers[False]
+    assert not tok.is_fast and tok(text).input_ids[1:] == ids
+    tok.save_pretrained(tmp_path / "saved")
+    again = load_tokenizer(tmp_path / "saved")
+    assert not again.is_fast and again.legacy is False and again(text).input_ids == tok(text).input_ids
+
+
+def test_a_missing_sentencepiece_is_named_with_its_fix(tmp_path, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_sentencepiece(name, *args, **kwargs):
+        if name == "sentencepiece":
+            raise ImportError("No module named 'sentencepiece'")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sentencepiece)
+    with pytest.raises(ImportError, match="pip install sentencepiece protobuf"):
+        load_tokenizer(write_tokenizer(tmp_path / "tok", legacy=True))
+
+
+def test_training_records_put_the_image_first_and_count_a_dropped_leading_turn(tokenizers, tmp_path):
+    """The data loader applies LLaVA's preprocess_multimodal to records with an image and reports what it changed."""
+    import json
+
+    from PIL import Image as PILImage
+
+    from connectorlab.data.llava import load_samples
+    from connectorlab.data.skips import SkipReport
+
+    PILImage.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    records = [{"id": "late", "image": "a.png", "conversations": turns(fixtures.CONVERSATIONS["image_last"][0])},
+               {"id": "gpt_first", "image": "a.png", "conversations": turns(fixtures.CONVERSATIONS["first_turn_from_gpt"][0])},
+               {"id": "eos", "conversations": turns(fixtures.CONVERSATIONS["answer_with_eos_text"][0])}]
+    (tmp_path / "data.json").write_text(json.dumps(records))
+    report = SkipReport()
+    samples = load_samples(tmp_path / "data.json", tmp_path, processor(tokenizers[False], "vicuna_v1"), report)
+    want = golden("tokenization.json")["legacy"]["false"]["train"]["vicuna_v1"]
+    assert [s.id for s in samples] == ["late", "gpt_first"]
+    assert [s.input_ids for s in samples] == [want["image_last"]["input_ids"], want["first_turn_from_gpt"]["input_ids"]]
+    assert report.counts == {"special_token_text": 1} and report.adjusted == {"leading_assistant_turn_dropped": 1}
+    assert "kept 1 changed" in report.summary()

@@ -28,7 +28,8 @@ def eval_command(
     split: str = typer.Option(None, help="Hub dataset: its split (default: dev for MMBench, test otherwise)"),
     image_folder: Path = typer.Option(None, help="SEED-Bench image folder (default: beside the JSON)"),
     batch_size: int = typer.Option(8, min=1, help="prompts generated together (answers do not depend on it)"),
-    max_new_tokens: int = typer.Option(128, min=1, help="longest answer generated, in tokens"),
+    max_new_tokens: int = typer.Option(None, min=1, help="longest answer generated, in tokens (default: LLaVA's script's "
+                                                         "cap: MMBench 1024, MME and SEED-Bench 128)"),
     template: str = typer.Option(None, help="conversation template (default: the model's)"),
     task_types: Path = TASK_TYPES,
     task_section: str = typer.Option(None, help="mapping section for MMBench-layout data (default: mmbench, or probe "
@@ -43,7 +44,7 @@ def eval_command(
 ):
     """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped. Under
     `accelerate launch -m connectorlab eval ...` the batches are dealt out to the processes (same answers)."""
-    from ..evaluation.runner import evaluate, load_benchmark
+    from ..evaluation.runner import LLAVA_MAX_NEW_TOKENS, evaluate, load_benchmark
     from ..language.processor import MultimodalProcessor
     from ..model.mllm import MultimodalLM
     from ..utils.distributed import process_state
@@ -54,6 +55,8 @@ def eval_command(
     if not is_hub_source(data) and not Path(data).exists():
         raise FileNotFoundError(f"--data {data}: no such file or folder (nor an owner/name Hub dataset id)")
     bench = load_benchmark(benchmark, data, image_folder, strict, task_types, task_section, subset, split)
+    if max_new_tokens is None:
+        max_new_tokens = LLAVA_MAX_NEW_TOKENS[benchmark]
     state = process_state()
     mllm = MultimodalLM.from_pretrained(model).to(state.device)
     if template:

@@ -54,10 +54,13 @@ def import_llava(
     out: Path = typer.Option(..., help="folder for the connectorlab model"),
     vision: str = typer.Option(None, help="the CLIP tower (default: the folder's mm_vision_tower; a local copy offline)"),
     template: str = typer.Option("vicuna_v1", help="conversation template the checkpoint was trained with"),
+    model_base: Path = typer.Option(None, "--model-base", exists=True, file_okay=False,
+                                    help="for a stage-1 output (config.json + mm_projector.bin): the LM it was trained on"),
 ):
-    """LLaVA's original layout (an LM folder with mm_projector weights and mm_* config keys) as a connectorlab model."""
+    """LLaVA's original layout (an LM folder with mm_projector weights and mm_* config keys, or a stage-1 output
+    with --model-base, as LLaVA's load_pretrained_model takes it) as a connectorlab model."""
     from ..interop.llava_original import from_llava_original
 
-    model = from_llava_original(src, vision, template)
+    model = from_llava_original(src, vision, template, model_base)
     model.save_pretrained(out)
     console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens): {out}")

@@ -30,6 +30,8 @@ from .benchmarks.mme import load_mme
 from .benchmarks.seedbench import load_seedbench
 
 BENCHMARKS = ("mmbench", "mme", "seedbench")
+# The answer cap of LLaVA's evaluation scripts (model_vqa_mmbench writes 1024; model_vqa_loader defaults to 128)
+LLAVA_MAX_NEW_TOKENS = {"mmbench": 1024, "mme": 128, "seedbench": 128}
 log = logging.getLogger("connectorlab.eval")
 
 

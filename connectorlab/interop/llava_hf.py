@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -168,7 +169,9 @@ def from_llava_hf(path_or_id: str | Path, template: str = "vicuna_v1", image_mod
 def llava_to_multimodal(llava, config, source, template: str, image_mode: str | None) -> MultimodalLM:
     import tempfile
 
-    from transformers import AutoProcessor, AutoTokenizer
+    from transformers import AutoProcessor
+
+    from ..language.tokenizer import SP_MODEL, load_tokenizer
 
     proj = llava.model.multi_modal_projector
     act = config.projector_hidden_act
@@ -189,8 +192,10 @@ def llava_to_multimodal(llava, config, source, template: str, image_mode: str | 
             tokenizer, mean, std = processor.tokenizer, processor.image_processor.image_mean, processor.image_processor.image_std
             mode = image_mode or ("pad" if getattr(processor.image_processor, "do_pad", False) else "crop")
         except (OSError, ValueError):
-            tokenizer, mean, std, mode = AutoTokenizer.from_pretrained(str(source)), None, None, image_mode or "pad"
+            tokenizer, mean, std, mode = load_tokenizer(source), None, None, image_mode or "pad"
         tokenizer.save_pretrained(tmp / "llm")
+        if (Path(source) / SP_MODEL).is_file():  # so that loading checks the fast tokenizer against SentencePiece
+            shutil.copy(Path(source) / SP_MODEL, tmp / "llm" / SP_MODEL)
         if mean is not None:
             (tmp / "vision/preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
         connector = "linear" if identity else "mlp"

@@ -99,8 +99,11 @@ def sentencepiece_tokenizer(path: str | Path):
 
 def load_tokenizer(path: str | Path):
     """The fast tokenizer, unless the folder's SentencePiece model disagrees with it (then the SentencePiece one)."""
+    has_sp = (Path(path) / SP_MODEL).is_file()
+    if has_sp:
+        _sentencepiece_backend()  # transformers' own error for a missing sentencepiece names another package
     fast = AutoTokenizer.from_pretrained(str(path))
-    if not (Path(path) / SP_MODEL).is_file():
+    if not has_sp:
         return fast
     slow = sentencepiece_tokenizer(path)
     same = all(fast(s, add_special_tokens=False).input_ids == slow(s, add_special_tokens=False).input_ids

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.utils import ModelOutput
 
 from ..connectors import CONNECTORS, Connector, build_connector
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
+from ..language.tokenizer import load_tokenizer
 from ..reduction import Reduction
 from ..utils.io import atomic_dir, atomic_write_json
 from ..vision.tower import VisionTower
@@ -78,7 +79,7 @@ class MultimodalLM(nn.Module):
             llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, attn_implementation=config.attn_implementation)
         except ImportError as err:  # flash_attention_2 without the flash-attn package (or without a GPU)
             raise ValueError(f"model.attn_implementation = {config.attn_implementation!r}: {err}") from None
-        tokenizer = AutoTokenizer.from_pretrained(config.llm)
+        tokenizer = load_tokenizer(config.llm)
         connector = build_connector(config.connector, vision.hidden_size, llm.get_input_embeddings().embedding_dim,
                                     vision.grid, **config.connector_options).to(dtype)
         return cls(config, vision, connector, llm, tokenizer)

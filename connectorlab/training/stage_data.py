@@ -7,12 +7,12 @@ from dataclasses import dataclass
 
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from transformers import AutoTokenizer
 
 from ..data.images import find_undecodable
 from ..data.llava import Sample, load_samples
 from ..data.skips import SkipReport
 from ..language.processor import MultimodalProcessor
+from ..language.tokenizer import load_tokenizer
 from ..model.shape import meta_connector
 from ..utils.validation import ConfigError
 from .config import TrainConfig
@@ -34,7 +34,7 @@ def load_stage_data(cfg: TrainConfig, stage: str, accelerator: Accelerator, toke
     sc = cfg.stage(stage)
     if not sc.data:
         raise ConfigError(f"{stage}.data is not set")
-    tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(cfg.model.llm)
+    tokenizer = tokenizer if tokenizer is not None else load_tokenizer(cfg.model.llm)
     num_tokens = num_tokens if num_tokens is not None else meta_connector(cfg.model).num_output_tokens
     processor = MultimodalProcessor(tokenizer, sc.template or cfg.model.template, num_tokens, cfg.model.max_length)
     report = SkipReport(strict=cfg.strict)

@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
-from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import get_cosine_schedule_with_warmup
 
 from ..data.batching import StepPlan, accumulation_steps
+from ..language.tokenizer import load_tokenizer
 from ..model.mllm import MultimodalLM
 from ..model.shape import meta_connector
 from ..utils.distributed import main_process_lock
@@ -282,7 +283,7 @@ def train(cfg: TrainConfig, stages: list[str], resume: bool = False, accelerator
             atomic_write_json(Path(cfg.output_dir) / "train_config.json", cfg.to_dict())
         accelerator.wait_for_everyone()
         connector = meta_connector(cfg.model)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model.llm)
+        tokenizer = load_tokenizer(cfg.model.llm)
         todo = [s for s in stages if not (resume and (stage_dir(cfg, s) / "summary.json").exists())]
         data = {s: load_stage_data(cfg, s, accelerator, tokenizer, connector.num_output_tokens) for s in todo}
         return {stage: run_stage(cfg, stage, resume, accelerator, feature_cache, data.get(stage)) for stage in stages}
