@@ -161,9 +161,9 @@ class MultimodalProcessor:
         """Text runs of every item tokenized together, then each item assembled by `_encode_one`."""
         grouped = [p if isinstance(p, ValueError) else self._text_runs(p) for p in items]
         runs = [g for item in grouped if not isinstance(item, ValueError) for g in item if isinstance(g, TextRun)]
-        texts = [t for run in runs for t in run.texts()]
-        tokenized = iter(self._tokenize(texts))
-        ids_of = {id(run): [next(tokenized) for _ in run.texts()] for run in runs}
+        per_run = [run.texts() for run in runs]
+        tokenized = iter(self._tokenize([t for texts in per_run for t in texts]))
+        ids_of = {id(run): [next(tokenized) for _ in texts] for run, texts in zip(runs, per_run, strict=True)}
         out: list[Encoded | ValueError] = []
         for groups, images in zip(grouped, num_images, strict=True):
             if isinstance(groups, ValueError):
