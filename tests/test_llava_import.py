@@ -84,17 +84,18 @@ def test_a_stage1_output_without_its_base_is_refused_with_the_fix(layouts, tmp_p
     assert res.returncode != 0 and "--model-base" in res.stderr
 
 
-def test_connectorlab_eval_answers_mmbench_as_llavas_script(layouts, tmp_path):
+@pytest.mark.parametrize(("folder", "entry"), [("full", "mmbench"), ("pretrain", "mmbench_pretrain_with_base")])
+def test_connectorlab_eval_answers_mmbench_as_llavas_script(layouts, tmp_path, folder, entry):
     """LLaVA's model_vqa_mmbench (--single-pred-prompt, greedy) on the real MMBench rows, against `connectorlab eval`."""
     if not MMBENCH.is_file():
         pytest.skip(f"MMBench sample not found at {MMBENCH}")
     g = golden("model.json")
-    res = cli("eval", "--model", str(layouts["imported_full"]), "--benchmark", "mmbench", "--data", str(MMBENCH),
+    res = cli("eval", "--model", str(layouts[f"imported_{folder}"]), "--benchmark", "mmbench", "--data", str(MMBENCH),
               "--out", str(tmp_path / "eval"), "--max-new-tokens", str(g["max_new_tokens"]), "--batch-size", "4",
               "--allow-incomplete")
     assert res.returncode == 0, res.stderr[-3000:]
     records = {r["key"]: r for r in map(json.loads, (tmp_path / "eval" / "records.jsonl").read_text().splitlines())}
-    want = {str(w["index"]): w for w in g["mmbench"]}
+    want = {str(w["index"]): w for w in g[entry]}
     assert set(records) == set(want)
     prompts_differ = [k for k in want if "<image>\n" + want[k]["prompt"].split("USER: <image>\n", 1)[1].rsplit(
         " ASSISTANT:", 1)[0] != records[k]["prompt"]]

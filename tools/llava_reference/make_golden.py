@@ -270,9 +270,10 @@ def answers(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def mmbench_answers(root: Path, model_dir: Path) -> list[dict]:
+def mmbench_answers(root: Path, model_dir: Path, model_base: Path | None = None) -> list[dict]:
     out = root / f"mmbench_{model_dir.name}.jsonl"
-    args = argparse.Namespace(model_path=str(model_dir), model_base=None, question_file=str(DATA / "mmbench" /
+    args = argparse.Namespace(model_path=str(model_dir), model_base=None if model_base is None else str(model_base),
+                              question_file=str(DATA / "mmbench" /
                               "mmbench_dev_20230712_sample.tsv"), answers_file=str(out), conv_mode="vicuna_v1",
                               num_chunks=1, chunk_idx=0, temperature=0.0, top_p=None, num_beams=1, all_rounds=False,
                               single_pred_prompt=True, lang="en")
@@ -348,6 +349,7 @@ def main() -> None:
         layouts = build_layouts(root)
         layouts["max_new_tokens"] = fixtures.MAX_NEW_TOKENS
         layouts["mmbench"] = mmbench_answers(root, root / "llava-tiny")
+        layouts["mmbench_pretrain_with_base"] = mmbench_answers(root, root / "llava-tiny-pretrain", root / "base-lm")
         layouts["mme_full"] = mme_answers(root, root / "llava-tiny", None)
         layouts["mme_pretrain_with_base"] = mme_answers(root, root / "llava-tiny-pretrain", root / "base-lm")
         results["model.json"] = layouts
