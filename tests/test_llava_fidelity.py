@@ -227,3 +227,12 @@ def test_training_records_put_the_image_first_and_count_a_dropped_leading_turn(t
     assert [s.input_ids for s in samples] == [want["image_last"]["input_ids"], want["first_turn_from_gpt"]["input_ids"]]
     assert report.counts == {"special_token_text": 1} and report.adjusted == {"leading_assistant_turn_dropped": 1}
     assert "kept 1 changed" in report.summary()
+
+
+def test_the_sentencepiece_tokenizer_pickles(tokenizers):
+    """Worker processes receive it by pickle (spawned DataLoader and study workers)."""
+    import pickle
+
+    tok = tokenizers[False]
+    again = pickle.loads(pickle.dumps(tok))
+    assert again("</s>USER:  two").input_ids == tok("</s>USER:  two").input_ids
