@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 METHODS = ("random", "avgpool", "cls_attention")
 
 
@@ -29,16 +31,16 @@ class Reduction:
 
     def check(self, grid: tuple[int, int], family: str) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"reduction method {self.method!r}: one of {', '.join(METHODS)}")
+            raise InputError(f"reduction method {self.method!r}: one of {', '.join(METHODS)}")
         if family != "preserving":
-            raise ValueError("training-free reduction applies to a feature-preserving connector's output "
+            raise InputError("training-free reduction applies to a feature-preserving connector's output "
                              f"(one token per patch); this connector is {family}")
         patches = grid[0] * grid[1]
         if not 1 <= self.tokens < patches:
-            raise ValueError(f"reduction to {self.tokens} tokens: must be between 1 and {patches - 1} (the patch grid)")
+            raise InputError(f"reduction to {self.tokens} tokens: must be between 1 and {patches - 1} (the patch grid)")
         side = math.isqrt(self.tokens)
         if self.method == "avgpool" and (side * side != self.tokens or side > min(grid)):
-            raise ValueError(f"avgpool reduction to {self.tokens} tokens: must be a square number of at most "
+            raise InputError(f"avgpool reduction to {self.tokens} tokens: must be a square number of at most "
                              f"{min(grid)}x{min(grid)} (the grid)")
 
     @property
@@ -57,7 +59,7 @@ class Reduction:
             grid_map = tokens.transpose(1, 2).reshape(b, d, *grid)
             return F.adaptive_avg_pool2d(grid_map, side).flatten(2).transpose(1, 2)
         if cls_attention is None:
-            raise ValueError("cls_attention reduction needs the tower's CLS attention over the patches")
+            raise InputError("cls_attention reduction needs the tower's CLS attention over the patches")
         keep = cls_attention.topk(self.tokens, dim=1).indices.sort(dim=1).values  # stable spatial order per image
         return tokens.gather(1, keep.unsqueeze(-1).expand(-1, -1, d))
 
@@ -68,4 +70,4 @@ def parse(spec: str) -> Reduction:
     try:
         return Reduction(method, int(tokens))
     except ValueError:
-        raise ValueError(f"--reduce {spec!r}: expected METHOD:TOKENS with METHOD one of {', '.join(METHODS)}") from None
+        raise InputError(f"--reduce {spec!r}: expected METHOD:TOKENS with METHOD one of {', '.join(METHODS)}") from None

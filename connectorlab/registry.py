@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Generic, TypeVar
 
+from .errors import InputError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(KeyError, InputError):
     """Raised for a name that is not registered; the message lists the valid names."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message
@@ -27,7 +29,7 @@ class Registry(Generic[T]):
 
     def register(self, name: str, value: T) -> T:
         if name in self._entries:
-            raise ValueError(f"{self.kind} {name!r} is already registered")
+            raise InputError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = value
         return value
 

@@ -101,3 +101,21 @@ def test_connectorlab_eval_answers_mmbench_as_llavas_script(layouts, tmp_path, f
         " ASSISTANT:", 1)[0] != records[k]["prompt"]]
     assert not prompts_differ
     assert {k: r["prediction"] for k, r in records.items()} == {k: w["text"] for k, w in want.items()}
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+@pytest.mark.parametrize(("folder", "file"), [("pretrain", "mm_projector.bin"), ("full", "pytorch_model.bin")])
+def test_a_pickle_that_holds_more_than_tensors_is_refused_in_one_line(layouts, tmp_path, folder, file):
+    import pickle
+    import shutil
+
+    src = shutil.copytree(layouts[folder], tmp_path / "src")
+    (src / file).write_bytes(pickle.dumps({"model.mm_projector.0.weight": Payload()}))
+    extra = ["--model-base", str(layouts["base"])] if folder == "pretrain" else []
+    res = cli("import", "llava", str(src), "--vision", str(layouts["vision"]), "--out", str(tmp_path / "out"), *extra)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "pickled code ran" not in res.stdout
+    assert f"{file}: cannot read tensors: it holds objects other than tensors" in res.stderr, res.stderr

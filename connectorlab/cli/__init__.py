@@ -34,14 +34,18 @@ def _root(
     _debug["on"] = debug
 
 
-def expected_errors() -> tuple[type[BaseException], ...]:
-    """Bad input, bad config, a missing path, a busy folder, a full disk: the user can fix these, so they get
-    one line and exit code 2, not a traceback."""
+def is_expected(err: BaseException) -> bool:
+    """connectorlab's own user-facing errors, a malformed YAML file, and an operating-system error on a named path
+    (permission denied, no such file): the user can fix these, so they get one line and exit code 2. Anything else
+    (a stray ValueError from connectorlab's code, say) is a bug and keeps its traceback."""
     import yaml
 
-    from ..utils.io import BusyError
+    from ..errors import ConnectorlabError
 
-    return ValueError, OSError, yaml.YAMLError, BusyError
+    if isinstance(err, ConnectorlabError | yaml.YAMLError):
+        return True
+    return type(err) in (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError) \
+        and getattr(err, "filename", None) is not None
 
 
 @app.command()
@@ -55,10 +59,11 @@ def connectors(
 ):
     """List the connector zoo: family, mechanism, output tokens, parameters and forward FLOPs per image."""
     from ..connectors.describe import describe_zoo
+    from ..errors import InputError
 
     try:
         rows = describe_zoo(vision_dim, llm_dim, image_size, patch_size, tokens)
-    except ValueError as err:
+    except InputError as err:
         raise typer.BadParameter(str(err)) from None
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -142,8 +147,8 @@ def main() -> None:
     except SystemExit as done:  # typer ends every command this way, successful ones with code 0
         finished = done.code in (None, 0)
         raise
-    except expected_errors() as err:
-        if _debug["on"]:
+    except Exception as err:
+        if _debug["on"] or not is_expected(err):
             raise
         errors.print(f"[bold red]error:[/bold red] {err}", highlight=False, soft_wrap=True)
         errors.print("[dim](run with --debug for the traceback)[/dim]")

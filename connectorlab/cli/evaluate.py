@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from ..errors import MissingPathError
 from . import app, console, errors, setup_logging
 
 score_app = typer.Typer(no_args_is_help=True, help="Score predictions made by connectorlab or another toolkit.")
@@ -53,7 +54,7 @@ def eval_command(
     from ..evaluation.hub import is_hub_source
 
     if not is_hub_source(data) and not Path(data).exists():
-        raise FileNotFoundError(f"--data {data}: no such file or folder (nor an owner/name Hub dataset id)")
+        raise MissingPathError(f"--data {data}: no such file or folder (nor an owner/name Hub dataset id)")
     bench = load_benchmark(benchmark, data, image_folder, strict, task_types, task_section, subset, split)
     if max_new_tokens is None:
         max_new_tokens = LLAVA_MAX_NEW_TOKENS[benchmark]

@@ -8,6 +8,7 @@ import typer
 from . import app, console
 
 FORMATS = ("llava-hf", "hf-remote-code")
+OVERWRITE = typer.Option(False, help="replace a non-empty --out that is not an earlier output of this command")
 import_app = typer.Typer(no_args_is_help=True, help="Bring a released checkpoint into connectorlab's layout.")
 app.add_typer(import_app, name="import")
 
@@ -17,6 +18,7 @@ def export(
     model: Path = typer.Argument(..., exists=True, file_okay=False, help="a saved MultimodalLM folder"),
     format: str = typer.Option("llava-hf", "--format", help=f"one of: {', '.join(FORMATS)}"),
     out: Path = typer.Option(..., help="folder to write (a model and its processor)"),
+    overwrite: bool = OVERWRITE,
 ):
     """Write a trained model in a layout that plain transformers (and lmms-eval, vLLM) load."""
     if format not in FORMATS:
@@ -24,28 +26,35 @@ def export(
     if format == "hf-remote-code":
         from ..interop.hf_remote import export_remote_code
 
-        folder = export_remote_code(model, out)
+        folder = export_remote_code(model, out, overwrite)
         console.print(f"remote-code model and processor (load it with trust_remote_code enabled): {folder}")
         return
     from ..interop.llava_hf import export_llava_hf
 
-    console.print(f"llava-hf model and processor: {export_llava_hf(model, out)}")
+    console.print(f"llava-hf model and processor: {export_llava_hf(model, out, overwrite)}")
 
 
 @import_app.command("llava-hf")
 def import_llava_hf(
     src: str = typer.Argument(..., help="a llava-hf folder or Hub id (e.g. llava-hf/llava-1.5-7b-hf, from the cache)"),
     out: Path = typer.Option(..., help="folder for the connectorlab model (`connectorlab eval --model OUT`)"),
-    template: str = typer.Option("vicuna_v1", help="conversation template the checkpoint was trained with"),
+    template: str = typer.Option(None, help="conversation template the checkpoint was trained with (default: a "
+                                            "connectorlab export's own, else the one its chat template renders, else "
+                                            "vicuna_v1)"),
     image_mode: str = typer.Option(None, help="pad | resize | crop (default: pad when the processor pads)"),
+    overwrite: bool = OVERWRITE,
 ):
     """A llava-hf checkpoint as a connectorlab model (its projector an `mlp` connector), e.g. to score it on the
     paper's task types with `connectorlab eval`."""
-    from ..model.mllm import MultimodalLM
+    from ..model.mllm import MODEL_KIND, MultimodalLM
+    from ..utils.io import check_output
 
+    sources = (src,) if Path(src).exists() else ()
+    check_output(out, MODEL_KIND, overwrite, sources)  # before the checkpoint is read
     model = MultimodalLM.from_llava_hf(src, template, image_mode)
-    model.save_pretrained(out)
-    console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens): {out}")
+    model.save_pretrained(out, overwrite=overwrite, sources=sources)
+    console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens, "
+                  f"template {model.config.template}): {out}")
 
 
 @import_app.command("llava")
@@ -56,11 +65,16 @@ def import_llava(
     template: str = typer.Option("vicuna_v1", help="conversation template the checkpoint was trained with"),
     model_base: Path = typer.Option(None, "--model-base", exists=True, file_okay=False,
                                     help="for a stage-1 output (config.json + mm_projector.bin): the LM it was trained on"),
+    overwrite: bool = OVERWRITE,
 ):
     """LLaVA's original layout (an LM folder with mm_projector weights and mm_* config keys, or a stage-1 output
     with --model-base, as LLaVA's load_pretrained_model takes it) as a connectorlab model."""
     from ..interop.llava_original import from_llava_original
+    from ..model.mllm import MODEL_KIND
+    from ..utils.io import check_output
 
+    sources = tuple(p for p in (src, model_base, vision) if p is not None and Path(p).exists())
+    check_output(out, MODEL_KIND, overwrite, sources)  # before the checkpoint is read
     model = from_llava_original(src, vision, template, model_base)
-    model.save_pretrained(out)
+    model.save_pretrained(out, overwrite=overwrite, sources=sources)
     console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens): {out}")

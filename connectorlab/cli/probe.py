@@ -23,11 +23,14 @@ def probe_generate(
                                 "the probe's)"),
     n_test: int = typer.Option(None, min=1, help="test images, eleven questions each with circular copies (default: the "
                                "probe's)"),
+    overwrite: bool = typer.Option(False, help="write into a non-empty --out that is not an earlier probe"),
 ):
     """Draw the probe: LLaVA captions and instructions for training, an MMBench-layout test set."""
     from ..probe.generate import ProbeParams, generate
+    from ..utils.io import claim_output
     from ..utils.progress import progress_bar
 
+    claim_output(out, "probe", overwrite)
     given = {"image_size": image_size, "object_scale": object_scale, "clutter": clutter, "n_train": n_train,
              "n_test": n_test}
     with progress_bar(True) as bar:
@@ -42,10 +45,13 @@ def probe_models(
     out: Path = typer.Option(..., help="where to save vision/ and llm/"),
     image_size: int = typer.Option(64, min=1, help="the tower's native resolution in pixels"),
     seed: int = typer.Option(0, help="random seed of the initial weights"),
+    overwrite: bool = typer.Option(False, help="write into a non-empty --out that is not an earlier `probe models`"),
 ):
     """Tiny randomly initialised CLIP tower and Llama LM with a word-level tokenizer over the probe's words."""
     from ..probe.presets import make_random_presets
+    from ..utils.io import claim_output
 
+    claim_output(out, "probe models", overwrite)
     paths = make_random_presets(probe, out, image_size=image_size, seed=seed)
     console.print(f"vision: {paths['vision']}\nllm: {paths['llm']}")
 

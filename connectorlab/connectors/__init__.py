@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import InputError
 from ..registry import Registry
 from .avgpool import AvgPoolConnector
 from .base import FAMILIES, MECHANISMS, Connector
@@ -42,7 +43,7 @@ def build_connector(name: str, vision_dim: int, llm_dim: int, grid: tuple[int, i
         import inspect
 
         valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "vision_dim", "llm_dim", "grid")]
-        raise ValueError(f"connector {name!r}: {err}; valid options: {', '.join(valid) or 'none'}") from None
+        raise InputError(f"connector {name!r}: {err}; valid options: {', '.join(valid) or 'none'}") from None
 
 
 __all__ = ["CONNECTORS", "Connector", "FAMILIES", "MECHANISMS", "build_connector"]

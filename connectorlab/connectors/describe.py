@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import InputError
 from . import CONNECTORS, build_connector
 
 
@@ -38,7 +39,7 @@ def describe_zoo(vision_dim: int = 1024, llm_dim: int = 4096, image_size: int = 
                  num_tokens: int | None = None) -> list[dict[str, Any]]:
     """One row per connector; `num_tokens` sets the budget of every connector that has one."""
     if image_size % patch_size:
-        raise ValueError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
+        raise InputError(f"image_size={image_size} must be a multiple of patch_size={patch_size}")
     grid = (image_size // patch_size,) * 2
     rows = []
     for name, cls in CONNECTORS.items():

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
 from ..language.processor import IGNORE_INDEX
 
 
@@ -80,7 +81,7 @@ class StepPlan:
 
 def accumulation_steps(global_batch: int, world: int, micro_batch: int) -> int:
     if global_batch % (world * micro_batch):
-        raise ValueError(f"global_batch={global_batch} must be a multiple of processes x micro_batch "
+        raise InputError(f"global_batch={global_batch} must be a multiple of processes x micro_batch "
                          f"= {world} x {micro_batch}")
     return global_batch // (world * micro_batch)
 

@@ -14,13 +14,15 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..errors import InputError, UnreadableImageError
+
 
 def open_rgb(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")
     except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three for broken files
-        raise OSError(f"{path}: cannot decode image ({err})") from err
+        raise UnreadableImageError(f"{path}: cannot decode image ({err})") from err
 
 
 def decode_error(path: str | Path) -> str | None:
@@ -47,7 +49,7 @@ def find_undecodable(paths: Sequence[Path], workers: int = 4) -> dict[Path, str]
 class ImageLoader:
     def __init__(self, transform: Callable[[Image.Image], torch.Tensor], workers: int = 4):
         if workers < 0:
-            raise ValueError(f"image workers must be >= 0, got {workers}")
+            raise InputError(f"image workers must be >= 0, got {workers}")
         self.transform = transform
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="images") if workers else None
 

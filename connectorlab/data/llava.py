@@ -12,6 +12,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import MissingPathError
 from ..language.processor import MultimodalProcessor, OverLength, SpecialTokenText, TokenizationMismatch
 from ..language.templates import IMAGE_PLACEHOLDER
 from ..utils.io import parse_jsonl
@@ -33,7 +34,7 @@ class Sample:
 def read_records(path: str | Path) -> list:
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data file {path} does not exist")
+        raise MissingPathError(f"data file {path} does not exist")
     text = path.read_text()
     if path.suffix == ".jsonl":
         return parse_jsonl(text, path, DataError)

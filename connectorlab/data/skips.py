@@ -4,8 +4,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from ..errors import InputError
 
-class DataError(ValueError):
+
+class DataError(InputError):
     """A bad record, named by file, record and field."""
 
 

@@ -15,6 +15,7 @@ import pandas as pd
 from PIL import Image
 
 from ..data.skips import DataError, SkipReport
+from ..errors import InputError
 from .base import Benchmark, EvalItem
 from .benchmarks.mmbench import LETTERS, mmbench_from_frame
 from .benchmarks.mme import OFFICIAL, llava_prompt, mme_benchmark
@@ -40,10 +41,13 @@ def load_rows(name: str, source: str | Path, subset: str | None = None, split: s
     try:
         import datasets
     except ImportError:
-        raise ValueError("benchmarks from the Hub need the datasets package: pip install 'connectorlab[hub]'") from None
+        raise InputError("benchmarks from the Hub need the datasets package: pip install 'connectorlab[hub]'") from None
     path = Path(source)
     if path.exists():
         files = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+        empty = [f for f in files if parquet_rows(f) == 0]
+        if empty:
+            raise DataError(f"{empty[0]}: a parquet file with no rows ({len(empty)} of {len(files)} file(s) are empty)")
         rows = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     else:
         rows = datasets.load_dataset(str(source), subset, split=split)
@@ -53,6 +57,17 @@ def load_rows(name: str, source: str | Path, subset: str | None = None, split: s
                         f"(columns: {', '.join(rows.column_names)})")
     image = datasets.Sequence(datasets.Image(decode=False)) if name == "seedbench" else datasets.Image(decode=False)
     return rows.cast_column("image", image)
+
+
+def parquet_rows(path: Path) -> int:
+    """The row count from the file's footer (read before `datasets`, which fails on an empty file with its own
+    traceback); a file that is not parquet is named."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not a readable parquet file ({err})") from None
 
 
 def image_bytes(value) -> bytes | None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from scipy.stats import binomtest
 
+from ..errors import InputError
+
 
 @dataclass
 class PairedResult:
@@ -30,7 +32,7 @@ def mcnemar_exact(a: dict[str, bool], b: dict[str, bool]) -> PairedResult:
     """a, b: correctness by question key; only questions present in both count."""
     keys = sorted(a.keys() & b.keys())
     if not keys:
-        raise ValueError("the two runs share no question")
+        raise InputError("the two runs share no question")
     a_only = sum(1 for k in keys if a[k] and not b[k])
     b_only = sum(1 for k in keys if b[k] and not a[k])
     discordant = a_only + b_only

@@ -19,6 +19,7 @@ from accelerate import PartialState
 
 from ..data.images import ImageLoader
 from ..data.skips import SkipReport
+from ..errors import InputError
 from ..language.processor import OverLength
 from ..model.mllm import MultimodalLM
 from ..utils.distributed import main_process_lock, on_main, process_state
@@ -49,7 +50,7 @@ def load_benchmark(name: str, data: str | Path, image_folder: str | Path | None 
         return load_mme(data, strict, task_types)
     if name == "seedbench":
         return load_seedbench(data, image_folder, strict, task_types)
-    raise ValueError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
+    raise InputError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
 
 
 def read_predictions(path: Path) -> dict[str, str]:
@@ -105,7 +106,7 @@ def claim_folder(out: Path, info: dict, overwrite: bool) -> None:
         changed = [f"{k}: {before.get(k, '(absent)')} -> {info.get(k, '(absent)')}"
                    for k in sorted(before.keys() | info.keys()) if before.get(k) != info.get(k)]
         if changed:
-            raise ValueError(f"{out} holds predictions of another run ({'; '.join(changed)}); use a new --out folder "
+            raise InputError(f"{out} holds predictions of another run ({'; '.join(changed)}); use a new --out folder "
                              "or --overwrite to discard them")
     atomic_write_json(info_path, info)
     merge_shards(out)  # predictions of a sharded run that stopped, whatever its number of processes
@@ -119,7 +120,7 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
     launch's), each answers every N-th batch and every process returns the same result."""
     for name, value, low in (("batch_size", batch_size, 1), ("max_new_tokens", max_new_tokens, 1), ("workers", workers, 0)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} = {value!r}: must be an integer >= {low}")
+            raise InputError(f"{name} = {value!r}: must be an integer >= {low}")
     out = Path(out)
     state = state or process_state()
     with main_process_lock(out, "evaluation", state):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import InputError, MissingPathError
 from .stats import wilson
 
 TYPES = ("coarse", "fine", "reasoning")
@@ -18,23 +19,23 @@ DEFAULT_FILE = Path(__file__).with_name("task_types.yaml")
 def read_sections(path: str | Path | None) -> dict:
     source = Path(path or DEFAULT_FILE)
     if not source.is_file():
-        raise FileNotFoundError(f"task-type mapping {source}: no such file")
+        raise MissingPathError(f"task-type mapping {source}: no such file")
     try:
         return yaml.safe_load(source.read_text())
     except yaml.YAMLError as err:
-        raise ValueError(f"task-type mapping {source}: not valid YAML: {err}") from None
+        raise InputError(f"task-type mapping {source}: not valid YAML: {err}") from None
 
 
 def load_mapping(section: str, path: str | Path | None = None) -> dict[str, dict]:
     data = read_sections(path)
     if not isinstance(data, dict):
-        raise ValueError(f"{path or DEFAULT_FILE}: the top level must be a mapping of sections")
+        raise InputError(f"{path or DEFAULT_FILE}: the top level must be a mapping of sections")
     if section not in data:
-        raise ValueError(f"{path or DEFAULT_FILE}: no task-type section {section!r}; sections: {', '.join(data)}")
+        raise InputError(f"{path or DEFAULT_FILE}: no task-type section {section!r}; sections: {', '.join(data)}")
     mapping = {str(k): v for k, v in data[section].items()}
     for key, entry in mapping.items():
         if entry.get("type") not in TYPES:
-            raise ValueError(f"{path or DEFAULT_FILE}: {section}.{key}: type must be one of {TYPES}")
+            raise InputError(f"{path or DEFAULT_FILE}: {section}.{key}: type must be one of {TYPES}")
     return mapping
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from ..connectors import CONNECTORS
 from ..model.mllm import MultimodalLM
-from ..utils.io import atomic_dir
+from ..utils.io import atomic_dir, check_output
 from .llava_hf import IMAGE_TOKEN, adds_bos, chat_template, grow_vocabulary, image_processor_for, with_image_token
 
 REMOTE = Path(__file__).with_name("remote_code")
@@ -33,9 +33,10 @@ AUTO_MAP = {"AutoConfig": "configuration_connectorlab.ConnectorlabConfig",
             "AutoModel": "modeling_connectorlab.ConnectorlabForConditionalGeneration"}  # lmms-eval's fallback class
 
 
-def export_remote_code(model_dir: str | Path, out: str | Path) -> Path:
+def export_remote_code(model_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     from transformers import GenerationConfig, LlavaProcessor
 
+    out = check_output(out, "hf-remote-code export", overwrite, (model_dir,))  # before the model is loaded
     model = MultimodalLM.from_pretrained(model_dir)
     cls = CONNECTORS[model.config.connector]
     source = Path(inspect.getfile(cls))
@@ -60,7 +61,7 @@ def export_remote_code(model_dir: str | Path, out: str | Path) -> Path:
                                vision_feature_select_strategy="full", image_token=IMAGE_TOKEN,
                                num_additional_image_tokens=q - 1,
                                chat_template=chat_template(model.processor.template.name, adds_bos(tok)))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "hf-remote-code export", overwrite, (model_dir,)) as tmp:
         (tmp / "config.json").write_text(json.dumps(config, indent=2, default=str))
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         generation.save_pretrained(tmp)

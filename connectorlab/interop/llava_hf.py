@@ -13,15 +13,18 @@ Import reads a llava-hf folder (or Hub id) back into a MultimodalLM with an `mlp
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
 
 import torch
 
+from ..errors import InputError
 from ..model.config import ModelConfig
 from ..model.mllm import MultimodalLM
-from ..utils.io import atomic_dir
+from ..utils.io import atomic_dir, check_output
+from ..utils.weights import reading
 
 IMAGE_TOKEN = "<image>"
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
@@ -32,8 +35,10 @@ IMAGE_MODES = {  # connectorlab's image mode -> the image processor settings tha
     "crop": {"do_pad": False, "do_center_crop": True},
 }
 
+log = logging.getLogger("connectorlab.interop")
 
-class NotExportable(ValueError):
+
+class NotExportable(InputError):
     pass
 
 
@@ -87,9 +92,10 @@ def grow_vocabulary(llm, size: int) -> list[int]:
     return list(range(old, size))
 
 
-def export_llava_hf(model_dir: str | Path, out: str | Path) -> Path:
+def export_llava_hf(model_dir: str | Path, out: str | Path, overwrite: bool = False) -> Path:
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
+    out = check_output(out, "llava-hf export", overwrite, (model_dir,))  # before the model is loaded
     model = MultimodalLM.from_pretrained(model_dir)
     act, projector = projector_of(model)
     if model.vision.level_layers:
@@ -114,10 +120,10 @@ def export_llava_hf(model_dir: str | Path, out: str | Path) -> Path:
                                patch_size=model.vision.patch_size, vision_feature_select_strategy=strategy,
                                image_token=IMAGE_TOKEN, num_additional_image_tokens=1 if model.vision.has_cls else 0,
                                chat_template=chat_template(model.processor.template.name, adds_bos(tok)))
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "llava-hf export", overwrite, (model_dir,)) as tmp:
         llava.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "connectorlab_export.json").write_text(json.dumps({
+        (tmp / EXPORT_INFO).write_text(json.dumps({
             "source": str(model_dir), "connector": model.config.connector, "options": model.config.connector_options,
             "template": model.processor.template.name, "image_mode": model.image_transform.mode}, indent=2))
     return Path(out)
@@ -154,19 +160,53 @@ def chat_template(name: str, tokenizer_adds_bos: bool) -> str:
     raise NotExportable(f"template {name!r}: no chat template is written for it (vicuna_v1, plain_v1, llama_2, chatml)")
 
 
-def from_llava_hf(path_or_id: str | Path, template: str = "vicuna_v1", image_mode: str | None = None) -> MultimodalLM:
-    """A llava-hf checkpoint as a MultimodalLM (`mlp` connector, or `linear` for an identity second layer)."""
+EXPORT_INFO = "connectorlab_export.json"
+DEFAULT_TEMPLATE = "vicuna_v1"  # LLaVA-1.5's, for a release that names none
+
+
+def template_of(source: str | Path, processor) -> tuple[str, str]:
+    """The template a checkpoint was trained with, and where that was read: a connectorlab export's own metadata, else
+    the chat template it carries when it is one that connectorlab writes, else LLaVA-1.5's."""
+    info = Path(source) / EXPORT_INFO
+    if info.is_file():
+        name = json.loads(info.read_text()).get("template")
+        if name:
+            return name, str(info)
+    carried = getattr(processor, "chat_template", None) or getattr(getattr(processor, "tokenizer", None),
+                                                                    "chat_template", None)
+    if carried and processor is not None:
+        from ..language.templates import TEMPLATES
+
+        tok = getattr(processor, "tokenizer", processor)
+        matches = [n for n in TEMPLATES if _renders(n, adds_bos(tok)) == carried]
+        if len(matches) == 1:
+            return matches[0], "its chat template"
+    return DEFAULT_TEMPLATE, "the default (LLaVA-1.5's)"
+
+
+def _renders(name: str, bos: bool) -> str | None:
+    try:
+        return chat_template(name, bos)
+    except NotExportable:
+        return None
+
+
+def from_llava_hf(path_or_id: str | Path, template: str | None = None, image_mode: str | None = None) -> MultimodalLM:
+    """A llava-hf checkpoint as a MultimodalLM (`mlp` connector, or `linear` for an identity second layer). The
+    template is the checkpoint's own (`template_of`) unless `template` names another."""
     from transformers import AutoConfig, LlavaForConditionalGeneration
 
-    config = AutoConfig.from_pretrained(str(path_or_id))
+    with reading(path_or_id, "the llava-hf config"):
+        config = AutoConfig.from_pretrained(str(path_or_id))
     if getattr(config, "model_type", None) != "llava":
-        raise ValueError(f"{path_or_id}: not a llava-hf checkpoint (config.json model_type is "
+        raise InputError(f"{path_or_id}: not a llava-hf checkpoint (config.json model_type is "
                          f"{getattr(config, 'model_type', None)!r}, expected 'llava')")
-    llava = LlavaForConditionalGeneration.from_pretrained(str(path_or_id))
+    with reading(path_or_id, "the llava-hf weights (do config.json's sizes, e.g. hidden_size and vocab_size, match them?)"):
+        llava = LlavaForConditionalGeneration.from_pretrained(str(path_or_id))
     return llava_to_multimodal(llava, config, path_or_id, template, image_mode)
 
 
-def llava_to_multimodal(llava, config, source, template: str, image_mode: str | None) -> MultimodalLM:
+def llava_to_multimodal(llava, config, source, template: str | None, image_mode: str | None) -> MultimodalLM:
     import tempfile
 
     from transformers import AutoProcessor
@@ -177,11 +217,11 @@ def llava_to_multimodal(llava, config, source, template: str, image_mode: str | 
     act = config.projector_hidden_act
     layer = config.vision_feature_layer
     if isinstance(layer, list):
-        raise ValueError(f"{source}: vision_feature_layer {layer} reads several layers; connectorlab's towers read one")
+        raise InputError(f"{source}: vision_feature_layer {layer} reads several layers; connectorlab's towers read one")
     identity = act == "linear" and torch.equal(proj.linear_2.weight, torch.eye(proj.linear_2.weight.shape[0],
                                                                                   dtype=proj.linear_2.weight.dtype))
     if act not in ("linear", *ACTIVATIONS):
-        raise ValueError(f"{source}: projector_hidden_act {act!r} has no connectorlab counterpart")
+        raise InputError(f"{source}: projector_hidden_act {act!r} has no connectorlab counterpart")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         llava.model.vision_tower.save_pretrained(tmp / "vision")
@@ -192,7 +232,11 @@ def llava_to_multimodal(llava, config, source, template: str, image_mode: str | 
             tokenizer, mean, std = processor.tokenizer, processor.image_processor.image_mean, processor.image_processor.image_std
             mode = image_mode or ("pad" if getattr(processor.image_processor, "do_pad", False) else "crop")
         except (OSError, ValueError):
+            processor = None
             tokenizer, mean, std, mode = load_tokenizer(source), None, None, image_mode or "pad"
+        if template is None:
+            template, origin = template_of(source, processor or tokenizer)
+            log.info("%s: template %s, from %s", source, template, origin)
         tokenizer.save_pretrained(tmp / "llm")
         if (Path(source) / SP_MODEL).is_file():  # so that loading checks the fast tokenizer against SentencePiece
             shutil.copy(Path(source) / SP_MODEL, tmp / "llm" / SP_MODEL)

@@ -14,11 +14,12 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
+from ..errors import InputError, MissingPathError
 from ..language.tokenizer import load_tokenizer
 from ..model.config import ModelConfig
 from ..model.mllm import MultimodalLM
+from ..utils.weights import read_tensors
 
 PROJECTOR = re.compile(r"^mlp(\d+)x_(gelu|relu|silu)$")
 PREFIX = "model.mm_projector."
@@ -30,17 +31,17 @@ def connector_for(projector_type: str) -> tuple[str, dict]:
         return "linear", {}
     match = PROJECTOR.match(projector_type or "")
     if not match:
-        raise ValueError(f"mm_projector_type {projector_type!r}: connectorlab maps 'linear' and 'mlp<N>x_<act>'")
+        raise InputError(f"mm_projector_type {projector_type!r}: connectorlab maps 'linear' and 'mlp<N>x_<act>'")
     return "mlp", {"depth": int(match.group(1)), "activation": match.group(2)}
 
 
 def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     files = sorted(folder.glob("*.safetensors")) or sorted(p for p in folder.glob("pytorch_model*.bin"))
     if not files:
-        raise FileNotFoundError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
+        raise MissingPathError(f"{folder}: no *.safetensors or pytorch_model*.bin weights")
     state = {}
     for f in files:
-        state.update(load_file(str(f)) if f.suffix == ".safetensors" else torch.load(f, map_location="cpu", weights_only=True))
+        state.update(read_tensors(f))
     return state
 
 
@@ -49,9 +50,9 @@ def read_projector(folder: Path, state: dict[str, torch.Tensor]) -> dict[str, to
     projector = {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
     if not projector and (folder / "mm_projector.bin").is_file():
         projector = {k.split("mm_projector.", 1)[1]: v
-                     for k, v in torch.load(folder / "mm_projector.bin", map_location="cpu", weights_only=True).items()}
+                     for k, v in read_tensors(folder / "mm_projector.bin").items()}
     if not projector:
-        raise ValueError(f"{folder}: no projector weights (model.mm_projector.* in the weights, or mm_projector.bin)")
+        raise InputError(f"{folder}: no projector weights (model.mm_projector.* in the weights, or mm_projector.bin)")
     return projector
 
 
@@ -59,18 +60,18 @@ def read_config(folder: Path) -> tuple[dict, str, tuple[str, dict]]:
     """The folder's config.json, its image mode and its connector, refusing what connectorlab cannot map."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{folder}: no config.json (not a LLaVA checkpoint folder)")
+        raise MissingPathError(f"{folder}: no config.json (not a LLaVA checkpoint folder)")
     data = json.loads(cfg_path.read_text())
     missing = [k for k in ("mm_vision_tower", "mm_projector_type") if k not in data]
     if missing:
-        raise ValueError(f"{folder}: not a LLaVA release (config.json lacks {', '.join(missing)})")
+        raise InputError(f"{folder}: not a LLaVA release (config.json lacks {', '.join(missing)})")
     if data.get("mm_use_im_start_end"):
-        raise ValueError(f"{folder}: mm_use_im_start_end = true (image start/end tokens) is not supported")
+        raise InputError(f"{folder}: mm_use_im_start_end = true (image start/end tokens) is not supported")
     mode = IMAGE_MODES.get(data.get("image_aspect_ratio"), "pad")
     if mode is None:
-        raise ValueError(f"{folder}: image_aspect_ratio {data['image_aspect_ratio']!r} (LLaVA-NeXT tiles) is not supported")
+        raise InputError(f"{folder}: image_aspect_ratio {data['image_aspect_ratio']!r} (LLaVA-NeXT tiles) is not supported")
     if data.get("mm_vision_select_feature", "patch") != "patch":
-        raise ValueError(f"{folder}: mm_vision_select_feature {data['mm_vision_select_feature']!r}; connectorlab drops CLS")
+        raise InputError(f"{folder}: mm_vision_select_feature {data['mm_vision_select_feature']!r}; connectorlab drops CLS")
     return data, mode, connector_for(data["mm_projector_type"])
 
 
@@ -86,7 +87,7 @@ def from_llava_original(folder: str | Path, vision: str | None = None, template:
     lm_folder = Path(model_base) if model_base is not None else folder
     if model_base is None and (folder / "mm_projector.bin").is_file() and not list(folder.glob("*.safetensors")) \
             and not list(folder.glob("pytorch_model*.bin")):
-        raise ValueError(f"{folder} is a stage-1 output (mm_projector.bin, no LM weights): pass --model-base, the LM "
+        raise InputError(f"{folder} is a stage-1 output (mm_projector.bin, no LM weights): pass --model-base, the LM "
                          "it was trained on, as LLaVA's load_pretrained_model takes it")
     state = read_weights(lm_folder)
     projector = read_projector(folder, {} if model_base is not None else state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InputError
 from .templates import IMAGE_PLACEHOLDER, TEMPLATES, Bos, Image, Part, Stop, Template, Text
 
 IGNORE_INDEX = -100
@@ -19,7 +20,7 @@ IMAGE_TOKEN_ID = -200  # sentinel, never a vocabulary id; the model splices conn
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
-class TokenizationMismatch(ValueError):
+class TokenizationMismatch(InputError):
     pass
 
 
@@ -28,7 +29,7 @@ class SpecialTokenText(TokenizationMismatch):
     the token itself and end the answer mid-sentence, so such a record is refused (LLaVA drops it with a warning)."""
 
 
-class OverLength(ValueError):
+class OverLength(InputError):
     pass
 
 
@@ -51,7 +52,7 @@ class TextRun:
         """What to tokenize: the run, and its prompt part when an answer follows one (the labels' boundary)."""
         flags = [p.supervised for p in self.parts]
         if flags != sorted(flags):
-            raise ValueError("a text run must be its prompt, then its answer")  # a template bug, not a data problem
+            raise InputError("a text run must be its prompt, then its answer")  # a template bug, not a data problem
         prompt = "".join(p.text for p in self.parts if not p.supervised)
         return [self.context + self.text] + ([self.context + prompt] if any(flags) and prompt else [])
 
@@ -72,12 +73,12 @@ def conversation_turns(conversations: list[dict]) -> list[tuple[str, str]]:
     turns = []
     for i, turn in enumerate(conversations):
         if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
-            raise ValueError(f"conversation turn {i} must be an object with 'from' and 'value'")
+            raise InputError(f"conversation turn {i} must be an object with 'from' and 'value'")
         role = ROLES.get(turn["from"])
         if role is None:
-            raise ValueError(f"conversation turn {i}: unknown role {turn['from']!r}; valid: {', '.join(ROLES)}")
+            raise InputError(f"conversation turn {i}: unknown role {turn['from']!r}; valid: {', '.join(ROLES)}")
         if not isinstance(turn["value"], str):
-            raise ValueError(f"conversation turn {i}: 'value' must be a string")
+            raise InputError(f"conversation turn {i}: 'value' must be a string")
         turns.append((role, turn["value"]))
     return turns
 

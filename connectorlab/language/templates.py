@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import InputError
 from ..registry import Registry
 
 
@@ -61,9 +62,9 @@ class Template:
         for i, (role, _) in enumerate(turns):
             want = "user" if i % 2 == 0 else "assistant"
             if role != want:
-                raise ValueError(f"turn {i} is from {role!r}; turns must alternate user/assistant starting with user")
+                raise InputError(f"turn {i} is from {role!r}; turns must alternate user/assistant starting with user")
         if add_generation_prompt and turns and turns[-1][0] != "user":
-            raise ValueError("a generation prompt must end with a user turn")
+            raise InputError("a generation prompt must end with a user turn")
         return self._render(turns, add_generation_prompt)
 
     def _render(self, turns, add_generation_prompt):  # pragma: no cover - abstract

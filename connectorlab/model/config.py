@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..errors import InputError, MissingPathError
 from ..utils.validation import POSITIVE_INT, Range, check_choice, check_ranges
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,13 +37,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
                     return float(value)
                 if float(value) == int(float(value)):
                     return int(float(value))
-                raise ValueError(f"{where}: {value!r} is not an integer")
+                raise InputError(f"{where}: {value!r} is not an integer")
             except (TypeError, ValueError, OverflowError) as err:
                 if "is not an integer" in str(err):
                     raise
                 continue
     if any(t in options for t in (bool, int, float)):
-        raise ValueError(f"{where}: {value!r} is not a valid {hint}")
+        raise InputError(f"{where}: {value!r} is not a valid {hint}")
     return value
 
 
@@ -51,7 +52,7 @@ def from_mapping(cls, data: dict[str, Any], where: str = "config"):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        raise InputError(f"{where}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     hints = typing.get_type_hints(cls)
     return cls(**{k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()})
 
@@ -80,12 +81,12 @@ class ModelConfig:
         check_choice(self.image_mode, IMAGE_MODES, "model.image_mode")
         check_choice(self.attn_implementation, ATTENTION, "model.attn_implementation")
         if not isinstance(self.connector_options, dict):
-            raise ValueError(f"model.connector_options = {self.connector_options!r}: must be a mapping")
+            raise InputError(f"model.connector_options = {self.connector_options!r}: must be a mapping")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         if not isinstance(data, dict):
-            raise ValueError(f"model config: expected a mapping of keys, got {type(data).__name__}")
+            raise InputError(f"model config: expected a mapping of keys, got {type(data).__name__}")
         return from_mapping(cls, data, "model")
 
     @classmethod
@@ -100,14 +101,14 @@ def read_mapping(path: str | Path) -> dict[str, Any]:
     """A YAML or JSON file whose top level is a mapping; every problem names the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file" if not path.exists() else f"{path}: is a folder, not a file")
+        raise MissingPathError(f"{path}: no such file" if not path.exists() else f"{path}: is a folder, not a file")
     text = path.read_text()
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
+        raise InputError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {err}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: the top level must be a mapping of keys (e.g. 'model:'), got a {type(data).__name__}")
+        raise InputError(f"{path}: the top level must be a mapping of keys (e.g. 'model:'), got a {type(data).__name__}")
     return data

@@ -15,16 +15,18 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, DynamicCache
 from transformers.utils import ModelOutput
 
 from ..connectors import CONNECTORS, Connector, build_connector
+from ..errors import InputError, MissingPathError
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID, MultimodalProcessor
 from ..language.tokenizer import load_tokenizer
 from ..reduction import Reduction
 from ..utils.io import atomic_dir, atomic_write_json
+from ..utils.weights import read_tensors, reading
 from ..vision.tower import VisionTower
 from ..vision.transforms import ImageTransform, normalisation_for
 from .config import DTYPES, ModelConfig
@@ -58,12 +60,15 @@ def image_transform_for(config: ModelConfig, vision: VisionTower) -> ImageTransf
     return ImageTransform(vision.image_size, config.image_mode, mean, std)
 
 
+MODEL_KIND = "connectorlab model"
+
+
 class MultimodalLM(nn.Module):
     def __init__(self, config: ModelConfig, vision: VisionTower, connector: Connector, llm: nn.Module, tokenizer):
         super().__init__()
         self.config, self.vision, self.connector, self.llm, self.tokenizer = config, vision, connector, llm, tokenizer
         if connector.vision_dim != vision.hidden_size or connector.llm_dim != llm.get_input_embeddings().embedding_dim:
-            raise ValueError("connector widths do not match the vision tower and LM")
+            raise InputError("connector widths do not match the vision tower and LM")
         self.processor = MultimodalProcessor(tokenizer, config.template, connector.num_output_tokens, config.max_length)
         self.image_transform = image_transform_for(config, vision)
         self.set_trainable(vision=not config.freeze_vision, connector=not config.freeze_connector, llm=not config.freeze_llm)
@@ -76,9 +81,11 @@ class MultimodalLM(nn.Module):
         dtype = DTYPES[config.dtype]
         vision = build_vision(config)
         try:
-            llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype, attn_implementation=config.attn_implementation)
+            with reading(config.llm, "the language model"):
+                llm = AutoModelForCausalLM.from_pretrained(config.llm, dtype=dtype,
+                                                           attn_implementation=config.attn_implementation)
         except ImportError as err:  # flash_attention_2 without the flash-attn package (or without a GPU)
-            raise ValueError(f"model.attn_implementation = {config.attn_implementation!r}: {err}") from None
+            raise InputError(f"model.attn_implementation = {config.attn_implementation!r}: {err}") from None
         tokenizer = load_tokenizer(config.llm)
         connector = build_connector(config.connector, vision.hidden_size, llm.get_input_embeddings().embedding_dim,
                                     vision.grid, **config.connector_options).to(dtype)
@@ -90,7 +97,7 @@ class MultimodalLM(nn.Module):
         expected = [CONFIG_NAME, CONNECTOR_WEIGHTS, "vision/config.json", "llm/config.json"]
         missing = [name for name in expected if not (path / name).is_file()]
         if missing:
-            raise FileNotFoundError(f"{path} is not a saved connectorlab model: missing {', '.join(missing)} "
+            raise MissingPathError(f"{path} is not a saved connectorlab model: missing {', '.join(missing)} "
                                     "(a training run's model is <output_dir>/finetune/model)")
         data = json.loads((path / CONFIG_NAME).read_text())
         config = ModelConfig.from_dict({**data, "vision": str(path / "vision"), "llm": str(path / "llm")})
@@ -100,15 +107,17 @@ class MultimodalLM(nn.Module):
         return model
 
     @classmethod
-    def from_llava_hf(cls, path_or_id: str | Path, template: str = "vicuna_v1", image_mode: str | None = None) -> MultimodalLM:
+    def from_llava_hf(cls, path_or_id: str | Path, template: str | None = None, image_mode: str | None = None) -> MultimodalLM:
         """A llava-hf checkpoint (e.g. llava-hf/llava-1.5-7b-hf) with its projector as an `mlp` connector."""
         from ..interop.llava_hf import from_llava_hf
 
         return from_llava_hf(path_or_id, template, image_mode)
 
-    def save_pretrained(self, path: str | Path, source_config: ModelConfig | None = None) -> None:
-        """Vision tower and LM in their own HF folders, the connector on its own (it seeds stage 2)."""
-        with atomic_dir(path) as tmp:
+    def save_pretrained(self, path: str | Path, source_config: ModelConfig | None = None, overwrite: bool = False,
+                        sources: tuple[str | Path, ...] = ()) -> None:
+        """Vision tower and LM in their own HF folders, the connector on its own (it seeds stage 2). A folder that is
+        not an earlier saved model is replaced only with `overwrite`; `sources` (what the model was made from) never."""
+        with atomic_dir(path, MODEL_KIND, overwrite, sources) as tmp:
             self.vision.model.save_pretrained(tmp / "vision")
             llm = self.llm.merge_and_unload() if hasattr(self.llm, "merge_and_unload") else self.llm
             llm.save_pretrained(tmp / "llm")
@@ -128,10 +137,10 @@ class MultimodalLM(nn.Module):
         save_file(state, str(path), metadata={"connectorlab": info})
 
     def load_connector(self, path: str | Path) -> None:
-        state = load_file(str(path))
+        state = read_tensors(path)
         missing, unexpected = self.connector.load_state_dict(state, strict=False)
         if missing or unexpected:
-            raise ValueError(f"{path}: connector weights do not fit {self.config.connector!r} "
+            raise InputError(f"{path}: connector weights do not fit {self.config.connector!r} "
                              f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
 
     def set_trainable(self, vision: bool, connector: bool, llm: bool) -> None:
@@ -158,7 +167,7 @@ class MultimodalLM(nn.Module):
         attention = None
         if self.reduction.method == "cls_attention":
             if pixel_values is None:
-                raise ValueError("cls_attention reduction needs the images (not cached tower features)")
+                raise InputError("cls_attention reduction needs the images (not cached tower features)")
             attention = self.vision.patch_attention(pixel_values)
         return self.reduction(out, self.connector.grid, attention)
 
@@ -186,7 +195,7 @@ class MultimodalLM(nn.Module):
             image_features = self.encode_images(pixel_values, vision_features)
         n_given = 0 if image_features is None else image_features.shape[0] * image_features.shape[1]
         if n_slots != n_given:
-            raise ValueError(f"{n_slots} image positions in the input but {n_given} image features "
+            raise InputError(f"{n_slots} image positions in the input but {n_given} image features "
                              f"({0 if image_features is None else image_features.shape[0]} images x "
                              f"{self.connector.num_output_tokens} tokens)")
         if n_slots:

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoConfig
 
 from ..connectors import Connector, build_connector
+from ..errors import InputError
 from ..utils.validation import POSITIVE_INT, ConfigError, check_ranges
 from .config import ModelConfig
 
@@ -38,9 +39,9 @@ class ModelShape:
     def grid(self, config: ModelConfig) -> tuple[int, int]:
         size = config.image_size or self.native_image_size
         if size % self.patch_size:
-            raise ValueError(f"model.image_size = {size}: must be a multiple of the tower's patch size {self.patch_size}")
+            raise InputError(f"model.image_size = {size}: must be a multiple of the tower's patch size {self.patch_size}")
         if not -self.vision_layers <= config.select_layer <= self.vision_layers:
-            raise ValueError(f"model.select_layer = {config.select_layer}: outside the tower's {self.vision_layers} layers")
+            raise InputError(f"model.select_layer = {config.select_layer}: outside the tower's {self.vision_layers} layers")
         return (size // self.patch_size,) * 2
 
 

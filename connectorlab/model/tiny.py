@@ -18,6 +18,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from ..errors import InputError
+
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
 CORPUS = [
     "A chat between a curious user and an artificial intelligence assistant.",
@@ -73,7 +75,7 @@ def make_vision(path: str | Path, kind: str = "clip", image_size: int = 32, patc
     elif kind == "siglip":
         model = SiglipVisionModel(SiglipVisionConfig(**common))
     else:
-        raise ValueError(f"unknown tiny vision kind {kind!r}; valid: clip, siglip")
+        raise InputError(f"unknown tiny vision kind {kind!r}; valid: clip, siglip")
     model.save_pretrained(str(path))
     return model
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..errors import InputError
 from ..evaluation.base import mc_prompt
 from ..evaluation.task_types import load_mapping
 from ..utils.io import atomic_write_json, atomic_write_text
@@ -199,9 +200,9 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
     """Write the probe to `out`; the same params always give byte-identical files."""
     out = Path(out)
     if params.clutter < 0:
-        raise ValueError(f"clutter (specks per image) must be >= 0, got {params.clutter}")
+        raise InputError(f"clutter (specks per image) must be >= 0, got {params.clutter}")
     if not 0.02 <= params.object_scale <= 0.2:
-        raise ValueError(f"object_scale must lie in [0.02, 0.2], got {params.object_scale}")
+        raise InputError(f"object_scale must lie in [0.02, 0.2], got {params.object_scale}")
     (out / "images" / "train").mkdir(parents=True, exist_ok=True)
     rng = random.Random(params.seed)
     types = task_types()
@@ -216,7 +217,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
         qs = questions_for(spec, rng)
         unmapped = {q.subtask for q in qs} - set(types)
         if unmapped:
-            raise ValueError(f"probe sub-task(s) {sorted(unmapped)} have no task type in the {TASK_SECTION!r} section "
+            raise InputError(f"probe sub-task(s) {sorted(unmapped)} have no task type in the {TASK_SECTION!r} section "
                              "of evaluation/task_types.yaml")
         finetune.append({"id": f"train-{i}", "image": rel, "conversations": instruction(qs, params, types, rng)})
     index, test_rows = 0, []

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter
 
+from ..errors import InputError
+
 # Scene = the layout of light and shade over the background; its hue is a separate (coarse) property.
 SCENES = ("sky", "field", "lake", "room")
 BACKGROUNDS = {"green": (60, 130, 60), "brown": (140, 95, 55), "grey": (125, 125, 125), "navy": (35, 45, 110)}
@@ -250,7 +252,7 @@ def render(spec: SceneSpec, side: int, noise: int | None = None, supersample: in
         image = image.filter(ImageFilter.GaussianBlur(radius=side / 24))
     elif spec.quality == "noisy":
         if noise is None:
-            raise ValueError("a noisy image needs its noise seed (scene.noise_seed)")
+            raise InputError("a noisy image needs its noise seed (scene.noise_seed)")
         grain = np.random.default_rng(noise).normal(0, 45, (side, side, 3))
         image = Image.fromarray((np.asarray(image, float) + grain).clip(0, 255).astype(np.uint8))
     elif spec.quality == "faded":

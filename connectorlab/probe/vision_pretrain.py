@@ -200,7 +200,7 @@ def pretrain_vision(probe_dir: str | Path, init: str | Path, out: str | Path, re
     seconds = time.perf_counter() - t0
     checks = {res: held_out_accuracy(model, heads, stacked[res][-held_out:],
                                      {k: v[-held_out:] for k, v in tensors[res].items()}) for res in resolutions}
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "pretrained probe tower", overwrite=True) as tmp:  # the quick start owns its folder
         model.save_pretrained(tmp)
         atomic_write_json(tmp / "pretrain_log.json", {"seconds": seconds, "steps": steps, "resolutions": list(resolutions),
                                                       "held_out_accuracy": checks, "log": log[-20:]})

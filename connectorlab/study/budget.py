@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from ..errors import InputError
 from ..utils.validation import Range
 
 RATIO = Range(1)  # a compression ratio: at least 1 (1 keeps every patch)
@@ -17,7 +18,7 @@ def tokens_for_ratio(grid: tuple[int, int], ratio: float) -> int:
     """Square outputs, because the pooling connectors (average pooling, C-Abstractor) emit a square grid: each side of
     the patch grid shrunk by sqrt(ratio), rounded, at least 1 (4x of 6x6 -> 3x3 = 9; 9x of 8x8 -> 3x3 = 9, 7.1x)."""
     if ratio < 1:
-        raise ValueError(f"compression ratio {ratio}: must be at least 1")
+        raise InputError(f"compression ratio {ratio}: must be at least 1")
     side = max(1, round(min(grid) / math.sqrt(ratio)))
     return side * side
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from ..errors import InputError
 from ..probe.generate import TASK_SECTION, ProbeParams, generate, task_types
 from ..probe.presets import TinySizes, build_presets
 from ..training.run_folder import differences
@@ -58,7 +59,7 @@ class QuickstartConfig:
         if self.probe is None:
             self.probe = ProbeParams(seed=self.seed)
         elif self.probe.seed != self.seed:  # one seed draws the probe and the presets: two would pair mismatched files
-            raise ValueError(f"quickstart.probe.seed = {self.probe.seed} differs from quickstart.seed = {self.seed}: "
+            raise InputError(f"quickstart.probe.seed = {self.probe.seed} differs from quickstart.seed = {self.seed}: "
                              f"the probe is drawn with the quick start's seed (leave probe out, or give it seed={self.seed})")
 
     @property
@@ -90,7 +91,7 @@ def check_same_config(path: Path, qc: QuickstartConfig) -> None:
         return
     changed = [d for d in differences(json.loads(path.read_text()), dataclasses.asdict(qc)) if not d.startswith("out:")]
     if changed:
-        raise ValueError(f"{path.parent} holds a quick start made with other settings ({'; '.join(changed)}); "
+        raise InputError(f"{path.parent} holds a quick start made with other settings ({'; '.join(changed)}); "
                          "use another --out or remove that folder")
 
 

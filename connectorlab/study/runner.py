@@ -16,6 +16,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import InputError, MissingPathError
 from ..evaluation.benchmarks.mmbench import load_mmbench
 from ..evaluation.runner import evaluate, load_benchmark
 from ..model.mllm import MultimodalLM
@@ -93,7 +94,7 @@ def check_unchanged(out: Path, cells: list[Cell]) -> None:
             diff = differences(old["config"], cell.config.to_dict())
             changed.append(f"{cell.label} ({'; '.join(diff) or 'configuration'})")
     if changed:
-        raise ValueError(f"{out} holds cells that the plan now defines otherwise: {', '.join(changed)}; use another "
+        raise InputError(f"{out} holds cells that the plan now defines otherwise: {', '.join(changed)}; use another "
                          "--out, or remove those cells' folders and their entries from study.json")
 
 
@@ -343,9 +344,9 @@ def submit_cells(plan: StudyPlan, cells: list[Cell], out: Path, retry_failed: bo
     try:
         import submitit
     except ImportError:
-        raise ValueError("execution.engine = 'slurm' needs submitit: pip install 'connectorlab[slurm]'") from None
+        raise InputError("execution.engine = 'slurm' needs submitit: pip install 'connectorlab[slurm]'") from None
     if not Path(plan.source).is_file():
-        raise ValueError("execution.engine = 'slurm' runs a plan file (StudyPlan.from_file): the jobs read it again")
+        raise InputError("execution.engine = 'slurm' runs a plan file (StudyPlan.from_file): the jobs read it again")
     settings = plan.execution.slurm
     executor = submitit.AutoExecutor(folder=str(out / "submitit"), cluster=settings.cluster)
     params = {"timeout_min": settings.timeout_min, "nodes": settings.nodes, "cpus_per_task": settings.cpus_per_task,
@@ -378,6 +379,6 @@ def study_states(out: str | Path) -> list[tuple[dict, CellState | None]]:
     out = Path(out)
     path = out / "study.json"
     if not path.exists():
-        raise FileNotFoundError(f"{out}: no study.json (not a study folder; `study run` makes one)")
+        raise MissingPathError(f"{out}: no study.json (not a study folder; `study run` makes one)")
     entries = json.loads(path.read_text())["cells"]
     return [({"label": label, **entry}, CellState.read(Path(entry["folder"]))) for label, entry in entries.items()]

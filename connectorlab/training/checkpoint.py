@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import InputError
 from ..utils.io import DiskFullError, atomic_write_json, free_mib, is_disk_full
 from .sharding import load_sharded, save_sharded
 
@@ -102,7 +103,7 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharde
     state = json.loads((path / "state.json").read_text())
     written = state.get("sharding", "none")
     if written != ("fsdp" if sharded else "none"):
-        raise ValueError(f"{path}: written with sharding = {written!r}; this run has sharding = "
+        raise InputError(f"{path}: written with sharding = {written!r}; this run has sharding = "
                          f"{'fsdp' if sharded else 'none'!r} (resume with the setting that wrote it)")
     if sharded:
         load_sharded(path / SHARDED, model, optimizer)
@@ -114,14 +115,14 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharde
             state["resharded_from"] = state["processes"]
         return state
     if state["processes"] != accelerator.num_processes:
-        raise ValueError(f"{path}: written by {state['processes']} processes; resuming with "
+        raise InputError(f"{path}: written by {state['processes']} processes; resuming with "
                          f"{accelerator.num_processes} would change the RNG streams (exact resume needs the same count; "
                          "sharding: fsdp checkpoints reshard)")
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing:
-        raise ValueError(f"{path}: checkpoint lacks trainable parameters {missing[:5]}")
+        raise InputError(f"{path}: checkpoint lacks trainable parameters {missing[:5]}")
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)

@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from ..errors import InputError
 from ..model.config import ModelConfig, from_mapping, read_mapping
 from ..utils.validation import (
     FRACTION,
@@ -121,22 +122,22 @@ class TrainConfig:
 
     def stage(self, name: str) -> StageConfig:
         if name not in STAGES:
-            raise ValueError(f"unknown stage {name!r}; valid: {', '.join(STAGES)}")
+            raise InputError(f"unknown stage {name!r}; valid: {', '.join(STAGES)}")
         return getattr(self, name)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         if not isinstance(data, dict):
-            raise ValueError(f"training config: expected a mapping of keys, got a {type(data).__name__}")
+            raise InputError(f"training config: expected a mapping of keys, got a {type(data).__name__}")
         data = dict(data)
         if "model" not in data:
-            raise ValueError("training config: missing required key 'model'")
+            raise InputError("training config: missing required key 'model'")
         data["model"] = ModelConfig.from_dict(data["model"])
         for name in STAGES:
             stage = dataclasses.asdict(StageConfig())
             given = data.get(name) or {}
             if not isinstance(given, dict):
-                raise ValueError(f"{name}: expected a mapping of keys, got {given!r}")
+                raise InputError(f"{name}: expected a mapping of keys, got {given!r}")
             stage.update(given)
             if isinstance(stage.get("lora"), dict):
                 stage["lora"] = from_mapping(LoraConfig, stage["lora"], f"{name}.lora")
@@ -160,15 +161,15 @@ class TrainConfig:
 def apply_override(data: dict, item: str) -> None:
     """`pretrain.lr=1e-4` -> data['pretrain']['lr'] = 0.0001 (values parsed as YAML)."""
     if "=" not in item:
-        raise ValueError(f"override {item!r} must look like key.sub=value")
+        raise InputError(f"override {item!r} must look like key.sub=value")
     key, value = item.split("=", 1)
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {item!r}: {part!r} is not a section")
+            raise InputError(f"override {item!r}: {part!r} is not a section")
     try:
         node[parts[-1]] = yaml.safe_load(value)
     except yaml.YAMLError as err:
-        raise ValueError(f"override {item!r}: the value is not valid YAML ({err})") from None
+        raise InputError(f"override {item!r}: the value is not valid YAML ({err})") from None

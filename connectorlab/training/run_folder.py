@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputExistsError
 from ..utils.io import atomic_write_json
 from .config import STAGES, TrainConfig
 
@@ -19,7 +20,7 @@ STAGE_CONFIG = "config.json"
 RESULT_NEUTRAL = {"output_dir", "keep_checkpoints", "pretrain.image_workers", "finetune.image_workers"}
 
 
-class RunMismatch(ValueError):
+class RunMismatch(OutputExistsError, ValueError):
     """The output folder holds work of another run or another configuration."""
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import InputError
+
 SHARDINGS = ("none", "fsdp")
 
 
@@ -22,7 +24,7 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     names = set(getattr(llm, "_no_split_modules", None) or getattr(getattr(llm, "base_model", llm), "_no_split_modules", []))
     layers = [m for m in llm.modules() if type(m).__name__ in names]
     if not layers:
-        raise ValueError(f"sharding = 'fsdp': the LM ({type(llm).__name__}) names no decoder layer class "
+        raise InputError(f"sharding = 'fsdp': the LM ({type(llm).__name__}) names no decoder layer class "
                          "(_no_split_modules); it cannot be split into FSDP units")
     return layers
 

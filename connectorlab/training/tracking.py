@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..errors import InputError
+
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 
 
@@ -15,7 +17,7 @@ def check_tracker(kind: str) -> None:
     import importlib.util
 
     if kind != "none" and importlib.util.find_spec(PACKAGES[kind]) is None:
-        raise ValueError(f"report_to = {kind!r} needs the {PACKAGES[kind]} package: pip install {PACKAGES[kind]}")
+        raise InputError(f"report_to = {kind!r} needs the {PACKAGES[kind]} package: pip install {PACKAGES[kind]}")
 
 
 def open_tracker(kind: str, stage: str, folder: Path, config: dict[str, Any]):
@@ -35,7 +37,7 @@ def open_tracker(kind: str, stage: str, folder: Path, config: dict[str, Any]):
             tracker = tracking.MLflowTracker(experiment_name=f"connectorlab-{stage}", logging_dir=str(logging_dir))
         tracker.start()
     except (ImportError, ModuleNotFoundError) as err:
-        raise ValueError(f"report_to = {kind!r} needs the {PACKAGES[kind]} package: pip install {PACKAGES[kind]} "
+        raise InputError(f"report_to = {kind!r} needs the {PACKAGES[kind]} package: pip install {PACKAGES[kind]} "
                          f"({err})") from None
     tracker.store_init_configuration(flatten(config))
     return tracker

@@ -20,6 +20,7 @@ from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from ..data.batching import StepPlan, accumulation_steps
+from ..errors import InputError, MissingPathError
 from ..language.tokenizer import load_tokenizer
 from ..model.mllm import MultimodalLM
 from ..model.shape import meta_connector
@@ -85,7 +86,7 @@ def init_connector(model: MultimodalLM, cfg: TrainConfig, sc: StageConfig) -> No
     elif init.exists():
         model.load_connector(init)
     elif sc.init_connector:
-        raise FileNotFoundError(f"finetune.init_connector {init} does not exist")
+        raise MissingPathError(f"finetune.init_connector {init} does not exist")
     else:
         log.warning("no pre-trained connector at %s; fine-tuning starts from a random connector", init)
 
@@ -124,7 +125,7 @@ def finished_stage(cfg: TrainConfig, stage: str) -> StageResult:
     folder = stage_dir(cfg, stage)
     summary = folder / "summary.json"
     if not summary.exists():
-        raise FileNotFoundError(f"{folder}: the {stage} stage has not finished (no summary.json)")
+        raise MissingPathError(f"{folder}: the {stage} stage has not finished (no summary.json)")
     return StageResult(stage, folder, json.loads(summary.read_text()), stage_artifact(folder, stage))
 
 
@@ -148,7 +149,7 @@ def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: 
     plan = StepPlan([s.length for s in samples], [s.image is not None for s in samples], sc.global_batch, cfg.seed,
                     sc.group_by_length, world, rank, sc.micro_batch, sc.length_span)
     if plan.steps_per_epoch == 0:
-        raise ValueError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
+        raise InputError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
     total = plan.steps_per_epoch * sc.epochs if sc.max_steps is None else min(sc.max_steps, plan.steps_per_epoch * sc.epochs)
     fsdp = check_engine(cfg, accelerator)
     if fsdp:  # sharded in place before the optimizer is made, so that it holds the shards
@@ -223,7 +224,7 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
         if run.stage == "pretrain":
             whole.save_connector(artifact)
         else:
-            whole.save_pretrained(artifact, source_config=cfg.model)
+            whole.save_pretrained(artifact, source_config=cfg.model, overwrite=True)  # the stage folder is this run's
         atomic_write_json(run.out / "summary.json", summary)
         log.info("%s done in %.1fs: %s", run.stage, totals.wall_s, run.out / "summary.json")
     accelerator.wait_for_everyone()

@@ -18,6 +18,8 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from ..errors import BusyError, DiskFullError, InputError, NotAFileError, OutputExistsError  # noqa: F401  (re-exported)
+
 
 def current_umask() -> int:
     mask = os.umask(0o022)
@@ -54,13 +56,54 @@ def make_temp_dir(parent: Path, name: str) -> Path:
     return tmp
 
 
+OUTPUT_MARKER = ".connectorlab-output.json"  # what wrote a folder: an earlier output of the same kind may be replaced
+
+
+def _within(a: Path, b: Path) -> bool:
+    return a == b or b in a.parents
+
+
+def check_output(path: str | Path, kind: str, overwrite: bool = False, sources: tuple[str | Path, ...] = ()) -> Path:
+    """Refuse to write `path` where that would destroy something: a source of the output (the folder itself, a folder
+    inside it, or one that holds it), never allowed; or a non-empty folder that is not an earlier output of `kind`,
+    allowed with `overwrite`. Returns the resolved path (so that `.` has a parent to hold the temporary folder)."""
+    path = Path(path).resolve()
+    for source in sources:
+        src = Path(source).resolve()
+        if _within(path, src) or _within(src, path):
+            where = "is" if path == src else "is inside" if _within(path, src) else "holds"
+            raise OutputExistsError(f"--out {path} {where} the source {src}: writing it would destroy the source; "
+                                    "choose a folder outside it")
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"--out {path} is a file; choose a folder")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        marker = path / OUTPUT_MARKER
+        wrote = json.loads(marker.read_text()).get("kind") if marker.is_file() else None
+        if wrote != kind:
+            entries = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+            what = f"an earlier {wrote}" if wrote else f"{len(entries)} entries ({', '.join(entries[:5])}" \
+                f"{', ...' if len(entries) > 5 else ''})"
+            raise OutputExistsError(f"--out {path} holds {what}, not an earlier {kind}; it would be replaced: choose "
+                                    "an empty or new folder, or pass --overwrite to replace it")
+    return path
+
+
+def claim_output(path: str | Path, kind: str, overwrite: bool = False, sources: tuple[str | Path, ...] = ()) -> Path:
+    """`check_output`, then mark the folder as `kind`'s, for a command that writes into it file by file."""
+    path = check_output(path, kind, overwrite, sources)
+    atomic_write_json(path / OUTPUT_MARKER, {"kind": kind})
+    return path
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces `path` in one rename."""
-    path = Path(path)
+def atomic_dir(path: str | Path, kind: str, overwrite: bool = False,
+               sources: tuple[str | Path, ...] = ()) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces `path` in one rename (`check_output` first)."""
+    path = check_output(path, kind, overwrite, sources)
     tmp = make_temp_dir(path.parent, path.name)
     try:
         yield tmp
+        atomic_write_json(tmp / OUTPUT_MARKER, {"kind": kind})
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -101,10 +144,6 @@ def parse_jsonl(text: str, path: str | Path, error: type[Exception] = ValueError
     return records
 
 
-class DiskFullError(OSError):
-    """No space left while writing: names the folder and how much room is left."""
-
-
 def is_disk_full(err: BaseException, folder: Path) -> bool:
     """torch.save reports a full disk as `RuntimeError: [enforce fail at inline_container.cc]`, not ENOSPC;
     the free space of the target folder tells the two apart."""
@@ -120,10 +159,6 @@ def free_mib(folder: Path) -> float:
     with contextlib.suppress(OSError):
         return shutil.disk_usage(folder).free / 2**20
     return float("nan")
-
-
-class BusyError(RuntimeError):
-    """Another process is writing the same output folder."""
 
 
 @contextlib.contextmanager
@@ -148,7 +183,7 @@ def read_utf8(path: str | Path) -> str:
     """UTF-8 text, as the official evaluation tools read it; another encoding is named with the file."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder, expected a file")
+        raise NotAFileError(f"{path}: is a folder, expected a file")
     data = path.read_bytes()
     try:
         return data.decode("utf-8")
@@ -157,7 +192,7 @@ def read_utf8(path: str | Path) -> str:
             kind = "it is UTF-16 (it starts with a UTF-16 byte-order mark)"
         else:
             kind = f"byte 0x{data[err.start]:02x} at offset {err.start} is not UTF-8 (Latin-1 or another legacy encoding?)"
-        raise ValueError(f"{path}: not UTF-8 text: {kind}; re-save it as UTF-8") from None
+        raise InputError(f"{path}: not UTF-8 text: {kind}; re-save it as UTF-8") from None
 
 
 def fingerprint_folder(folder: str | Path) -> str:

@@ -7,9 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A config value outside its allowed range or of the wrong type; names the key."""
+from ..errors import ConfigError  # noqa: F401  (re-exported: every config check raises it)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from torch import nn
 from transformers import AutoConfig, CLIPVisionModel, SiglipVisionModel
 
 from ..connectors.layers import resize_table
+from ..errors import InputError
 from ..registry import Registry
+from ..utils.weights import reading
 
 TOWER_CLASSES: Registry[type] = Registry("vision tower model_type", {
     "clip": CLIPVisionModel,
@@ -30,7 +32,7 @@ def _embeddings(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if isinstance(getattr(module, "position_embedding", None), nn.Embedding) and hasattr(module, "patch_size"):
             return module
-    raise ValueError(f"{type(model).__name__}: no position-embedding table found")
+    raise InputError(f"{type(model).__name__}: no position-embedding table found")
 
 
 def resize_position_embeddings(model: nn.Module, image_size: int) -> None:
@@ -38,7 +40,7 @@ def resize_position_embeddings(model: nn.Module, image_size: int) -> None:
     emb = _embeddings(model)
     p = emb.patch_size
     if image_size % p:
-        raise ValueError(f"image_size={image_size} must be a multiple of the patch size {p}")
+        raise InputError(f"image_size={image_size} must be a multiple of the patch size {p}")
     if image_size == emb.image_size:
         return
     old = emb.position_embedding.weight.data
@@ -64,18 +66,19 @@ class VisionTower(nn.Module):
         self.hidden_size = model.config.hidden_size
         depth = model.config.num_hidden_layers
         if not -depth <= select_layer <= depth:
-            raise ValueError(f"select_layer={select_layer} is outside the tower's {depth} layers")
+            raise InputError(f"select_layer={select_layer} is outside the tower's {depth} layers")
         self.select_layer = select_layer
         self.level_layers = [max(1, round(depth * f)) for f in LEVEL_FRACTIONS[:feature_levels]] if feature_levels else []
         if feature_levels > len(LEVEL_FRACTIONS):
-            raise ValueError(f"at most {len(LEVEL_FRACTIONS)} feature levels are supported, got {feature_levels}")
+            raise InputError(f"at most {len(LEVEL_FRACTIONS)} feature levels are supported, got {feature_levels}")
         self.set_frozen(frozen)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, image_size: int | None = None, select_layer: int = -2,
                         feature_levels: int = 0, frozen: bool = True, dtype: torch.dtype | None = None) -> VisionTower:
-        config = AutoConfig.from_pretrained(str(path))
-        model = TOWER_CLASSES[config.model_type].from_pretrained(str(path), dtype=dtype)
+        with reading(path, "the vision tower"):
+            config = AutoConfig.from_pretrained(str(path))
+            model = TOWER_CLASSES[config.model_type].from_pretrained(str(path), dtype=dtype)
         if image_size is not None:
             resize_position_embeddings(model, image_size)
         return cls(model, select_layer, feature_levels, frozen)
@@ -103,7 +106,7 @@ class VisionTower(nn.Module):
         """Returns patch features [B, P, d] and, if levels were asked for, [B, P, levels*d]."""
         expected = (self.image_size, self.image_size)
         if tuple(pixel_values.shape[-2:]) != expected:
-            raise ValueError(f"vision tower expects {expected[0]}x{expected[1]} images, got {tuple(pixel_values.shape[-2:])}")
+            raise InputError(f"vision tower expects {expected[0]}x{expected[1]} images, got {tuple(pixel_values.shape[-2:])}")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             out = self.model(pixel_values=pixel_values.to(self.dtype), output_hidden_states=True)
         hs = out.hidden_states
@@ -118,7 +121,7 @@ class VisionTower(nn.Module):
         from every position for a tower without CLS. Needs eager attention (`set_attn_implementation("eager")`)."""
         out = self.model(pixel_values=pixel_values.to(self.dtype), output_attentions=True)
         if not out.attentions or out.attentions[0] is None:
-            raise ValueError("the vision tower returned no attention weights (it needs eager attention)")
+            raise InputError("the vision tower returned no attention weights (it needs eager attention)")
         layer = self.select_layer if self.select_layer < 0 else self.select_layer - 1  # hidden_states[0] is the input
         attn = out.attentions[layer].float().mean(1)  # [B, T, T]
         return attn[:, 0, 1:] if self.has_cls else attn.mean(1)

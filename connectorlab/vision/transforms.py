@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import InputError
+
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 HALF = (0.5, 0.5, 0.5)
 MODES = ("pad", "resize", "crop")
@@ -29,7 +31,7 @@ def normalisation_for(path: str | Path | None, model_type: str = "clip") -> tupl
 class ImageTransform:
     def __init__(self, size: int, mode: str = "pad", mean=CLIP_MEAN, std=CLIP_STD):
         if mode not in MODES:
-            raise ValueError(f"unknown image mode {mode!r}; valid: {', '.join(MODES)}")
+            raise InputError(f"unknown image mode {mode!r}; valid: {', '.join(MODES)}")
         self.size, self.mode = size, mode
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)

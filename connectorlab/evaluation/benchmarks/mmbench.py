@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from ...data.skips import DataError, SkipReport
+from ...errors import MissingPathError, NotAFileError
 from ..base import Benchmark, EvalItem, content_key, image_from_base64, mc_prompt
 from ..extraction import extract_choice
 from ..task_types import aggregate, choose_section
@@ -30,9 +31,9 @@ def read_table(path: str | Path) -> pd.DataFrame:
     """TSV or xlsx, every cell a string (pandas' NA list would turn an option 'None' into NaN)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist")
+        raise MissingPathError(f"{path} does not exist")
     if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder, expected an MMBench TSV or xlsx file")
+        raise NotAFileError(f"{path}: is a folder, expected an MMBench TSV or xlsx file")
     try:
         if path.suffix in (".xlsx", ".xls"):
             df = pd.read_excel(path, keep_default_na=False, dtype=str)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...data.skips import DataError, SkipReport
+from ...errors import MissingPathError, NotAFolderError
 from ...utils.io import read_utf8
 from ..base import Benchmark, EvalItem, image_from_path
 from ..extraction import mme_answer
@@ -99,7 +100,7 @@ def read_tool_folder(folder: str | Path, with_prediction: bool = True) -> ToolFo
     sub-task names only (as `calculation.py` reads them); any other file is listed in `ignored`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is not a folder")
+        raise NotAFolderError(f"{folder} is not a folder")
     out: dict[str, list[Line]] = {}
     ignored = sorted(p.name for p in folder.iterdir() if not (p.suffix == ".txt" and p.stem in OFFICIAL))
     for name in OFFICIAL:
@@ -202,7 +203,7 @@ def load_mme(folder: str | Path, strict: bool = False, mapping_file: str | Path 
     """The release folder: `<subtask>/` with image + .txt side by side, or `images/` + `questions_answers_YN/`."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"{folder} is not a folder")
+        raise MissingPathError(f"{folder} is not a folder")
     skips = SkipReport(strict=strict)
     items, order = [], {}
     for sub in sorted(p for p in folder.iterdir() if p.is_dir() and (p.name in PERCEPTION + COGNITION)):
