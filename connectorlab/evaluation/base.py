@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +34,46 @@ class Benchmark:
     skips: SkipReport
     score: Callable[[dict[str, str]], dict]  # predictions by key -> results
     extra: dict[str, Any] = field(default_factory=dict)
+    fingerprint: str | None = None  # data_fingerprint's, computed once
 
 
 def content_key(data: str) -> str:
     return hashlib.sha1(data.encode()).hexdigest()
+
+
+def bytes_key(data: bytes) -> str:
+    """An image's key from its bytes: copies of one image share it, and a changed image gets a new one."""
+    return hashlib.sha1(data).hexdigest()
+
+
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, so each file is read once
+
+
+def file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            while chunk := f.read(1 << 22):
+                digest.update(chunk)
+        _FILE_DIGESTS[key] = digest.hexdigest()
+    return _FILE_DIGESTS[key]
+
+
+def data_fingerprint(bench: Benchmark) -> str:
+    """sha256 over what the answers depend on, item by item: key, prompt, answer and the other fields, and the image
+    (its file's bytes, or the content key of an embedded image). Edited questions or answers, or a replaced image,
+    give a new fingerprint although the file's path is the same; the same content at another path gives the same."""
+    if bench.fingerprint is None:
+        digest = hashlib.sha256(bench.name.encode())
+        for it in bench.items:
+            image = it.image_key
+            if image is not None and Path(image).is_file():
+                image = file_digest(Path(image))
+            digest.update(json.dumps([it.key, it.prompt, it.meta, image], sort_keys=True, default=str).encode() + b"\n")
+        bench.fingerprint = "sha256:" + digest.hexdigest()
+    return bench.fingerprint
 
 
 def image_from_base64(data: str) -> Callable[[], Image.Image]:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from ..data.skips import DataError, SkipReport
 from ..errors import InputError
-from .base import Benchmark, EvalItem
+from .base import Benchmark, EvalItem, bytes_key
 from .benchmarks.mmbench import LETTERS, mmbench_from_frame
 from .benchmarks.mme import OFFICIAL, llava_prompt, mme_benchmark
 from .benchmarks.seedbench import seed_benchmark
@@ -127,7 +127,7 @@ def mme_from_rows(rows, source: str, strict: bool, task_types) -> Benchmark:
         key = f"{sub}/{image}/{q_no}"
         items.append(EvalItem(key, llava_prompt(row["question"]), from_bytes(data),
                               {"subtask": sub, "image": image, "question": row["question"], "answer": row["answer"].strip()},
-                              image_key=f"{source}:{qid}"))
+                              image_key=bytes_key(data)))
         order.setdefault(sub, []).append(key)
     if not items:
         raise DataError(f"{source}: no MME questions")
@@ -144,6 +144,6 @@ def seed_from_rows(rows, source: str, strict: bool, task_types) -> Benchmark:
 
     def image_of(q: dict):
         data = images.get(str(q.get("question_id")))
-        return (from_bytes(data), f"{source}:{q.get('question_id')}") if data else None
+        return (from_bytes(data), bytes_key(data)) if data else None
 
     return seed_benchmark(source, questions, {}, image_of, strict, task_types, lambda q: "field 'image' is empty")

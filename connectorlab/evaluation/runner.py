@@ -25,7 +25,7 @@ from ..model.mllm import MultimodalLM
 from ..utils.distributed import main_process_lock, on_main, process_state
 from ..utils.io import atomic_write_json, atomic_write_text, fingerprint_folder, parse_jsonl, read_complete_jsonl
 from ..utils.progress import progress_bar
-from .base import Benchmark
+from .base import Benchmark, data_fingerprint
 from .benchmarks.mmbench import load_mmbench
 from .benchmarks.mme import load_mme
 from .benchmarks.seedbench import load_seedbench
@@ -84,7 +84,8 @@ def merge_shards(out: Path) -> int:
 
 def run_identity(model: MultimodalLM, bench: Benchmark, blind: bool, max_new_tokens: int, run_info: dict | None) -> dict:
     """What the predictions depend on; the model's content is in it, not only its path."""
-    info = {"benchmark": bench.name, "data": bench.source, "blind": blind, "max_new_tokens": max_new_tokens,
+    info = {"benchmark": bench.name, "data": bench.source, "data_fingerprint": data_fingerprint(bench), "blind": blind,
+            "max_new_tokens": max_new_tokens,
             "template": model.processor.template.name, **(run_info or {})}
     if getattr(model, "reduction", None) is not None:  # reduced answers never mix with the full model's
         info["reduction"] = model.reduction.label
@@ -96,6 +97,14 @@ def run_identity(model: MultimodalLM, bench: Benchmark, blind: bool, max_new_tok
     return info
 
 
+def identity_changes(before: dict, info: dict) -> list[str]:
+    """`key: old -> new` for what makes the predictions differ. Paths are where the content was found, not what it
+    is: the data (and a model with a fingerprint) are compared by content."""
+    exempt = {"data"} | ({"model"} if before.get("model_fingerprint") and info.get("model_fingerprint") else set())
+    return [f"{k}: {before.get(k, '(absent)')} -> {info.get(k, '(absent)')}"
+            for k in sorted(before.keys() | info.keys()) if k not in exempt and before.get(k) != info.get(k)]
+
+
 def claim_folder(out: Path, info: dict, overwrite: bool) -> None:
     info_path = out / "run.json"
     if info_path.exists() and overwrite:
@@ -103,8 +112,7 @@ def claim_folder(out: Path, info: dict, overwrite: bool) -> None:
             path.unlink(missing_ok=True)
     elif info_path.exists():
         before = json.loads(info_path.read_text())
-        changed = [f"{k}: {before.get(k, '(absent)')} -> {info.get(k, '(absent)')}"
-                   for k in sorted(before.keys() | info.keys()) if before.get(k) != info.get(k)]
+        changed = identity_changes(before, info)
         if changed:
             raise InputError(f"{out} holds predictions of another run ({'; '.join(changed)}); use a new --out folder "
                              "or --overwrite to discard them")

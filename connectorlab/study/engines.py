@@ -48,7 +48,7 @@ def accelerate_command(execution: Execution, config: Path, stage: str) -> list[s
 
 
 def eval_command(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
-                 blind: bool, reduction: Reduction | None = None) -> list[str]:
+                 blind: bool, reduction: Reduction | None = None, overwrite: bool = False) -> list[str]:
     """`connectorlab eval` of one benchmark, its batches dealt out to the launch's processes."""
     probe = spec.name == "probe"  # the probe's test set is an MMBench-layout file with its own task types
     cmd = ["eval", "--model", str(model), "--benchmark", "mmbench" if probe else spec.name, "--data", spec.data,
@@ -60,7 +60,7 @@ def eval_command(execution: Execution, model: Path, spec: BenchmarkSpec, target:
                         ("--reduce", reduce)):
         if value:
             cmd += [flag, str(value)]
-    return launch_prefix(execution) + cmd + (["--blind"] if blind else [])
+    return launch_prefix(execution) + cmd + (["--blind"] if blind else []) + (["--overwrite"] if overwrite else [])
 
 
 def launch(cmd: list[str], what: str) -> None:
@@ -71,9 +71,10 @@ def launch(cmd: list[str], what: str) -> None:
 
 
 def evaluate_launched(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
-                      blind: bool, reduction: Reduction | None = None) -> dict:
+                      blind: bool, reduction: Reduction | None = None, overwrite: bool = False) -> dict:
     """One benchmark evaluated under `accelerate launch`; resumable like an in-process evaluation (same run identity)."""
-    launch(eval_command(execution, model, spec, target, batch_size, blind, reduction), f"eval {spec.name} into {target}")
+    launch(eval_command(execution, model, spec, target, batch_size, blind, reduction, overwrite),
+           f"eval {spec.name} into {target}")
     return json.loads((target / "results.json").read_text())
 
 

@@ -33,6 +33,7 @@ COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression",
            "connector_flops", "pretrain_s", "finetune_s", "pretrain_step_ms", "finetune_step_ms",
            "pretrain_flops_per_sample", "finetune_flops_per_sample",
            "pretrain_peak_mb", "finetune_peak_mb"]
+DATA_KEYS = ("data", "data_fingerprint", "max_new_tokens")  # of each evaluation's results.json, named by the report
 ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
 
 
@@ -45,11 +46,13 @@ def load_cells(out: Path) -> list[dict]:
     for entry, state in study_states(out):
         if state is None or state.status != "done":
             continue
-        scores = {name: json.loads(Path(path).read_text())["scores"] for name, path in state.evaluations.items()}
+        results = {name: json.loads(Path(path).read_text()) for name, path in state.evaluations.items()}
+        scores = {name: r["scores"] for name, r in results.items()}
+        data = {name: {k: r.get(k) for k in DATA_KEYS} for name, r in results.items()}
         timed = timing.get(entry["label"], {})
         rounds = {s: timed[s] for s in STAGES if s in timed} if timed.get("cell_id") == state.cell_id else {}
         steps = {s: median_ms(rounds, s) for s in rounds}
-        cells.append({"entry": entry, "state": state, "steps": steps, "rounds": rounds,
+        cells.append({"entry": entry, "state": state, "steps": steps, "rounds": rounds, "data": data,
                       "scores": {k: v for k, v in scores.items() if REDUCED not in k}})
         reduced: dict[str, dict] = defaultdict(dict)
         for name, value in scores.items():
@@ -59,7 +62,7 @@ def load_cells(out: Path) -> list[dict]:
         for label, by_bench in sorted(reduced.items()):
             blind = {b + BLIND: scores[b + BLIND] for b in by_bench if b + BLIND in scores}
             cells.append({"entry": reduced_entry(entry, label), "state": state, "steps": steps, "rounds": {},
-                          "scores": {**by_bench, **blind}})
+                          "scores": {**by_bench, **blind}, "data": {}})
     return cells
 
 
@@ -172,6 +175,7 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
     lines += [f"{trained} finished cells of {len(meta['cells'])}"
               + (f", and {reduced} training-free reductions of their outputs." if reduced else "."), ""]
     tt = df[df.level == "task_type"]
+    lines += data_section(cells)
     lines += tables_section(tt)
     rounds = {c["entry"]["label"]: c["rounds"] for c in cells if c["rounds"]}
     lines += findings_section(tt, meta.get("reference_connector"), rounds)
@@ -196,6 +200,28 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
     atomic_write_text(out / "report.md", "\n".join(lines))
     return {"cells": len(cells), "rows": len(df), "comparisons": comps, "recommendation": picked,
             "report": str(out / "report.md"), "results": str(out / "results.csv")}
+
+
+def data_section(cells: list[dict]) -> list[str]:
+    """The data each benchmark was scored on (path, content fingerprint, answer cap); cells scored on different
+    content are named, since their numbers do not compare."""
+    seen: dict[str, dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for cell in cells:
+        for name, d in cell["data"].items():
+            if not name.endswith(BLIND) and REDUCED not in name:
+                seen[name][tuple(d.get(k) for k in DATA_KEYS)].append(cell["entry"]["label"])
+    if not seen:
+        return []
+    lines = ["## Benchmark data", ""]
+    for name in sorted(seen):
+        versions = seen[name]
+        for (data, fingerprint, cap), labels in versions.items():
+            who = f" (cells {', '.join(labels)})" if len(versions) > 1 else ""
+            lines.append(f"- {name}: `{data}`, content {fingerprint or 'not recorded'}, answers up to {cap} tokens{who}")
+        if len(versions) > 1:
+            lines.append(f"- **{name} was scored on {len(versions)} different data versions or settings: its cells do "
+                         "not compare; run `study run` again to re-evaluate them on the plan's**")
+    return lines + [""]
 
 
 def tables_section(tt: pd.DataFrame) -> list[str]:

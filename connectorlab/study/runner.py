@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, MissingPathError
+from ..evaluation.base import data_fingerprint, file_digest
 from ..evaluation.benchmarks.mmbench import load_mmbench
 from ..evaluation.runner import evaluate, load_benchmark
 from ..model.mllm import MultimodalLM
@@ -51,6 +52,8 @@ class CellState:
     pretrain_folder: str | None = None
     model: str | None = None
     evaluations: dict[str, str] = field(default_factory=dict)  # benchmark[/blind] -> results.json
+    # What each evaluation was made from beside the model (benchmark content and settings): a change re-evaluates it
+    eval_identity: dict[str, dict] = field(default_factory=dict)
     error: str | None = None
     traceback: str | None = None
 
@@ -159,23 +162,58 @@ def evaluations(plan: StudyPlan, cell: Cell) -> list[tuple[str, BenchmarkSpec, b
     return out
 
 
+def evaluation_identity(spec: BenchmarkSpec, bench) -> dict:
+    """What an evaluation's numbers depend on beside the model: the benchmark's content (not its path) and settings."""
+    mapping = Path(spec.task_types) if spec.task_types else None
+    return {"data": spec.data, "data_fingerprint": data_fingerprint(bench), "max_new_tokens": spec.max_new_tokens,
+            "task_section": spec.task_section,
+            "task_types": f"sha256:{file_digest(mapping)}" if mapping and mapping.is_file() else spec.task_types}
+
+
+PREDICTION_KEYS = ("data_fingerprint", "max_new_tokens")  # the others change the scoring alone: predictions are kept
+INFO_KEYS = ("data",)  # where the content was found
+
+
+def stale_evaluations(plan: StudyPlan, cell: Cell, state: CellState, benchmarks: dict) -> dict[str, list[str]]:
+    """Each evaluation to (re)make, with what changed since it was made ([] when it was never made)."""
+    out = {}
+    for name, spec, _, _ in evaluations(plan, cell):
+        new, old = evaluation_identity(spec, benchmarks[spec.name]), state.eval_identity.get(name)
+        if name not in state.evaluations:
+            out[name] = []
+        elif old is None:
+            out[name] = ["made before benchmark identities were recorded"]
+        elif any(old.get(k) != new[k] for k in new if k not in INFO_KEYS):
+            out[name] = [f"{k}: {old.get(k)} -> {new[k]}" for k in new if k not in INFO_KEYS and old.get(k) != new[k]]
+    return out
+
+
 def evaluate_cell(plan: StudyPlan, cell: Cell, model_path: Path, benchmarks: dict, state: CellState,
                   batch_size: int, note=quiet) -> None:
-    """The cell's evaluations not yet recorded, in this process or sharded over the launch's processes; the run
-    identity is the same either way, so a cell may resume its evaluation under the other engine."""
-    todo = [e for e in evaluations(plan, cell) if e[0] not in state.evaluations]
+    """The cell's evaluations not yet made, or made from other benchmark content or settings, in this process or
+    sharded over the launch's processes; the run identity is the same either way, so a cell may resume its evaluation
+    under the other engine. Predictions are discarded only when the data or the answer cap changed."""
+    stale = stale_evaluations(plan, cell, state, benchmarks)
+    todo = [e for e in evaluations(plan, cell) if e[0] in stale]
     model = None if launched(plan.execution) or not todo else MultimodalLM.from_pretrained(model_path)
     t0 = time.perf_counter()
     for name, spec, blind, reduction in todo:
         target = cell_folder(cell) / "eval" / name
+        identity = evaluation_identity(spec, benchmarks[spec.name])
+        old = state.eval_identity.get(name)
+        redo = bool(stale[name]) and (old is None or any(old.get(k) != identity[k] for k in PREDICTION_KEYS))
+        if stale[name]:
+            log.warning("%s: re-evaluating %s (%s)%s", cell.label, name, "; ".join(stale[name]),
+                        "" if redo else ", its predictions kept and scored again")
         note(f"evaluating {name}")
         if model is None:
-            evaluate_launched(plan.execution, model_path, spec, target, batch_size, blind, reduction)
+            evaluate_launched(plan.execution, model_path, spec, target, batch_size, blind, reduction, overwrite=redo)
         else:
             model.set_reduction(reduction)
             evaluate(model, benchmarks[spec.name], target, batch_size, spec.max_new_tokens, blind,
-                     {"model": str(model_path)}, show_progress=False)
+                     {"model": str(model_path)}, show_progress=False, overwrite=redo)
         state.evaluations[name] = str(target / "results.json")
+        state.eval_identity[name] = identity
     state.eval_s = (state.eval_s or 0.0) + time.perf_counter() - t0
 
 
@@ -212,7 +250,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
             if workers > 1:
                 run_cell_pool(plan, cells, out, groups, workers, threads, retry_failed, eval_batch, bar, finished)
             else:
-                benchmarks = {} if launched(plan.execution) else load_benchmarks(plan)  # launched cells load their own
+                benchmarks = load_benchmarks(plan)  # launched cells load their own too; here for their identities
                 accelerator = make_accelerator()
                 caches = {}  # frozen-tower features by (tower, resolution, ...), shared by cells
                 for cell in cells:
@@ -299,7 +337,7 @@ def run_cell(plan: StudyPlan, cell: Cell, out: Path, benchmarks: dict, accelerat
              eval_batch: int, caches: dict | None = None, note=quiet) -> CellState:
     folder = cell_folder(cell)
     state = CellState.read(folder) or CellState(cell.label, cell.cell_id)
-    if state.status == "done" and {e[0] for e in evaluations(plan, cell)} <= set(state.evaluations):
+    if state.status == "done" and not stale_evaluations(plan, cell, state, benchmarks):
         return state
     if state.status == "failed" and not retry_failed:
         return state

@@ -1,0 +1,93 @@
+"""Trust at the edges of a study (issue 32): an evaluation belongs to its benchmark's content and settings, user
+strings never become paths outside the study, and the plan is checked before anything runs."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from connectorlab.evaluation.runner import evaluate, load_benchmark
+from connectorlab.model.config import ModelConfig
+from connectorlab.model.mllm import MultimodalLM
+from connectorlab.study.plan import StudyPlan
+from connectorlab.study.report import write_report
+from connectorlab.study.runner import run_study
+
+
+def plan_data(toy: Path, out: Path, test_tsv: Path, **benchmark) -> dict:
+    probe = toy / "probe"
+    return {
+        "name": "edges", "output_dir": str(out),
+        "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "select_layer": -1,
+                  "template": "plain_v1", "max_length": 512},
+        "pretrain": {"data": str(probe / "pretrain.json"), "global_batch": 8, "micro_batch": 8, "max_steps": 1},
+        "finetune": {"data": str(probe / "finetune.json"), "global_batch": 8, "micro_batch": 8, "max_steps": 1},
+        "grid": {"connectors": ["avgpool"], "resolutions": [32], "tokens": [4]},
+        "benchmarks": [{"name": "probe", "data": str(test_tsv), "max_new_tokens": 4, **benchmark}],
+    }
+
+
+def edit_answers(tsv: Path) -> None:
+    df = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+    df.loc[0, "question"] = df.loc[0, "question"] + " (edited)"
+    df.to_csv(tsv, sep="\t", index=False)
+
+
+@pytest.fixture
+def study(toy, tmp_path):
+    tsv = tmp_path / "test.tsv"
+    shutil.copy(toy / "probe" / "test.tsv", tsv)
+    out = tmp_path / "study"
+    run_study(StudyPlan.from_dict(plan_data(toy, out, tsv)), show_progress=False)
+    return toy, out, tsv
+
+
+def results(out: Path) -> dict:
+    return json.loads(next((out / "cells").glob("*/eval/probe/results.json")).read_text())
+
+
+def test_a_changed_benchmark_is_evaluated_again_and_an_unchanged_one_is_kept(study, tmp_path, caplog):
+    toy, out, tsv = study
+    first = results(out)
+    assert first["data_fingerprint"].startswith("sha256:")
+    moved = tmp_path / "moved.tsv"  # the same content elsewhere: nothing to redo
+    shutil.copy(tsv, moved)
+    with caplog.at_level(logging.WARNING, "connectorlab.study"):
+        run_study(StudyPlan.from_dict(plan_data(toy, out, moved)), show_progress=False)
+    assert "re-evaluating" not in caplog.text and results(out)["eval_seconds"] == first["eval_seconds"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "connectorlab.study"):
+        run_study(StudyPlan.from_dict(plan_data(toy, out, tsv, max_new_tokens=3)), show_progress=False)
+    assert "re-evaluating probe (max_new_tokens: 4 -> 3)" in caplog.text
+    assert results(out)["max_new_tokens"] == 3 and results(out)["resumed_predictions"] == 0
+    edit_answers(tsv)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, "connectorlab.study"):
+        run_study(StudyPlan.from_dict(plan_data(toy, out, tsv, max_new_tokens=3)), show_progress=False)
+    assert "re-evaluating probe (data_fingerprint: sha256:" in caplog.text
+    now = results(out)
+    assert now["data_fingerprint"] != first["data_fingerprint"] and now["resumed_predictions"] == 0
+    report = Path(write_report(out)["report"]).read_text()
+    assert "## Benchmark data" in report and now["data_fingerprint"] in report and str(tsv) in report
+
+
+def test_eval_resume_compares_the_data_content_not_its_path(toy, tmp_path):
+    model = MultimodalLM.build(ModelConfig(vision=str(toy / "models/vision"), llm=str(toy / "models/llm"),
+                                           connector="avgpool", connector_options={"num_tokens": 4}, select_layer=-1,
+                                           template="plain_v1"))
+    model.save_pretrained(tmp_path / "model")
+    model = MultimodalLM.from_pretrained(tmp_path / "model")
+    tsv = tmp_path / "test.tsv"
+    shutil.copy(toy / "probe" / "test.tsv", tsv)
+    run = lambda path: evaluate(model, load_benchmark("mmbench", path), tmp_path / "ev", 4, 2, show_progress=False)  # noqa: E731
+    first = run(tsv)
+    moved = tmp_path / "same.tsv"
+    shutil.copy(tsv, moved)
+    assert run(moved)["resumed_predictions"] == first["items"]  # same content at another path: reused
+    edit_answers(tsv)
+    with pytest.raises(ValueError, match="holds predictions of another run .*data_fingerprint: sha256:"):
+        run(tsv)
