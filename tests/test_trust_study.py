@@ -91,3 +91,31 @@ def test_eval_resume_compares_the_data_content_not_its_path(toy, tmp_path):
     edit_answers(tsv)
     with pytest.raises(ValueError, match="holds predictions of another run .*data_fingerprint: sha256:"):
         run(tsv)
+
+
+@pytest.mark.parametrize(("where", "value"), [("variant", "../../../../X"), ("variant", "a/b"), ("variant", ".hidden"),
+                                              ("name", "../up"), ("name", "two words")])
+def test_user_strings_that_become_folder_names_are_checked(toy, tmp_path, where, value):
+    from connectorlab.errors import ConfigError
+
+    data = plan_data(toy, tmp_path / "study", toy / "probe" / "test.tsv")
+    if where == "variant":
+        data["grid"]["finetune"] = [{"name": value}]
+    else:
+        data["name"] = value
+    with pytest.raises(ConfigError, match=r"it becomes part of a folder name, so it may hold only letters, digits"):
+        StudyPlan.from_dict(data)
+    assert not (tmp_path / "X").exists() and not (tmp_path.parent / "X").exists()
+
+
+def test_every_cell_folder_lies_inside_the_study_folder(toy, tmp_path):
+    from connectorlab.errors import ConfigError
+    from connectorlab.study.plan import check_inside, expand
+
+    plan = StudyPlan.from_dict(plan_data(toy, tmp_path / "study", toy / "probe" / "test.tsv"))
+    for cell in expand(plan):
+        assert (tmp_path / "study").resolve() in Path(cell.config.output_dir).resolve().parents
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "link").symlink_to(tmp_path)  # a folder name that resolves elsewhere
+    with pytest.raises(ConfigError, match="would lie outside the study folder"):
+        check_inside(tmp_path / "study" / "link" / "cell", tmp_path / "study", "cell x's folder")

@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,23 @@ ENGINES = ("local", "accelerate", "slurm")
 CELL_FIELDS = ("connector", "resolution", "tokens", "compression", "seed", "variant")
 GRID_MODEL_KEYS = ("connector", "connector_options", "image_size")  # set by the grid, not by `model:`
 PRETRAIN_KEYS = ("model", "seed", "pretrain", "cache_features", "check_images", "bf16", "strict")
+# A user string that becomes part of a file or folder name (a fine-tuning variant, the plan's name): no separator, no
+# leading dot, nothing a shell or a file system treats specially
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+SAFE_CHARACTERS = "letters, digits and _ . + - (starting with a letter or digit, at most 64)"
+
+
+def check_name(value: Any, where: str) -> None:
+    if not isinstance(value, str) or not SAFE_NAME.match(value):
+        raise ConfigError(f"{where} = {value!r}: it becomes part of a folder name, so it may hold only {SAFE_CHARACTERS}")
+
+
+def check_inside(path: Path, root: Path, what: str) -> Path:
+    """Every path a study writes lies inside its folder, whatever the plan says."""
+    resolved, top = path.resolve(), root.resolve()
+    if resolved != top and top not in resolved.parents:
+        raise ConfigError(f"{what} {path} would lie outside the study folder {root}")
+    return path
 
 
 @dataclass
@@ -229,6 +247,7 @@ class StudyPlan:
         if unknown:
             raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
         plan = from_mapping(cls, {**data, "source": source}, "plan")
+        check_name(plan.name, "name")
         if plan.reference_connector and plan.reference_connector not in {c.name for c in plan.grid.connectors}:
             raise ConfigError(f"reference_connector = {plan.reference_connector!r}: not among grid.connectors")
         if plan.recommend is not None:
@@ -276,6 +295,9 @@ def _grid(data: dict) -> Grid:
     if not isinstance(grid.finetune, list) or not grid.finetune:
         raise ConfigError(f"grid.finetune = {grid.finetune!r}: must be a non-empty list of fine-tuning variants")
     names = [_mapping(v, f"grid.finetune[{j}]").get("name") for j, v in enumerate(grid.finetune)]
+    for j, name in enumerate(names):
+        if name is not None:
+            check_name(name, f"grid.finetune[{j}].name")
     if len(grid.finetune) > 1 and (None in names or len(set(names)) != len(names)):
         raise ConfigError("grid.finetune: with several variants, each needs its own 'name'")
     for kind in ("exclude", "include"):
@@ -381,7 +403,7 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
         reductions = plan.grid.reductions(lambda r, res=res: tokens_for_ratio(grid_at(res), r)) if preserving else []
         cell = Cell(entry.name, options, res, tokens, seed, variant.get("name"), cfg, _hash(resolved),
                     _hash({k: resolved[k] for k in PRETRAIN_KEYS}), reductions, ratio)
-        cfg.output_dir = str(root / cell.folder_name)
+        cfg.output_dir = str(check_inside(root / cell.folder_name, root, f"cell {cell.label}'s folder"))
         cells.append(cell)
     if not cells:
         raise ConfigError("grid: every cell is excluded")

@@ -28,7 +28,7 @@ from ..training.trainer import make_accelerator
 from ..utils.io import atomic_write_json, exclusive
 from ..utils.progress import progress_bar, silence_progress
 from .engines import evaluate_launched, run_stage_here, run_stage_launched
-from .plan import BenchmarkSpec, Cell, StudyPlan, describe_cells, expand
+from .plan import BenchmarkSpec, Cell, StudyPlan, check_inside, describe_cells, expand
 from .pool import run_pool, thread_count, torch_threads, worker_count
 
 BLIND = "_blind"  # an evaluation's name suffix for the no-image baseline
@@ -119,7 +119,8 @@ def quiet(phase: str) -> None:
 
 def pretrain_config(cell: Cell, out: Path) -> TrainConfig:
     """Stage 1 runs in the folder of its pre-training key, which the cells that share it share."""
-    return dataclasses.replace(cell.config, output_dir=str(out / "pretrain" / cell.pretrain_key[:16]))
+    return dataclasses.replace(cell.config, output_dir=str(check_inside(out / "pretrain" / cell.pretrain_key[:16], out,
+                                                                        "the stage-1 folder")))
 
 
 def finetune_config(cell: Cell, pretrained_connector: Path) -> TrainConfig:
@@ -198,7 +199,7 @@ def evaluate_cell(plan: StudyPlan, cell: Cell, model_path: Path, benchmarks: dic
     model = None if launched(plan.execution) or not todo else MultimodalLM.from_pretrained(model_path)
     t0 = time.perf_counter()
     for name, spec, blind, reduction in todo:
-        target = cell_folder(cell) / "eval" / name
+        target = check_inside(cell_folder(cell) / "eval" / name, cell_folder(cell), "the evaluation folder")
         identity = evaluation_identity(spec, benchmarks[spec.name])
         old = state.eval_identity.get(name)
         redo = bool(stale[name]) and (old is None or any(old.get(k) != identity[k] for k in PREDICTION_KEYS))
