@@ -213,3 +213,34 @@ def test_a_parquet_file_with_a_schema_and_no_rows_is_one_line(models, tmp_path, 
     code, _, err = cli(capsys, monkeypatch, "eval", "--model", models["vicuna_v1"], "--benchmark", "mmbench",
                        "--data", tmp_path / "empty.parquet", "--out", tmp_path / "ev")
     assert code == 2 and "empty.parquet: a parquet file with no rows" in err and "Traceback" not in err, err
+
+
+def corrupt_first_image(tsv: Path, dst: Path) -> str:
+    import base64
+
+    import pandas as pd
+
+    df = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
+    data = base64.b64decode(df.loc[0, "image"])
+    df.loc[0, "image"] = base64.b64encode(data[: len(data) // 2]).decode()  # header intact, pixels cut short
+    df.to_csv(dst, sep="\t", index=False)
+    return str(df.loc[0, "index"])
+
+
+def test_a_corrupt_image_is_skipped_counted_named_and_exits_3(models, toy, tmp_path, capsys, monkeypatch):
+    tsv = tmp_path / "test.tsv"
+    first = corrupt_first_image(toy / "probe" / "test.tsv", tsv)
+    args = ["eval", "--model", models["vicuna_v1"], "--benchmark", "mmbench", "--data", tsv, "--task-section", "probe",
+            "--max-new-tokens", "2", "--batch-size", "3"]
+    code, out, err = cli(capsys, monkeypatch, *args, "--out", tmp_path / "ev")
+    assert code == 3, err
+    assert f"not answered: 1 question(s), unreadable_image (first: {first} (cannot decode image" in out
+    assert "with an image that does not decode, not answered" in out
+    import json
+
+    result = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert result["skipped_prompts"]["by_reason"] == {"unreadable_image": 1}
+    assert result["scores"]["missing_predictions"] == 1 and not result["scores"]["complete"]
+    assert result["answered_now"] == result["items"] - 1
+    code, _, _ = cli(capsys, monkeypatch, *args, "--out", tmp_path / "ev2", "--allow-incomplete")
+    assert code == 0

@@ -78,6 +78,11 @@ def eval_command(
                       f"{result['answered_now']} now[/yellow]", highlight=False)
     if bench.skips.total:
         console.print(f"[yellow]{bench.skips.summary()}[/yellow]")
+    unanswered = result["skipped_prompts"]
+    for reason, n in unanswered["by_reason"].items():
+        console.print(f"[yellow]not answered: {n} question(s), {reason} (first: "
+                      f"{'; '.join(unanswered['examples'].get(reason, [])[:3])}); a re-run tries them again[/yellow]",
+                      highlight=False)
     show(benchmark, result["scores"])
     console.print(f"results: {out / 'results.json'}")
     exit_if_incomplete(result["scores"], allow_incomplete)
@@ -149,6 +154,8 @@ def incompleteness(scores: dict) -> str:
     if scores.get("short_subtasks"):
         short = scores["short_subtasks"].items()
         parts.append("fewer questions than the release in " + ", ".join(f"{k} ({v})" for k, v in short))
+    if scores.get("unreadable_images"):
+        parts.append(f"{scores['unreadable_images']} question(s) with an image that does not decode, not answered")
     if scores.get("missing_predictions"):
         parts.append(f"{scores['missing_predictions']} question(s) without a prediction, "
                      + scores.get("missing_rule", "scored as wrong"))

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 from accelerate import PartialState
 
 from ..data.images import ImageLoader
@@ -139,7 +140,27 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
         return result if state.is_main_process else json.loads((out / "results.json").read_text())
 
 
-def distinct_images(chunk: list) -> tuple[list, list[int]]:
+class UnreadableImages:
+    """Image loaders that never raise: an image that does not decode becomes a blank stand-in (so that the batch still
+    stacks) and is recorded, and the items that show it are then skipped, not answered."""
+
+    def __init__(self):
+        self.failed: dict[int, str] = {}  # id of a wrapped loader -> why it failed
+
+    def wrap(self, load):
+        def safe():
+            try:
+                return load()
+            except (OSError, SyntaxError, ValueError) as err:  # PIL raises all three for broken data
+                self.failed[id(safe)] = f"cannot decode image ({err})"
+                return Image.new("RGB", (32, 32))
+        return safe
+
+    def reason(self, load) -> str | None:
+        return self.failed.get(id(load))
+
+
+def distinct_images(chunk: list, guard: UnreadableImages) -> tuple[list, list[int]]:
     """The image loaders of a batch's distinct images, and for each item the position of its image among them."""
     first: dict[str, int] = {}
     loads, which = [], []
@@ -147,7 +168,7 @@ def distinct_images(chunk: list) -> tuple[list, list[int]]:
         key = it.image_key if it.image_key is not None else f"item:{it.key}"
         if key not in first:
             first[key] = len(loads)
-            loads.append(it.load_image)
+            loads.append(guard.wrap(it.load_image))
         which.append(first[key])
     return loads, which
 
@@ -181,11 +202,19 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
     with progress_bar(show_progress and state.is_main_process) as bar, own.open("a") as f, \
             ImageLoader(model.image_transform, workers) as loader:
         # Each chunk's images, decoded while the chunk before it generates (none for the blind baseline).
-        groups = [distinct_images(chunk) for chunk in chunks]
+        guard = UnreadableImages()
+        groups = [distinct_images(chunk, guard) for chunk in chunks]
         images = loader.stream([] if blind else loads for loads, _ in groups)
         shown = (len(bench.items), resumed) if world == 1 else (sum(map(len, chunks)), 0)  # this process's share
         task = bar.add_task(f"eval {bench.name}{' (blind)' if blind else ''}", total=shown[0], completed=shown[1])
-        for chunk, (_, which), pixels in zip(chunks, groups, images, strict=True):
+        for chunk, (loads, which), pixels in zip(chunks, groups, images, strict=True):
+            keep = [i for i, w in enumerate(which) if pixels is None or guard.reason(loads[w]) is None]
+            for i in sorted(set(range(len(chunk))) - set(keep)):
+                skips.skip("unreadable_image", chunk[i][1].key, guard.reason(loads[which[i]]), bench.source)
+            bar.advance(task, len(chunk) - len(keep))
+            chunk, which = [chunk[i] for i in keep], [which[i] for i in keep]
+            if not chunk:
+                continue
             with torch.inference_mode():
                 features = None if pixels is None else model.encode_images(pixels.to(model.lm_head.weight.device))
                 outs = model.generate([ids for _, _, ids in chunk], max_new_tokens=max_new_tokens, image_features=features,
@@ -205,10 +234,13 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
         merge_shards(out)
         preds = read_predictions(pred_path)
     scores = bench.score(preds)
+    if skips.counts.get("unreadable_image"):  # those questions were not answered: the score is not the benchmark's
+        scores = {**scores, "complete": False, "unreadable_images": skips.counts["unreadable_image"]}
     atomic_write_text(out / "records.jsonl", "".join(
         json.dumps({"key": it.key, "prompt": it.prompt, "prediction": preds.get(it.key), **it.meta}, default=str) + "\n"
         for it in bench.items))
-    result = {**info, "items": len(bench.items), "answered_now": len(todo), "resumed_predictions": resumed, "processes": world,
+    answered = len(todo) - skips.counts["unreadable_image"]
+    result = {**info, "items": len(bench.items), "answered_now": answered, "resumed_predictions": resumed, "processes": world,
               "skipped_items": bench.skips.to_dict(), "skipped_prompts": skips.to_dict(), "eval_seconds": elapsed,
               "scores": scores}
     atomic_write_json(out / "results.json", result)
