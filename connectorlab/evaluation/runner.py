@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-from PIL import Image
 from accelerate import PartialState
+from PIL import Image
 
 from ..data.images import ImageLoader
 from ..data.skips import SkipReport
