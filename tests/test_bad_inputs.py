@@ -489,7 +489,7 @@ def test_written_files_respect_the_umask(tmp_path, umask, file_mode, dir_mode):
     old = os.umask(umask)
     try:
         atomic_write_json(tmp_path / "r.json", {"a": 1})
-        with atomic_dir(tmp_path / "model") as tmp:
+        with atomic_dir(tmp_path / "model", "test output") as tmp:
             (tmp / "w").write_text("x")
     finally:
         os.umask(old)

@@ -223,7 +223,7 @@ def test_status_lists_every_cell(study, capsys, monkeypatch):
 
     _, out, _, _ = study
     code, stdout, _ = cli(capsys, monkeypatch, "study", "status", out)
-    assert code == 0 and "5 done, 1 failed" in stdout and "FileNotFoundError" in stdout
+    assert code == 0 and "5 done, 1 failed" in stdout and "MissingPathError" in stdout
 
 
 def test_status_eta_shares_the_unfinished_cells_among_the_worker_processes(tmp_path, capsys, monkeypatch):

@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from ..errors import InputError
 from .layers import resize_table
 
 FAMILIES = ("preserving", "compressing")
@@ -34,10 +33,10 @@ class Connector(nn.Module):
     def __init__(self, vision_dim: int, llm_dim: int, grid: tuple[int, int]):
         super().__init__()
         if vision_dim < 1 or llm_dim < 1:
-            raise InputError(f"{type(self).__name__}: vision_dim and llm_dim must be positive")
+            raise ValueError(f"{type(self).__name__}: vision_dim and llm_dim must be positive")
         h, w = (int(grid[0]), int(grid[1]))
         if h < 1 or w < 1:
-            raise InputError(f"{type(self).__name__}: grid must be positive, got {grid}")
+            raise ValueError(f"{type(self).__name__}: grid must be positive, got {grid}")
         self.vision_dim, self.llm_dim, self.grid = vision_dim, llm_dim, (h, w)
 
     def __init_subclass__(cls, **kwargs):
@@ -64,14 +63,14 @@ class Connector(nn.Module):
                 continue
             side = math.isqrt(table.shape[1]) if table.dim() == 3 else 0
             if table.dim() != 3 or side * side != table.shape[1] or table.shape[2] != here.shape[2]:
-                raise InputError(f"{type(self).__name__}: cannot resize {key} of shape {list(table.shape)} to "
+                raise ValueError(f"{type(self).__name__}: cannot resize {key} of shape {list(table.shape)} to "
                                  f"{list(here.shape)} (grid {self.grid}); only square grids of the same width resize")
             state_dict[key] = resize_table(table[0], (side, side), self.grid)[None]
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def check_input(self, features: torch.Tensor) -> None:
         if features.dim() != 3 or features.shape[1] != self.num_patches or features.shape[2] != self.vision_dim:
-            raise InputError(
+            raise ValueError(
                 f"{type(self).__name__} expects features [B, {self.num_patches}, {self.vision_dim}] "
                 f"for grid {self.grid}, got {list(features.shape)}"
             )
@@ -94,9 +93,9 @@ def square_side(num_tokens: int, who: str, grid: tuple[int, int] | None = None) 
     """Side of a square token budget; raises naming the constraint when it is not square or too big."""
     side = math.isqrt(int(num_tokens)) if num_tokens > 0 else 0
     if num_tokens < 1 or side * side != num_tokens:
-        raise InputError(f"{who}: num_tokens must be a positive perfect square (side x side grid), got {num_tokens}")
+        raise ValueError(f"{who}: num_tokens must be a positive perfect square (side x side grid), got {num_tokens}")
     if grid is not None and side > min(grid):
-        raise InputError(
+        raise ValueError(
             f"{who}: sqrt(num_tokens)={side} must be <= min(grid)={min(grid)} (grid {grid[0]}x{grid[1]}); "
             "pooling cannot produce more cells than the patch grid has"
         )
@@ -108,15 +107,15 @@ def divisor_from_budget(name: str, grid: tuple[int, int], factor: int | None, nu
     h, w = grid
     if num_tokens is not None:
         if factor is not None:
-            raise InputError(f"{name}: give either {what} or num_tokens, not both")
+            raise ValueError(f"{name}: give either {what} or num_tokens, not both")
         unreachable = f"{name}: num_tokens={num_tokens} is not reachable from grid {h}x{w} ({what} must divide both sides)"
         if num_tokens < 1 or (h * w) % num_tokens:
-            raise InputError(unreachable)
+            raise ValueError(unreachable)
         k = math.isqrt((h * w) // num_tokens)
         if k * k * num_tokens != h * w:
-            raise InputError(unreachable)
+            raise ValueError(unreachable)
         factor = k
     factor = 2 if factor is None else int(factor)
     if factor < 1 or h % factor or w % factor:
-        raise InputError(f"{name}: {what}={factor} must divide grid height and width ({h}x{w})")
+        raise ValueError(f"{name}: {what}={factor} must divide grid height and width ({h}x{w})")
     return factor

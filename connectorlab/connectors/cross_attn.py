@@ -5,7 +5,6 @@ Key positions are the query table resized to the patch grid, so queries and keys
 import torch
 from torch import nn
 
-from ..errors import InputError
 from .base import Connector, square_side
 from .layers import resize_table, sincos_2d
 
@@ -20,7 +19,7 @@ class CrossAttnConnector(Connector):
         d = llm_dim
         heads = heads or (d // 128 if d % 128 == 0 else 1)
         if d % heads:
-            raise InputError(f"cross_attn: llm_dim={d} must be divisible by heads={heads}")
+            raise ValueError(f"cross_attn: llm_dim={d} must be divisible by heads={heads}")
         self.queries = nn.Parameter(nn.init.trunc_normal_(torch.empty(num_tokens, d), std=0.02))
         self.kv_proj = nn.Identity() if vision_dim == d else nn.Linear(vision_dim, d, bias=False)
         self.norm_q, self.norm_kv, self.norm_post = nn.LayerNorm(d), nn.LayerNorm(d), nn.LayerNorm(d)

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
 from .base import Connector, map_to_tokens, square_side
 
 
@@ -20,7 +19,7 @@ class DeformableAttention(nn.Module):
     def __init__(self, dim: int, heads: int, points: int):
         super().__init__()
         if dim % heads:
-            raise InputError(f"d_abstractor: width={dim} must be divisible by heads={heads}")
+            raise ValueError(f"d_abstractor: width={dim} must be divisible by heads={heads}")
         self.heads, self.points = heads, points
         self.offsets = nn.Linear(dim, heads * points * 2)
         self.weights = nn.Linear(dim, heads * points)

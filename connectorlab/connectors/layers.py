@@ -5,21 +5,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
-
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 
 
 def activation(name: str) -> nn.Module:
     if name not in ACTIVATIONS:
-        raise InputError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
+        raise ValueError(f"unknown activation {name!r}; valid: {', '.join(ACTIVATIONS)}")
     return ACTIVATIONS[name]()
 
 
 def build_mlp(in_dim: int, out_dim: int, depth: int = 2, act: str = "gelu") -> nn.Sequential:
     """LLaVA's `mlp{depth}x_{act}`: Linear(in->out), then (depth-1) x [act, Linear(out->out)]."""
     if depth < 1:
-        raise InputError(f"mlp depth must be >= 1, got {depth}")
+        raise ValueError(f"mlp depth must be >= 1, got {depth}")
     layers: list[nn.Module] = [nn.Linear(in_dim, out_dim)]
     for _ in range(depth - 1):
         layers += [activation(act), nn.Linear(out_dim, out_dim)]
@@ -97,7 +95,7 @@ def sincos_1d(dim: int, pos: torch.Tensor) -> torch.Tensor:
 def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
     """MAE-convention 2-D sin-cos table [h*w, dim]: first half encodes the column, second half the row."""
     if dim % 4:
-        raise InputError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
+        raise ValueError(f"2-D sin-cos positions need a width divisible by 4, got {dim}")
     rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1).float()
 

@@ -3,7 +3,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
 from .base import Connector
 from .layers import build_mlp
 
@@ -38,7 +37,7 @@ class PerceiverConnector(Connector):
                  heads: int = 8, dim_head: int = 64, ff_mult: int = 4):
         super().__init__(vision_dim, llm_dim, grid)
         if num_tokens < 1:
-            raise InputError(f"perceiver: num_tokens (latents) must be >= 1, got {num_tokens}")
+            raise ValueError(f"perceiver: num_tokens (latents) must be >= 1, got {num_tokens}")
         dim = dim or vision_dim
         self.media_in = nn.Identity() if dim == vision_dim else nn.Linear(vision_dim, dim)
         self.latents = nn.Parameter(torch.randn(num_tokens, dim) * 0.02)

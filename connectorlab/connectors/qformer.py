@@ -6,7 +6,6 @@ downloaded, and the text branch (word embeddings, text FFN) is left out because 
 import torch
 from torch import nn
 
-from ..errors import InputError
 from .base import Connector
 from .layers import build_mlp
 
@@ -41,11 +40,11 @@ class QFormerConnector(Connector):
                  heads: int = 12, cross_every: int = 2, readout: str = "linear", dropout: float = 0.0):
         super().__init__(vision_dim, llm_dim, grid)
         if num_tokens < 1:
-            raise InputError(f"qformer: num_tokens (learned queries) must be >= 1, got {num_tokens}")
+            raise ValueError(f"qformer: num_tokens (learned queries) must be >= 1, got {num_tokens}")
         if width % heads:
-            raise InputError(f"qformer: width={width} must be divisible by heads={heads}")
+            raise ValueError(f"qformer: width={width} must be divisible by heads={heads}")
         if cross_every < 1:
-            raise InputError(f"qformer: cross_every must be >= 1, got {cross_every}")
+            raise ValueError(f"qformer: cross_every must be >= 1, got {cross_every}")
         self.queries = nn.Parameter(torch.randn(1, num_tokens, width) * 0.02)
         self.norm_in = nn.LayerNorm(width)
         self.layers = nn.ModuleList(
@@ -56,7 +55,7 @@ class QFormerConnector(Connector):
         elif readout == "mlp":
             self.readout = build_mlp(width, llm_dim, 2)
         else:
-            raise InputError(f"qformer: readout must be 'linear' or 'mlp', got {readout!r}")
+            raise ValueError(f"qformer: readout must be 'linear' or 'mlp', got {readout!r}")
 
     @property
     def num_output_tokens(self) -> int:

@@ -6,7 +6,6 @@ Layer ids and grid come from the tower (the reference hard-codes CLIP-L at 336 p
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import InputError
 from .base import Connector, divisor_from_budget
 from .layers import build_mlp
 
@@ -37,7 +36,7 @@ class TokenPackerConnector(Connector):
         m = self.extra_feature_levels
         if levels is None or levels.shape[:2] != features.shape[:2] or levels.shape[2] != m * self.vision_dim:
             got = None if levels is None else list(levels.shape)
-            raise InputError(f"tokenpacker needs multi-level features [B, {self.num_patches}, {m * self.vision_dim}], got {got}")
+            raise ValueError(f"tokenpacker needs multi-level features [B, {self.num_patches}, {m * self.vision_dim}], got {got}")
         b, _, d = features.shape
         (h, w), s = self.grid, self.scale
         qh, qw = h // s, w // s

@@ -24,6 +24,7 @@ from ..model.config import ModelConfig, from_mapping, read_mapping
 from ..model.shape import ModelShape
 from ..reduction import METHODS, Reduction
 from ..training.config import STAGES, TrainConfig
+from ..training.run_folder import RESULT_NEUTRAL, flatten
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
 from .budget import RATIO, budget_label, tokens_for_ratio
 
@@ -332,6 +333,12 @@ def _check_reduce(reduce: Any) -> None:
                 raise ConfigError(f"grid.reduce.{key}: {v!r} must be {what}")
 
 
+def result_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The resolved configuration, flattened, less the keys that change no number (how often to checkpoint, how many
+    to keep, image threads, ...): a cell is the same cell whatever those say."""
+    return {k: v for k, v in flatten(json.loads(json.dumps(cfg.to_dict()))).items() if k not in RESULT_NEUTRAL}
+
+
 def _hash(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -398,11 +405,11 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
         except ValueError as err:
             raise ConfigError(f"cell {entry.name} at {res} px, tokens {tokens}, seed {seed}, fine-tuning "
                               f"{variant.get('name') or 'default'}: {err}") from None
-        resolved = {k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+        resolved = result_identity(cfg)
         preserving = CONNECTORS[entry.name].family == "preserving"
         reductions = plan.grid.reductions(lambda r, res=res: tokens_for_ratio(grid_at(res), r)) if preserving else []
         cell = Cell(entry.name, options, res, tokens, seed, variant.get("name"), cfg, _hash(resolved),
-                    _hash({k: resolved[k] for k in PRETRAIN_KEYS}), reductions, ratio)
+                    _hash({k: v for k, v in resolved.items() if k.split(".")[0] in PRETRAIN_KEYS}), reductions, ratio)
         cfg.output_dir = str(check_inside(root / cell.folder_name, root, f"cell {cell.label}'s folder"))
         cells.append(cell)
     if not cells:

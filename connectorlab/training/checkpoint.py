@@ -10,6 +10,7 @@ cannot run code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -21,11 +22,14 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
+from ..errors import CheckpointError, InputError
 from ..utils.io import DiskFullError, atomic_write_json, free_mib, is_disk_full
+from ..utils.weights import reading
 from .sharding import load_sharded, save_sharded
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
+MANIFEST = "manifest.json"  # every other file's size and sha256, written last: a checkpoint without it is incomplete
+SET_ASIDE = ".corrupt"  # suffix of a checkpoint that failed verification, kept for inspection but never resumed
 SHARDED = "sharded"  # the DCP folder of an FSDP checkpoint: one file per process, trainable tensors only
 
 
@@ -88,6 +92,7 @@ def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, sche
         raise OSError(f"writing checkpoint {final} failed: {err}") from err
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        atomic_write_json(marker / MANIFEST, manifest(marker))  # after every process's files are complete
         if final.exists():
             shutil.rmtree(final)
         os.replace(marker, final)
@@ -97,9 +102,68 @@ def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, sche
     return final
 
 
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def manifest(folder: Path) -> dict:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    return {"files": {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+
+
+def verify(path: Path) -> str | None:
+    """Why the checkpoint at `path` cannot be trusted (a file missing, cut short or changed since it was written), or
+    None when every file matches its manifest."""
+    if not (path / MANIFEST).is_file():
+        return f"no {MANIFEST} (written before checkpoints were verified, or not complete)"
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except (ValueError, KeyError, TypeError) as err:
+        return f"{MANIFEST} is unreadable ({err})"
+    for rel, want in files.items():
+        file = path / rel
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != want["bytes"]:
+            return f"{file} has {file.stat().st_size} bytes, {want['bytes']} were written"
+        if sha256(file) != want["sha256"]:
+            return f"{file} does not match the sha256 it was written with (changed or corrupted on disk)"
+    return None
+
+
+def newest_valid(folder: Path, log) -> Path | None:
+    """The newest checkpoint that verifies; each newer one that does not is set aside (renamed `*.corrupt`), saying
+    why. None when there is none at all; an error naming the file when every one fails."""
+    found = list_checkpoints(folder)
+    problems = []
+    for path in reversed(found):
+        problem = verify(path)
+        if problem is None:
+            if problems:
+                log.warning("resuming from %s, the newest checkpoint that verifies", path.name)
+            return path
+        problems.append(problem)
+        log.warning("checkpoint %s cannot be resumed from: %s; set aside as %s%s", path, problem, path.name, SET_ASIDE)
+        os.replace(path, path.with_name(path.name + SET_ASIDE))
+    if problems:
+        raise CheckpointError(f"no checkpoint in {folder} can be resumed from: {problems[0]} (every one failed "
+                              f"verification; they were set aside as *{SET_ASIDE}); run again without --resume, or with "
+                              "--overwrite, to start afresh")
+    return None
+
+
 def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False) -> dict:
     """Replicated checkpoints resume with the process count that wrote them; FSDP ones with any (DCP reshards the
     weights and optimizer state; the data order is global, so only the per-process RNG streams start afresh)."""
+    with reading(path, "the checkpoint"):
+        return _load(accelerator, path, model, optimizer, scheduler, sharded)
+
+
+def _load(accelerator, path: Path, model, optimizer, scheduler, sharded: bool) -> dict:
     state = json.loads((path / "state.json").read_text())
     written = state.get("sharding", "none")
     if written != ("fsdp" if sharded else "none"):

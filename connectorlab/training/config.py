@@ -103,6 +103,7 @@ class TrainConfig:
     peak_tflops: float | None = None  # per process, for MFU; default: known for common GPUs, none on CPU
     report_to: str = "none"  # none | tensorboard | wandb | mlflow: Accelerate's trackers get the step log's scalars
     sharding: str = "none"  # none: replicated (one process, DDP) | fsdp: torch FSDP2 over the launch's processes
+    allow_nonfinite: bool = False  # keep training through a NaN or infinite loss (default: stop at that step)
 
     RANGES = {"seed": NON_NEGATIVE_INT, "checkpoint_every": POSITIVE_INT, "keep_checkpoints": NON_NEGATIVE_INT,
               "log_every": POSITIVE_INT, "peak_tflops": Range(0, low_open=True, optional=True)}

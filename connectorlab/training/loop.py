@@ -3,6 +3,7 @@ step log with throughput and MFU, and the periodic checkpoint. What it steps is 
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from accelerate import Accelerator
 
 from ..data.batching import StepPlan, collate
 from ..data.images import ImageLoader
+from ..errors import TrainingDiverged
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID
 from ..model.mllm import MultimodalLM
 from .checkpoint import save_checkpoint
@@ -99,6 +101,7 @@ def train_steps(run: StageRun, steplog: StepLog | None, feature_cache: FeatureCa
             [samples[i].image for i in idx if samples[i].image is not None]
             for step in range(run.start, run.total) for idx in run.plan(step)[2])
         flops_done, tokens_done = 0.0, 0
+        last_good = run.resumed_from
         for step in range(run.start, run.total):
             t0 = time.perf_counter()
             epoch, gbatch, micro = run.plan(step)
@@ -106,8 +109,12 @@ def train_steps(run: StageRun, steplog: StepLog | None, feature_cache: FeatureCa
             loss_sum = torch.zeros((), device=device)
             for j, idx in enumerate(micro):
                 loss_sum += micro_step(run, idx, cache, pixel_stream, world / global_sup, j == len(micro) - 1, scaler)
+            loss = (accelerator.reduce(loss_sum, "sum") / global_sup).item()  # the same on every process
+            if not math.isfinite(loss) and not cfg.allow_nonfinite:  # before the step: the weights stay finite
+                raise TrainingDiverged(f"{run.stage}: the loss is {loss} at step {step + 1}; last good checkpoint: "
+                                       f"{last_good or 'none'} (resume from it with --resume after lowering the "
+                                       "learning rate or fixing the data, or set allow_nonfinite: true to go on)")
             grad_norm = optimizer_step(run, scaler)
-            loss = (accelerator.reduce(loss_sum, "sum") / global_sup).item()
             dt = time.perf_counter() - t0
             n_img = sum(has_image[i] for i in gbatch)
             n_tokens = sum(text_tokens[i] for i in gbatch) + n_img * q
@@ -125,9 +132,10 @@ def train_steps(run: StageRun, steplog: StepLog | None, feature_cache: FeatureCa
             done = step + 1
             if done % cfg.checkpoint_every == 0 or done == run.total:
                 elapsed = run.elapsed_before + time.perf_counter() - t_stage
-                save_checkpoint(accelerator, run.out / "checkpoints", done, run.model, run.optimizer, run.scheduler,
-                                {"stage": run.stage, "elapsed_s": elapsed, "samples": done * sc.global_batch},
-                                cfg.keep_checkpoints, sharded=run.fsdp)
+                last_good = save_checkpoint(accelerator, run.out / "checkpoints", done, run.model, run.optimizer,
+                                            run.scheduler, {"stage": run.stage, "elapsed_s": elapsed,
+                                                            "samples": done * sc.global_batch},
+                                            cfg.keep_checkpoints, sharded=run.fsdp)
     wall = run.elapsed_before + time.perf_counter() - t_stage
     return StepTotals(wall, cache_s, cache is not None, flops_done, tokens_done, run.total - run.start)
 

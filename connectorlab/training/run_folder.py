@@ -17,7 +17,8 @@ from ..utils.io import atomic_write_json
 from .config import STAGES, TrainConfig
 
 STAGE_CONFIG = "config.json"
-RESULT_NEUTRAL = {"output_dir", "keep_checkpoints", "pretrain.image_workers", "finetune.image_workers"}
+RESULT_NEUTRAL = {"output_dir", "keep_checkpoints", "checkpoint_every", "log_every", "report_to", "allow_nonfinite",
+                  "pretrain.image_workers", "finetune.image_workers"}
 
 
 class RunMismatch(OutputExistsError, ValueError):

@@ -24,11 +24,11 @@ from ..errors import InputError, MissingPathError
 from ..language.tokenizer import load_tokenizer
 from ..model.mllm import MultimodalLM
 from ..model.shape import meta_connector
-from ..utils.distributed import main_process_lock
+from ..utils.distributed import decided_on_main, main_process_lock
 from ..utils.io import atomic_write_json
 from ..utils.progress import progress_bar
 from ..utils.validation import ConfigError
-from .checkpoint import list_checkpoints, load_checkpoint
+from .checkpoint import load_checkpoint, newest_valid
 from .config import STAGES, StageConfig, TrainConfig
 from .feature_cache import FeatureCache
 from .loop import StageRun, StepTotals, train_steps
@@ -160,8 +160,8 @@ def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: 
     run = StageRun(cfg, stage, accelerator, stage_dir(cfg, stage), data, prepared, accelerator.unwrap_model(prepared),
                    optimizer, scheduler, params, plan, total, accum, fsdp=fsdp)
     ckpt_dir = run.out / "checkpoints"
-    if resume and list_checkpoints(ckpt_dir):
-        latest = list_checkpoints(ckpt_dir)[-1]
+    latest = decided_on_main(accelerator.state, lambda: newest_valid(ckpt_dir, log)) if resume else None
+    if latest is not None:
         state = load_checkpoint(accelerator, latest, prepared, optimizer, scheduler, sharded=fsdp)
         run.start, run.elapsed_before, run.resumed_from = state["step"], state["elapsed_s"], str(latest)
         run.resharded_from = state.get("resharded_from")

@@ -41,6 +41,23 @@ def on_main(state: PartialState, fn: Callable[[], None]) -> None:
     _share(state, error)
 
 
+def decided_on_main(state: PartialState, fn: Callable[[], object]) -> object:
+    """`fn()` on the main process, its result (or its exception) handed to every process."""
+    value, error = None, None
+    if state.is_main_process:
+        try:
+            value = fn()
+        except Exception as err:  # re-raised below, on every process
+            error = err
+    if state.num_processes > 1:
+        message = [(value, error)]
+        broadcast_object_list(message, from_process=0)
+        value, error = message[0]
+    if error is not None:
+        raise error
+    return value
+
+
 @contextlib.contextmanager
 def main_process_lock(folder: str | Path, what: str, state: PartialState) -> Iterator[None]:
     """The main process holds `folder/.lock` (see `exclusive`); when it cannot, every process refuses together."""
