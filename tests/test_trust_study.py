@@ -119,3 +119,58 @@ def test_every_cell_folder_lies_inside_the_study_folder(toy, tmp_path):
     (tmp_path / "study" / "link").symlink_to(tmp_path)  # a folder name that resolves elsewhere
     with pytest.raises(ConfigError, match="would lie outside the study folder"):
         check_inside(tmp_path / "study" / "link" / "cell", tmp_path / "study", "cell x's folder")
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in state  # a zombie has ended; only its exit status is left
+
+
+def spawned_workers(parent: int) -> list[int]:
+    import subprocess
+
+    kids = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in kids if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from filelock import FileLock
+
+    from conftest import ROOT
+
+    data = plan_data(toy, tmp_path / "study", toy / "probe" / "test.tsv")
+    data["grid"] = {"connectors": ["avgpool", "mlp"], "resolutions": [32], "tokens": [4]}
+    data["pretrain"]["max_steps"] = 400  # long enough to be killed while both workers train
+    data["execution"] = {"workers": 2, "threads": 1}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "connectorlab", "study", "run", str(plan)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline, workers = time.time() + 120, []
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        time.sleep(0.2)
+        workers = spawned_workers(proc.pid)
+    assert len(workers) == 2, "the study did not start two worker processes"
+    time.sleep(2)  # the workers are training now
+    proc.kill()
+    proc.wait()
+    time.sleep(3)
+    assert [pid for pid in workers if alive(pid)] == []
+    from connectorlab.errors import BusyError
+
+    held = FileLock(str(tmp_path / "study" / ".worker-4242.lock"))  # a worker of an earlier run, still alive
+    with held:
+        with pytest.raises(BusyError, match=r"a worker process of an earlier run \(pid 4242\) still runs"):
+            run_study(StudyPlan.from_dict(data | {"execution": {}}), show_progress=False)

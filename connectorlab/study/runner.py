@@ -29,7 +29,7 @@ from ..utils.io import atomic_write_json, exclusive
 from ..utils.progress import progress_bar, silence_progress
 from .engines import evaluate_launched, run_stage_here, run_stage_launched
 from .plan import BenchmarkSpec, Cell, StudyPlan, check_inside, describe_cells, expand
-from .pool import run_pool, thread_count, torch_threads, worker_count
+from .pool import check_no_workers, run_pool, thread_count, torch_threads, worker_count
 
 BLIND = "_blind"  # an evaluation's name suffix for the no-image baseline
 REDUCED = "@"  # between the benchmark and a training-free reduction in an evaluation's name (probe@random-9)
@@ -223,6 +223,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
     out = Path(out or plan.output_dir)
     cells = expand(plan, out)
     with exclusive(out, "study run"):
+        check_no_workers(out)
         check_unchanged(out, cells)
         sizes = describe_cells(plan, cells)
         groups = longest_first(plan, pretrain_groups(cells), {c.label: s for c, s in zip(cells, sizes, strict=True)})
@@ -287,7 +288,7 @@ def run_cell_pool(plan: StudyPlan, cells: list[Cell], out: Path, groups: list[li
             finished(worker_died(c, err))
 
     run_pool([(run_cells_in_worker, (plan, g, out, retry_failed, eval_batch)) for g in groups], workers, threads,
-             on_result, on_error)
+             on_result, on_error, folder=out)
 
 
 def longest_first(plan: StudyPlan, groups: list[list[Cell]], sizes: dict[str, dict]) -> list[list[Cell]]:

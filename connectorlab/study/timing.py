@@ -152,7 +152,7 @@ def time_cells(plan: StudyPlan, cells: list[Cell], out: Path, workers: int, thre
 
     jobs = [(time_group, (g, out, plan.timing)) for g in groups]
     if workers > 1:
-        run_pool(jobs, 1, threads, done, error)
+        run_pool(jobs, 1, threads, done, error, folder=out)
     else:
         for job, args in jobs:
             try:
