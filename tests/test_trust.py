@@ -244,3 +244,73 @@ def test_a_corrupt_image_is_skipped_counted_named_and_exits_3(models, toy, tmp_p
     assert result["answered_now"] == result["items"] - 1
     code, _, _ = cli(capsys, monkeypatch, *args, "--out", tmp_path / "ev2", "--allow-incomplete")
     assert code == 0
+
+
+def interrupt_on_call(monkeypatch, target, name: str, after: int = 0):
+    """Ctrl-C (a real SIGINT to this process) on call number `after` + 1 of `target.name`."""
+    import os
+    import signal
+    import time
+
+    real, calls = getattr(target, name), []
+
+    def wrapped(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > after:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs before this returns
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, wrapped)
+
+
+@pytest.fixture(autouse=True)
+def restore_sigint():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_in_eval_says_what_was_saved_and_how_to_resume(models, toy, tmp_path, capsys, monkeypatch):
+    interrupt_on_call(monkeypatch, MultimodalLM, "generate", after=1)
+    args = ["eval", "--model", models["vicuna_v1"], "--benchmark", "mmbench", "--data", toy / "probe" / "test.tsv",
+            "--out", tmp_path / "ev", "--max-new-tokens", "1", "--batch-size", "4", "--overwrite"]
+    code, _, err = cli(capsys, monkeypatch, *args)
+    flat = " ".join(err.split())
+    assert code == 130 and "Traceback" not in err
+    assert f"interrupted: evaluation of {models['vicuna_v1']} on mmbench; saved: 4 predictions in {tmp_path / 'ev'}" in flat
+    assert "resume with: connectorlab eval --model" in flat and "--overwrite" not in flat  # it would discard them
+
+
+def test_ctrl_c_in_train_names_the_checkpoint_and_the_resume_command(toy, tmp_path, capsys, monkeypatch):
+    from conftest import write_config
+
+    import connectorlab.training.loop as loop
+
+    interrupt_on_call(monkeypatch, loop, "save_checkpoint", after=1)
+    cfg = write_config(toy, tmp_path / "run", **{"pretrain.max_steps": 6})
+    code, _, err = cli(capsys, monkeypatch, "train", "--config", cfg, "--stage", "pretrain")
+    flat = " ".join(err.split())
+    assert code == 130, err
+    assert f"saved: pretrain checkpoint {tmp_path / 'run' / 'pretrain' / 'checkpoints' / 'step-0000002'}" in flat
+    assert f"resume with: connectorlab train --config {cfg} --stage pretrain --resume" in flat
+    monkeypatch.undo()
+    code, _, err = cli(capsys, monkeypatch, "train", "--config", cfg, "--stage", "pretrain", "--resume")
+    assert code == 0, err
+
+
+def test_ctrl_c_in_a_study_counts_the_finished_cells(toy, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    import connectorlab.study.runner as runner
+    from test_trust_study import plan_data
+
+    interrupt_on_call(monkeypatch, runner, "run_cell")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(plan_data(toy, tmp_path / "study", toy / "probe" / "test.tsv")))
+    code, _, err = cli(capsys, monkeypatch, "study", "run", plan)
+    flat = " ".join(err.split())
+    assert code == 130 and f"saved: 0 of 1 cells finished in {tmp_path / 'study'}" in flat
+    assert f"resume with: connectorlab study run {plan}" in flat

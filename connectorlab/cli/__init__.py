@@ -15,6 +15,42 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 errors = Console(stderr=True)
 _debug = {"on": False}
+_interrupted: dict = {}  # "what": the work under way, "saved": a callable saying what is kept (set by each command)
+INTERRUPTED_EXIT = 130  # 128 + SIGINT, as a shell reports Ctrl-C
+
+
+def on_interrupt(what: str, saved, resume_flags: tuple[str, ...] = ()) -> None:
+    """What a Ctrl-C during the rest of this command interrupts; `saved()` says what is on disk then. The command that
+    resumes is this one, less --overwrite (which would discard the saved work), plus `resume_flags`."""
+    _interrupted.update(what=what, saved=saved, flags=resume_flags)
+
+
+class Interrupted(BaseException):
+    """Ctrl-C, raised by connectorlab's own SIGINT handler: click turns a KeyboardInterrupt into a bare "Aborted!"
+    before `main` could say what was saved, and lets this one through."""
+
+
+def _on_sigint(signum, frame) -> None:
+    raise Interrupted
+
+
+def resume_command() -> str:
+    import shlex
+
+    args = [a for a in sys.argv[1:] if a != "--overwrite"]
+    args += [f for f in _interrupted.get("flags", ()) if f not in args]
+    return "connectorlab " + shlex.join(args)
+
+
+def report_interrupt() -> None:
+    if int(os.environ.get("RANK", "0")) != 0 or not _interrupted:
+        return
+    try:
+        saved = _interrupted["saved"]()
+    except Exception as err:  # noqa: BLE001 - the note must not hide the interrupt
+        saved = f"(could not list what was saved: {err})"
+    errors.print(f"interrupted: {_interrupted['what']}; saved: {saved}; resume with: {resume_command()}",
+                 highlight=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -97,6 +133,7 @@ def train(
     if any(s not in STAGES for s in stages):
         raise typer.BadParameter(f"--stage must be pretrain, finetune or both, got {stage!r}")
     cfg = TrainConfig.from_file(config, ctx.args)
+    on_interrupt(f"training of {cfg.output_dir}", lambda: saved_checkpoints(cfg), ("--resume",))
     summaries = run(cfg, stages, resume=resume, overwrite=overwrite)
     if int(os.environ.get("RANK", "0")) != 0:  # one report per launch, from the main process
         return
@@ -105,6 +142,20 @@ def train(
         console.print(f"[bold]{name}[/bold]: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, "
                       f"loss {summary['first_loss']} -> {summary['final_loss']}; "
                       f"summary: {result.folder / 'summary.json'}; {result.artifact}")
+
+
+def saved_checkpoints(cfg) -> str:
+    from ..training.checkpoint import list_checkpoints
+    from ..training.config import STAGES
+
+    parts = []
+    for stage in STAGES:
+        folder = Path(cfg.output_dir) / stage
+        if (folder / "summary.json").is_file():
+            parts.append(f"{stage} finished")
+        elif list_checkpoints(folder / "checkpoints"):
+            parts.append(f"{stage} checkpoint {list_checkpoints(folder / 'checkpoints')[-1]}")
+    return ", ".join(parts) or "no checkpoint yet (the run starts from the beginning)"
 
 
 def setup_logging() -> None:
@@ -141,12 +192,20 @@ def close_process_group(finished: bool) -> None:
 
 def main() -> None:
     finished = False
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, _on_sigint)
     try:
         app(prog_name="connectorlab")
         finished = True
     except SystemExit as done:  # typer ends every command this way, successful ones with code 0
         finished = done.code in (None, 0)
         raise
+    except (Interrupted, KeyboardInterrupt):
+        report_interrupt()
+        sys.exit(INTERRUPTED_EXIT)
     except Exception as err:
         if _debug["on"] or not is_expected(err):
             raise

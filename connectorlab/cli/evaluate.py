@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..errors import MissingPathError
-from . import app, console, errors, setup_logging
+from . import app, console, errors, on_interrupt, setup_logging
 
 score_app = typer.Typer(no_args_is_help=True, help="Score predictions made by connectorlab or another toolkit.")
 app.add_typer(score_app, name="score")
@@ -67,6 +67,7 @@ def eval_command(
         from ..reduction import parse
 
         mllm.set_reduction(parse(reduce))
+    on_interrupt(f"evaluation of {model} on {benchmark}", lambda: saved_predictions(out))
     result = evaluate(mllm, bench, out, batch_size, max_new_tokens, blind, {"model": str(model)},
                       workers=image_workers, overwrite=overwrite, state=state)
     if not state.is_main_process:  # the main process reports; every process exits with the same code
@@ -86,6 +87,12 @@ def eval_command(
     show(benchmark, result["scores"])
     console.print(f"results: {out / 'results.json'}")
     exit_if_incomplete(result["scores"], allow_incomplete)
+
+
+def saved_predictions(out: Path) -> str:
+    files = [out / "predictions.jsonl", *sorted(out.glob("predictions.rank*.jsonl"))]
+    n = sum(sum(1 for line in f.read_text().splitlines() if line.strip()) for f in files if f.is_file())
+    return f"{n} predictions in {out} (kept by the next run of the same command)"
 
 
 def show(benchmark: str, scores: dict) -> None:

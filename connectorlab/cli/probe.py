@@ -81,6 +81,10 @@ def quickstart(
     import logging
 
     logging.getLogger("connectorlab").setLevel(logging.WARNING)  # the progress bars tell the story
+    from . import on_interrupt
+    from .study import saved_cells
+
+    on_interrupt(f"quick start in {out}", lambda: saved_cells(out))
     difficulty = {k: v for k, v in (("object_scale", object_scale), ("clutter", clutter)) if v is not None}
     result = run(QuickstartConfig(out=str(out), seed=seed, seeds=seeds, full=full,
                                   probe=ProbeParams(seed=seed, **difficulty)))

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, console
+from . import app, console, on_interrupt
 
 study_app = typer.Typer(no_args_is_help=True, help="The connector study: a grid of cells from one plan file.")
 app.add_typer(study_app, name="study")
@@ -62,10 +62,20 @@ def study_run(
 
     setup_logging()
     study = StudyPlan.from_file(plan)
+    on_interrupt(f"study run of {plan}", lambda: saved_cells(out or Path(study.output_dir)))
     result = run_study(study, out, retry_failed=retry_failed, eval_batch=eval_batch)
     report = write_report(result.folder)
     console.print(f"report: {report['report']}\nresults: {report['results']}")
     exit_if_failed(result.failed, "--retry-failed runs them again")
+
+
+def saved_cells(out: Path) -> str:
+    from ..study.runner import study_states
+
+    states = [s for _, s in study_states(out)] if (out / "study.json").is_file() else []
+    done = sum(s is not None and s.status == "done" for s in states)
+    return (f"{done} of {len(states)} cells finished in {out}; an unfinished cell resumes from its checkpoints and "
+            "predictions")
 
 
 def exit_if_failed(failed: list[str], retry: str) -> None:
