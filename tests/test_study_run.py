@@ -240,7 +240,10 @@ def test_status_eta_shares_the_unfinished_cells_among_the_worker_processes(tmp_p
         if i < 2:  # two finished cells of 60 s each, four pending
             CellState(f"c{i}", str(i), "done", pretrain_s=10.0, finetune_s=20.0, eval_s=30.0).write(folder)
     (tmp_path / "study.json").write_text(json.dumps({"cells": cells, "workers": 2}))
-    code, stdout, _ = cli(capsys, monkeypatch, "study", "status", tmp_path)
+    from connectorlab.utils.io import exclusive
+
+    with exclusive(tmp_path, "study run"):  # a run is under way
+        code, stdout, _ = cli(capsys, monkeypatch, "study", "status", tmp_path)
     assert code == 0 and "ETA about 2.0 min for 4 unfinished cell(s)" in stdout and "over 2 worker processes" in stdout
 
 

@@ -174,3 +174,23 @@ def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy,
     with held:
         with pytest.raises(BusyError, match=r"a worker process of an earlier run \(pid 4242\) still runs"):
             run_study(StudyPlan.from_dict(data | {"execution": {}}), show_progress=False)
+
+
+def test_status_of_a_killed_study_says_interrupted_not_running(tmp_path, capsys, monkeypatch):
+    from connectorlab.study.runner import CellState
+    from connectorlab.utils.io import exclusive
+    from test_trust import cli
+
+    cells = {}
+    for i, status in enumerate(("done", "running", "pending")):
+        folder = tmp_path / "cells" / f"c{i}"
+        cells[f"c{i}"] = {"cell_id": str(i), "folder": str(folder)}
+        if status != "pending":
+            CellState(f"c{i}", str(i), status, pretrain_s=10.0, finetune_s=20.0, eval_s=30.0).write(folder)
+    (tmp_path / "study.json").write_text(json.dumps({"cells": cells, "workers": 1}))
+    code, out, _ = cli(capsys, monkeypatch, "study", "status", tmp_path)
+    assert code == 0 and "interrupted (since" in out and "running" not in out.split("no `study run`")[0]
+    assert "1 cell(s) interrupted, 1 pending" in out and "ETA" not in out
+    with exclusive(tmp_path, "study run"):  # while a run holds the folder, its cell is running
+        code, out, _ = cli(capsys, monkeypatch, "study", "status", tmp_path)
+    assert "interrupted" not in out and "running" in out and "ETA about" in out

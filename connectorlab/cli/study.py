@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import typer
@@ -96,9 +97,13 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
         table.add_column(col, no_wrap=col != "error")
     counts: dict[str, int] = {}
     states = study_states(out)
+    live = is_held(out)
     for entry, state in states:
         status = state.status if state else "pending"
-        counts[status] = counts.get(status, 0) + 1
+        if status == "running" and not live:  # no process holds the study: it was killed or stopped mid-cell
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime((Path(entry["folder"]) / "cell.json").stat().st_mtime))
+            status = f"interrupted (since {since})"
+        counts[status.split(" (")[0]] = counts.get(status.split(" (")[0], 0) + 1
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
         table.add_row(entry["label"], status, fmt(state and state.pretrain_s), fmt(state and state.finetune_s),
                       fmt(state and state.eval_s), (state.error or "") if state else "")
@@ -106,12 +111,28 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())), highlight=False)
     spent = [sum(v or 0 for v in (s.pretrain_s, s.finetune_s, s.eval_s)) for _, s in states if s and s.status == "done"]
     left = counts.get("pending", 0) + counts.get("running", 0)
-    if spent and left:
+    if counts.get("interrupted") or (left and not live):
+        console.print(f"no `study run` holds {out} now: {counts.get('interrupted', 0)} cell(s) interrupted, "
+                      f"{counts.get('pending', 0)} pending; `connectorlab study run` resumes them", highlight=False)
+    elif spent and left:
         workers = min(left, json.loads((out / "study.json").read_text()).get("workers", 1))
         eta = left * sum(spent) / len(spent) / workers
         console.print(f"ETA about {eta / 60:.1f} min for {left} unfinished cell(s), at the mean time of the {len(spent)} "
                       f"finished one(s){f' over {workers} worker processes' if workers > 1 else ''} (an over-estimate "
                       "where cells share stage 1)", highlight=False)
+
+
+def is_held(out: Path) -> bool:
+    """Whether a `study run` holds the study folder's lock now."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(out / ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
 
 
 @study_app.command("report")
