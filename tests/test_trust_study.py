@@ -194,3 +194,70 @@ def test_status_of_a_killed_study_says_interrupted_not_running(tmp_path, capsys,
     with exclusive(tmp_path, "study run"):  # while a run holds the folder, its cell is running
         code, out, _ = cli(capsys, monkeypatch, "study", "status", tmp_path)
     assert "interrupted" not in out and "running" in out and "ETA about" in out
+
+
+@pytest.fixture(scope="module")
+def two_cells(toy, tmp_path_factory):
+    """mlp (the reference) and avgpool at one resolution, finished."""
+    root = tmp_path_factory.mktemp("two_cells")
+    data = plan_data(toy, root / "study", toy / "probe" / "test.tsv")
+    data["grid"] = {"connectors": ["mlp", "avgpool"], "resolutions": [32], "tokens": [4]}
+    data["reference_connector"] = "mlp"
+    run_study(StudyPlan.from_dict(data), show_progress=False)
+    return root / "study"
+
+
+def cell_file(study: Path, connector: str, name: str) -> Path:
+    return next((study / "cells").glob(f"{connector}*/{name}"))
+
+
+def test_a_failed_reference_cell_is_named_and_nothing_is_judged_against_it(two_cells, tmp_path):
+    study = relocate(two_cells, tmp_path / "s")
+    before = Path(write_report(study)["report"]).read_text()
+    assert "## The paper's findings" in before and "## Recommendation" in before
+    mlp = cell_file(study, "mlp", "cell.json")
+    state = json.loads(mlp.read_text())
+    mlp.write_text(json.dumps({**state, "status": "failed", "error": "RuntimeError: out of memory\\nmore"}))
+    result = write_report(study)
+    report = Path(result["report"]).read_text()
+    assert "## Failed cells (1)" in report and "- mlp-32px-s0: RuntimeError: out of memory" in report
+    assert "cannot be compared with `mlp`" in report and "avgpool-4t-32px-s0" in report.split("## Failed cells")[1]
+    assert "## The paper's findings" not in report and "## Recommendation" not in report
+    assert result["recommendation"] is None and result["comparisons"] == []
+    with pytest.raises(ValueError, match="--benchmark 'mme': the study has no such benchmark \\(it has probe\\)"):
+        from connectorlab.study.recommend import Recommendation
+
+        write_report(study, Recommendation("mme"))
+
+
+def relocate(src: Path, dst: Path) -> Path:
+    study = shutil.copytree(src, dst)
+    index = json.loads((study / "study.json").read_text())
+    for entry in index["cells"].values():
+        entry["folder"] = str(study / "cells" / Path(entry["folder"]).name)
+    (study / "study.json").write_text(json.dumps(index))
+    for path in (study / "cells").glob("*/cell.json"):
+        state = json.loads(path.read_text())
+        state["evaluations"] = {k: str(study / Path(v).relative_to(src)) for k, v in state["evaluations"].items()}
+        path.write_text(json.dumps(state))
+    for path in (study / "cells").glob("*/eval/*/results.json"):  # one training step answers in no format yet:
+        result = json.loads(path.read_text())  # every answer is taken as readable, so that the report judges them
+        result["scores"]["extraction_failures"] = 0
+        path.write_text(json.dumps(result))
+    return study
+
+
+def test_a_cell_whose_answers_name_no_option_is_unreliable_and_judged_nowhere(two_cells, tmp_path):
+    study = relocate(two_cells, tmp_path / "s")
+    path = cell_file(study, "mlp", "eval/probe/results.json")
+    result = json.loads(path.read_text())
+    result["scores"]["extraction_failures"] = result["scores"]["rows"]  # every answer an extraction failure
+    path.write_text(json.dumps(result))
+    out = write_report(study)
+    report = Path(out["report"]).read_text()
+    assert "| mlp-32px-s0 (unreliable) |" in report and "| 100.0 |" in report
+    assert "- mlp-32px-s0 on probe: judged in no finding, comparison or recommendation" in report
+    assert "## The paper's findings" not in report and out["comparisons"] == []
+    assert out["recommendation"] is None or out["recommendation"]["best"] != "mlp-32px-s0"
+    df = pd.read_csv(out["results"])
+    assert set(df[df.cell == "mlp-32px-s0"].extraction_failure_rate) == {1.0}

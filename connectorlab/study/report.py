@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.skips import DataError
+from ..errors import InputError
 from ..evaluation.paired import holm, mcnemar_exact
 from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
@@ -23,6 +24,18 @@ from ..utils.io import atomic_write_text
 from .figures import figures
 from .findings import ALPHA, TRAINING_FREE, budgets, findings, sanity
 from .projection import projection_section
+from .quality import (
+    DATA_KEYS,
+    UNRELIABLE_EXTRACTION,
+    data_section,
+    extraction_failure_rate,
+    failed_cells,
+    failed_section,
+    reliable_only,
+    setting,
+    unreliable,
+    unreliable_section,
+)
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
 from .runner import BLIND, REDUCED, study_states
@@ -32,8 +45,7 @@ COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression",
            "name", "n", "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
            "connector_flops", "pretrain_s", "finetune_s", "pretrain_step_ms", "finetune_step_ms",
            "pretrain_flops_per_sample", "finetune_flops_per_sample",
-           "pretrain_peak_mb", "finetune_peak_mb"]
-DATA_KEYS = ("data", "data_fingerprint", "max_new_tokens")  # of each evaluation's results.json, named by the report
+           "pretrain_peak_mb", "finetune_peak_mb", "extraction_failure_rate"]
 ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
 
 
@@ -90,6 +102,7 @@ def _rows(cell: dict) -> list[dict]:
             "finetune_flops_per_sample": state.finetune_flops_per_sample}
     rows = []
     for bench, scores in cell["scores"].items():
+        base["extraction_failure_rate"] = extraction_failure_rate(scores)
         for ttype in TYPES:
             t = (scores.get("task_types") or {}).get(ttype)
             if t and t["n"]:
@@ -159,14 +172,29 @@ def sentence(c: dict) -> str:
             f"{c['n']} paired questions ({c['cell_only']} right only for the cell, {c['reference_only']} only for the reference)")
 
 
+def check_benchmark(rec: Recommendation | None, meta: dict, tt: pd.DataFrame) -> None:
+    known = sorted(set(meta.get("benchmarks") or []) | {b for b in tt.benchmark if not b.endswith(BLIND)})
+    if rec is not None and rec.benchmark not in known:
+        raise InputError(f"--benchmark {rec.benchmark!r}: the study has no such benchmark (it has {', '.join(known)})")
+
+
 def write_report(out: str | Path, recommendation: Recommendation | None = None) -> dict:
-    """`recommendation` overrides the plan's `recommend:` (default: the first benchmark, equal task-type weights)."""
+    """`recommendation` overrides the plan's `recommend:` (default: the first benchmark, equal task-type weights).
+    Failed cells are named; a failed reference cell, or a reference whose answers could not be read, leaves the
+    findings, comparisons and recommendation unjudged rather than judged on what is left."""
     out = Path(out)
-    cells = load_cells(out)
     meta = json.loads((out / "study.json").read_text())
+    cells = load_cells(out)
+    failed = failed_cells(out)
+    reference = meta.get("reference_connector")
+    reference_failed = [e for e, _ in failed if e["size"]["connector"] == reference]
+    orphaned = {setting(e["size"]) for e in reference_failed}  # settings whose reference cell failed
+    bad = unreliable(cells)
+    judged = [c for c in reliable_only(cells, bad) if setting(c["entry"]["size"]) not in orphaned]
     df = with_blind(pd.DataFrame([r for c in cells for r in _rows(c)], columns=COLUMNS))
+    check_benchmark(recommendation, meta, df)
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
-    comps = comparisons(cells, meta.get("reference_connector"))
+    comps = comparisons(judged, reference)
     lines = [f"# Study report: {meta['name']}", ""]
     if (out / ABOUT).is_file():
         lines += [(out / ABOUT).read_text().strip(), ""]
@@ -174,20 +202,26 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
     reduced = len(cells) - trained
     lines += [f"{trained} finished cells of {len(meta['cells'])}"
               + (f", and {reduced} training-free reductions of their outputs." if reduced else "."), ""]
+    lines += failed_section(failed, reference_failed, reference,
+                            [c["entry"]["label"] for c in cells if setting(c["entry"]["size"]) in orphaned])
     tt = df[df.level == "task_type"]
     lines += data_section(cells)
     lines += tables_section(tt)
+    lines += unreliable_section(bad)
+    kept = {c["entry"]["label"] for c in judged}
+    judged_tt = tt[[c in kept and (c, b) not in bad for c, b in zip(tt.cell, tt.benchmark.str.removesuffix(BLIND),
+                                                                    strict=True)]]
     rounds = {c["entry"]["label"]: c["rounds"] for c in cells if c["rounds"]}
-    lines += findings_section(tt, meta.get("reference_connector"), rounds)
+    lines += findings_section(judged_tt, reference, rounds)
     if comps:
         lines += [f"## Paired comparisons against `{meta['reference_connector']}` (exact McNemar, Holm over "
                   f"{len(comps)} comparisons, alpha {ALPHA})", ""]
         lines += [f"- {sentence(c)}" for c in comps]
         lines.append("")
-    lines += effects_section(tt[~tt.benchmark.str.endswith(BLIND)], meta.get("reference_connector"))
-    lines += seeds_section(tt[~tt.benchmark.str.endswith(BLIND)])
+    lines += effects_section(judged_tt[~judged_tt.benchmark.str.endswith(BLIND)], reference)
+    lines += seeds_section(judged_tt[~judged_tt.benchmark.str.endswith(BLIND)])
     rec = recommendation or default_recommendation(meta, tt)
-    picked = recommend(cells, rec) if rec else None
+    picked = recommend(judged, rec) if rec else None
     if picked:
         lines += ["## Recommendation", "", sentence_for(picked), ""]
     if meta.get("reference_results"):
@@ -202,44 +236,25 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
             "report": str(out / "report.md"), "results": str(out / "results.csv")}
 
 
-def data_section(cells: list[dict]) -> list[str]:
-    """The data each benchmark was scored on (path, content fingerprint, answer cap); cells scored on different
-    content are named, since their numbers do not compare."""
-    seen: dict[str, dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
-    for cell in cells:
-        for name, d in cell["data"].items():
-            if not name.endswith(BLIND) and REDUCED not in name:
-                seen[name][tuple(d.get(k) for k in DATA_KEYS)].append(cell["entry"]["label"])
-    if not seen:
-        return []
-    lines = ["## Benchmark data", ""]
-    for name in sorted(seen):
-        versions = seen[name]
-        for (data, fingerprint, cap), labels in versions.items():
-            who = f" (cells {', '.join(labels)})" if len(versions) > 1 else ""
-            lines.append(f"- {name}: `{data}`, content {fingerprint or 'not recorded'}, answers up to {cap} tokens{who}")
-        if len(versions) > 1:
-            lines.append(f"- **{name} was scored on {len(versions)} different data versions or settings: its cells do "
-                         "not compare; run `study run` again to re-evaluate them on the plan's**")
-    return lines + [""]
-
-
 def tables_section(tt: pd.DataFrame) -> list[str]:
     """Per benchmark, a row per cell: accuracy by task type with its interval and, where run, the no-image baseline."""
     lines = []
     for bench, part in tt[~tt.benchmark.str.endswith(BLIND)].groupby("benchmark", sort=True):
-        header = "| cell | family | Q | " + " | ".join(TYPES) + " | pre-train s | fine-tune s |"
+        header = "| cell | family | Q | " + " | ".join(TYPES) + " | no option % | pre-train s | fine-tune s |"
         blind = "; without the image in brackets" if part.blind_accuracy.notna().any() else ""
         lines += [f"## {bench}: accuracy by task type (%, Wilson 95% interval{blind})",
-                  "", header, "|---|---|---:|" + "---:|" * (len(TYPES) + 2)]
+                  "", header, "|---|---|---:|" + "---:|" * (len(TYPES) + 3)]
         for cell, rows in part.groupby("cell", sort=False):
             by = {r.name: r for r in rows.itertuples()}
             first = rows.iloc[0]
             cols = [f"{100 * by[t].accuracy:.1f} [{100 * by[t].ci_low:.1f}, {100 * by[t].ci_high:.1f}]"
                     + (f" ({100 * by[t].blind_accuracy:.1f})" if pd.notna(by[t].blind_accuracy) else "") if t in by else "-"
                     for t in TYPES]
-            lines.append(f"| {cell} | {first.family} | {first.visual_tokens} | " + " | ".join(cols)
-                         + f" | {first.pretrain_s:.1f} | {first.finetune_s:.1f} |")
+            rate = first.extraction_failure_rate
+            flag = " (unreliable)" if pd.notna(rate) and rate > UNRELIABLE_EXTRACTION else ""
+            lines.append(f"| {cell}{flag} | {first.family} | {first.visual_tokens} | " + " | ".join(cols)
+                         + f" | {'-' if pd.isna(rate) else f'{100 * rate:.1f}'} | {first.pretrain_s:.1f} | "
+                         f"{first.finetune_s:.1f} |")
         chance = part.groupby("name").chance.mean().dropna()
         if not chance.empty:
             lines += ["", "Chance (a consistent guess among the options): "

@@ -230,7 +230,8 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
         workers = worker_count(plan.execution.workers, len(groups)) if plan.execution.engine == "local" else 1
         threads = thread_count(plan.execution.threads, workers)
         atomic_write_json(out / "study.json", {
-            "plan": plan.source, "name": plan.name, "workers": workers, "reference_connector": plan.reference_connector,
+            "plan": plan.source, "name": plan.name, "benchmarks": [b.name for b in plan.benchmarks],
+            "workers": workers, "reference_connector": plan.reference_connector,
             "reference_results": plan.reference_results, "recommend": plan.recommend,
             "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
                                 "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
