@@ -285,9 +285,9 @@ def test_ctrl_c_in_eval_says_what_was_saved_and_how_to_resume(models, toy, tmp_p
 
 
 def test_ctrl_c_in_train_names_the_checkpoint_and_the_resume_command(toy, tmp_path, capsys, monkeypatch):
-    from conftest import write_config
-
     import connectorlab.training.loop as loop
+
+    from conftest import write_config
 
     interrupt_on_call(monkeypatch, loop, "save_checkpoint", after=1)
     cfg = write_config(toy, tmp_path / "run", **{"pretrain.max_steps": 6})
@@ -303,9 +303,9 @@ def test_ctrl_c_in_train_names_the_checkpoint_and_the_resume_command(toy, tmp_pa
 
 def test_ctrl_c_in_a_study_counts_the_finished_cells(toy, tmp_path, capsys, monkeypatch):
     import yaml
+    from test_trust_study import plan_data
 
     import connectorlab.study.runner as runner
-    from test_trust_study import plan_data
 
     interrupt_on_call(monkeypatch, runner, "run_cell")
     plan = tmp_path / "plan.yaml"

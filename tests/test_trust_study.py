@@ -139,7 +139,6 @@ def spawned_workers(parent: int) -> list[int]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy, tmp_path):
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -177,9 +176,10 @@ def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy,
 
 
 def test_status_of_a_killed_study_says_interrupted_not_running(tmp_path, capsys, monkeypatch):
+    from test_trust import cli
+
     from connectorlab.study.runner import CellState
     from connectorlab.utils.io import exclusive
-    from test_trust import cli
 
     cells = {}
     for i, status in enumerate(("done", "running", "pending")):
