@@ -261,3 +261,31 @@ def test_a_cell_whose_answers_name_no_option_is_unreliable_and_judged_nowhere(tw
     assert out["recommendation"] is None or out["recommendation"]["best"] != "mlp-32px-s0"
     df = pd.read_csv(out["results"])
     assert set(df[df.cell == "mlp-32px-s0"].extraction_failure_rate) == {1.0}
+
+
+def test_every_missing_path_of_a_plan_is_named_at_once_before_anything_runs(toy, tmp_path, capsys, monkeypatch):
+    import yaml
+
+    from connectorlab.errors import ConfigError
+    from test_trust import cli
+
+    data = plan_data(toy, tmp_path / "study", tmp_path / "no-test.tsv")
+    data["pretrain"]["data"] = str(tmp_path / "no-pretrain.json")
+    data["finetune"]["image_folder"] = str(tmp_path / "no-images")
+    data["model"]["llm"] = str(tmp_path / "no-llm")  # a local path, not a Hub id
+    data["benchmarks"][0]["task_types"] = str(tmp_path / "no-types.yaml")
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump(data))
+    code, _, err = cli(capsys, monkeypatch, "study", "plan", plan)
+    flat = " ".join(err.split())
+    assert code == 2 and "path(s) the plan names are missing" in flat, err
+    for name in ("no-test.tsv", "no-pretrain.json", "no-images", "no-types.yaml"):
+        assert name in flat
+    data["model"]["llm"] = str(toy / "models/llm")
+    with pytest.raises(ConfigError, match="4 path\\(s\\) the plan names are missing"):
+        run_study(StudyPlan.from_dict(data), show_progress=False)
+    assert not (tmp_path / "study" / "cells").exists()  # nothing ran
+    data["benchmarks"][0]["data"] = "lmms-lab/MMBench"  # a Hub id is looked up when loaded, not here
+    from connectorlab.study.plan import expand, missing_paths
+
+    assert all("lmms-lab" not in m for m in missing_paths(StudyPlan.from_dict(data), expand(StudyPlan.from_dict(data))))

@@ -19,13 +19,18 @@ def study_plan(
     plan: Path = typer.Argument(..., exists=True, dir_okay=False, help="study plan YAML"),
     out: Path = typer.Option(None, help="study folder (default: the plan's output_dir)"),
     as_json: bool = typer.Option(False, "--json", help="print the cells as JSON instead of a table"),
+    check_paths: bool = typer.Option(True, help="check that every data file, folder and local checkpoint exists "
+                                                "(--no-check-paths: look at a grid whose data is on another machine)"),
 ):
     """Expand and validate a plan without running anything: cells, visual tokens (Q), connector parameters and
     forward FLOPs per image, and which cells share a stage-1 run."""
     from ..study.plan import StudyPlan, describe_cells, expand
+    from ..study.plan import check_paths as check
 
     study = StudyPlan.from_file(plan)
     cells = expand(study, out)
+    if check_paths:
+        check(study, cells)
     rows = describe_cells(study, cells)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))

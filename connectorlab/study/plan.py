@@ -441,3 +441,41 @@ def describe_cells(plan: StudyPlan, cells: list[Cell]) -> list[dict[str, Any]]:
                      "parameters": info["parameters"], "flops": info["flops"], "pretrain_key": cell.pretrain_key[:12],
                      "options": cell.options})
     return rows
+
+
+def _local(value: str) -> bool:
+    """A path on this machine, as opposed to a Hub id (`owner/name`), which is looked up in the cache when loaded."""
+    return value.startswith(("/", ".", "~")) or value.count("/") != 1 or Path(value).exists()
+
+
+def missing_paths(plan: StudyPlan, cells: list[Cell]) -> list[str]:
+    """Every input path the plan names that is not there, each once, so that a plan is fixed in one go rather than
+    cell by cell at run time: training data and image folders, a given initial connector, local towers and LMs, each
+    benchmark's data, image folder and task-type mapping."""
+    from ..evaluation.hub import is_hub_source
+
+    wanted: dict[str, str] = {}
+    for cell in cells:
+        cfg = cell.config
+        for key, value in (("model.vision", cfg.model.vision), ("model.llm", cfg.model.llm)):
+            if value and _local(value):
+                wanted.setdefault(value, key)
+        for stage in STAGES:
+            sc = cfg.stage(stage)
+            for key, value in (("data", sc.data), ("image_folder", sc.image_folder),
+                               ("init_connector", None if sc.init_connector == "random" else sc.init_connector)):
+                if value:
+                    wanted.setdefault(value, f"{stage}.{key}" + (f" (variant {cell.variant})" if cell.variant else ""))
+    for i, spec in enumerate(plan.benchmarks):
+        if not is_hub_source(spec.data):
+            wanted.setdefault(spec.data, f"benchmarks[{i}].data ({spec.name})")
+        for key in ("image_folder", "task_types"):
+            if getattr(spec, key):
+                wanted.setdefault(getattr(spec, key), f"benchmarks[{i}].{key} ({spec.name})")
+    return [f"{key} = {value!r}: no such file or folder" for value, key in wanted.items() if not Path(value).exists()]
+
+
+def check_paths(plan: StudyPlan, cells: list[Cell]) -> None:
+    missing = missing_paths(plan, cells)
+    if missing:
+        raise ConfigError(f"{plan.source}: {len(missing)} path(s) the plan names are missing:\n  " + "\n  ".join(missing))

@@ -28,7 +28,7 @@ from ..training.trainer import make_accelerator
 from ..utils.io import atomic_write_json, exclusive
 from ..utils.progress import progress_bar, silence_progress
 from .engines import evaluate_launched, run_stage_here, run_stage_launched
-from .plan import BenchmarkSpec, Cell, StudyPlan, check_inside, describe_cells, expand
+from .plan import BenchmarkSpec, Cell, StudyPlan, check_inside, check_paths, describe_cells, expand
 from .pool import check_no_workers, run_pool, thread_count, torch_threads, worker_count
 
 BLIND = "_blind"  # an evaluation's name suffix for the no-image baseline
@@ -222,6 +222,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
               eval_batch: int = 16) -> StudyRun:
     out = Path(out or plan.output_dir)
     cells = expand(plan, out)
+    check_paths(plan, cells)  # every missing input at once, before any cell starts
     with exclusive(out, "study run"):
         check_no_workers(out)
         check_unchanged(out, cells)
