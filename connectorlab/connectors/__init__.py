@@ -45,7 +45,7 @@ def build_connector(name: str, vision_dim: int, llm_dim: int, grid: tuple[int, i
         valid = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "vision_dim", "llm_dim", "grid")]
         raise InputError(f"connector {name!r}: {err}; valid options: {', '.join(valid) or 'none'}") from None
     except ValueError as err:  # a connector module raises plain ValueError: it is exported as stand-alone remote code
-        raise ConfigError(f"connector {name!r}: {err}") from None
+        raise ConfigError(str(err) if str(err).startswith(f"{name}:") else f"connector {name!r}: {err}") from None
 
 
 __all__ = ["CONNECTORS", "Connector", "FAMILIES", "MECHANISMS", "build_connector"]
