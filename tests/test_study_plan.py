@@ -159,7 +159,7 @@ def test_cell_identity_follows_the_resolved_configuration(tiny_plan):
     (lambda p: p["grid"].update(exclude=[{"size": 32}]), r"grid.exclude\[0\]: unknown field\(s\) size; valid: connector"),
     (lambda p: p["grid"].update(exclude=[{"seed": 0}, {"seed": 1}]), r"grid: every cell is excluded"),
     (lambda p: p["model"].update(connector="mlp"), r"model.connector: set by the grid"),
-    (lambda p: p["training"].update(cache=True), r"training: unknown key\(s\) cache; valid: bf16"),
+    (lambda p: p["training"].update(cache=True), r"training: unknown key\(s\) cache; valid: allow_nonfinite, bf16"),
     (lambda p: p["finetune"].update(micro_batch=3), r"finetune.global_batch = 8 must be a multiple of finetune.micro_batch"),
     (lambda p: p.update(execution={"engine": "kubernetes"}), r"execution.engine = .kubernetes.: must be one of local"),
     (lambda p: p.update(execution={"workers": 0}), r"execution.workers = 0: must be 'auto' or an integer >= 1"),
