@@ -265,9 +265,9 @@ def test_a_cell_whose_answers_name_no_option_is_unreliable_and_judged_nowhere(tw
 
 def test_every_missing_path_of_a_plan_is_named_at_once_before_anything_runs(toy, tmp_path, capsys, monkeypatch):
     import yaml
+    from test_trust import cli
 
     from connectorlab.errors import ConfigError
-    from test_trust import cli
 
     data = plan_data(toy, tmp_path / "study", tmp_path / "no-test.tsv")
     data["pretrain"]["data"] = str(tmp_path / "no-pretrain.json")
@@ -289,3 +289,60 @@ def test_every_missing_path_of_a_plan_is_named_at_once_before_anything_runs(toy,
     from connectorlab.study.plan import expand, missing_paths
 
     assert all("lmms-lab" not in m for m in missing_paths(StudyPlan.from_dict(data), expand(StudyPlan.from_dict(data))))
+
+
+def test_settings_that_change_no_number_are_not_a_cells_identity(two_cells, toy, tmp_path):
+    from connectorlab.study.plan import expand
+
+    data = plan_data(toy, two_cells, toy / "probe" / "test.tsv")
+    data["grid"] = {"connectors": ["mlp", "avgpool"], "resolutions": [32], "tokens": [4]}
+    data["reference_connector"] = "mlp"
+    before = {c.label: c.cell_id for c in expand(StudyPlan.from_dict(data))}
+    data["training"] = {"checkpoint_every": 7, "keep_checkpoints": 5, "log_every": 2}
+    data["execution"] = {"workers": 2}
+    data["pretrain"] = {**data["pretrain"], "image_workers": 1}
+    plan = StudyPlan.from_dict(data)
+    assert {c.label: c.cell_id for c in expand(plan)} == before
+    states = {label: s.finetune_s for label, s in run_study(plan, show_progress=False).states.items()}
+    again = json.loads(cell_file(two_cells, "mlp", "cell.json").read_text())
+    assert again["status"] == "done" and states["mlp-32px-s0"] == again["finetune_s"]  # reused, not trained again
+
+
+def test_cells_removed_from_the_plan_are_named_and_kept_out_unless_asked(two_cells, toy, tmp_path, capsys, monkeypatch):
+    from test_trust import cli
+
+    study = relocate(two_cells, tmp_path / "s")
+    data = plan_data(toy, study, toy / "probe" / "test.tsv")
+    data["grid"] = {"connectors": ["mlp"], "resolutions": [32], "tokens": [4]}  # avgpool removed
+    run_study(StudyPlan.from_dict(data), show_progress=False)
+    code, out, _ = cli(capsys, monkeypatch, "study", "status", study)
+    flat = " ".join(out.split())
+    assert code == 0 and "1 cell(s) outside the plan now (kept on disk, not counted above): avgpool-4t-32px-s0 (done)" in flat
+    assert "1 done" in flat
+    report = Path(write_report(study)["report"]).read_text()
+    assert "1 finished cell(s) are outside the plan now: avgpool-4t-32px-s0" in report
+    assert "| avgpool-4t-32px-s0 |" not in report
+    report = Path(write_report(study, include_orphans=True)["report"]).read_text()
+    assert "| avgpool-4t-32px-s0 |" in report
+    data["grid"] = {"connectors": ["mlp", "avgpool"], "resolutions": [32], "tokens": [4]}  # back in the plan
+    run_study(StudyPlan.from_dict(data), show_progress=False)
+    assert "outside the plan" not in Path(write_report(study)["report"]).read_text()
+
+
+@pytest.mark.parametrize(("grid", "message"), [
+    ({"connectors": ["mlp", "mlp"]}, "grid.connectors: mlp given more than once"),
+    ({"connectors": ["mlp"], "seeds": [0, 0]}, "grid.seeds: 0 given more than once"),
+    ({"connectors": ["mlp"], "resolutions": [32, 32]}, "grid.resolutions: 32 given more than once"),
+    ({"connectors": ["mlp"], "include": [{"connector": "avgpool", "tokens": 4}] * 2}, "grid.include: .* given more than once"),
+    ({"connectors": ["mlp"], "include": [{"connector": "mlp", "resolution": 32}]},
+     "mlp-32px-s0 and mlp-32px-s0 resolve to the same configuration"),
+    ({"connectors": ["avgpool"], "resolutions": [32], "compression": [100]},
+     "compression ratio 100: a 4x4 patch grid gives at most 16x"),
+], ids=["connector", "seed", "resolution", "include", "include-repeats-grid", "ratio"])
+def test_duplicates_and_impossible_ratios_are_refused(toy, tmp_path, grid, message):
+    from connectorlab.errors import ConfigError
+
+    data = plan_data(toy, tmp_path / "study", toy / "probe" / "test.tsv")
+    data["grid"] = {"resolutions": [32], **grid}
+    with pytest.raises(ConfigError, match=message):
+        StudyPlan.from_dict(data)

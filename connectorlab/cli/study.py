@@ -114,6 +114,10 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
                       fmt(state and state.eval_s), (state.error or "") if state else "")
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())), highlight=False)
+    orphans = [(e["label"], s.status) for e, s in study_states(out, orphans=True) if e["orphan"] and s]
+    if orphans:
+        console.print(f"{len(orphans)} cell(s) outside the plan now (kept on disk, not counted above): "
+                      + ", ".join(f"{label} ({status})" for label, status in orphans), highlight=False)
     spent = [sum(v or 0 for v in (s.pretrain_s, s.finetune_s, s.eval_s)) for _, s in states if s and s.status == "done"]
     left = counts.get("pending", 0) + counts.get("running", 0)
     if counts.get("interrupted") or (left and not live):
@@ -147,6 +151,7 @@ def study_report(
     weights: str = typer.Option(None, help="task-type weights of the recommendation, e.g. fine=2,coarse=1,reasoning=1"),
     max_tokens: int = typer.Option(None, min=1, help="recommend only cells with at most this many visual tokens"),
     max_train_s: float = typer.Option(None, min=0, help="recommend only cells trained within this many seconds"),
+    include_orphans: bool = typer.Option(False, help="also report finished cells that the plan no longer has"),
 ):
     """Write results.csv, report.md and the figures from the finished cells of a study folder."""
     from ..study.recommend import Recommendation
@@ -162,6 +167,6 @@ def study_report(
             raise typer.BadParameter("--benchmark is needed with --weights, --max-tokens or --max-train-s")
         rec = Recommendation(benchmark, **({"weights": parsed} if parsed else {}), max_visual_tokens=max_tokens,
                              max_train_s=max_train_s)
-    report = write_report(out, rec)
+    report = write_report(out, rec, include_orphans)
     console.print(f"{report['cells']} finished cells, {report['rows']} rows\nreport: {report['report']}\n"
                   f"results: {report['results']}")

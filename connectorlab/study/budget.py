@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..utils.validation import Range
 
 RATIO = Range(1)  # a compression ratio: at least 1 (1 keeps every patch)
@@ -19,7 +19,11 @@ def tokens_for_ratio(grid: tuple[int, int], ratio: float) -> int:
     the patch grid shrunk by sqrt(ratio), rounded, at least 1 (4x of 6x6 -> 3x3 = 9; 9x of 8x8 -> 3x3 = 9, 7.1x)."""
     if ratio < 1:
         raise InputError(f"compression ratio {ratio}: must be at least 1")
-    side = max(1, round(min(grid) / math.sqrt(ratio)))
+    side = round(min(grid) / math.sqrt(ratio))
+    if side < 1:  # one token would be a larger ratio than asked, labelled as this one
+        most = min(grid) ** 2
+        raise ConfigError(f"compression ratio {ratio:g}: a {grid[0]}x{grid[1]} patch grid gives at most {most}x (one "
+                         f"token of {most} patches); use a ratio up to {most} or a larger resolution")
     return side * side
 
 

@@ -290,6 +290,7 @@ def _grid(data: dict) -> Grid:
         for j, v in enumerate(values):
             if not rule.ok(v):
                 raise ConfigError(f"grid.{axis}[{j}] = {v!r}: must be {rule.describe()}")
+    _check_duplicates(grid)
     if grid.compression is not None and grid.tokens != [None]:
         raise ConfigError("grid.tokens and grid.compression: give the budget axis one way (token counts, or ratios "
                           "of each resolution's patch grid)")
@@ -311,6 +312,20 @@ def _grid(data: dict) -> Grid:
                 raise ConfigError(f"grid.include[{j}]: needs 'connector'")
     _check_reduce(grid.reduce)
     return grid
+
+
+def _check_duplicates(grid: Grid) -> None:
+    """A repeated value on an axis (or a repeated include) would silently run one cell where the plan reads as two, or
+    two where it reads as one: refused, naming it."""
+    seen_connectors = [(c.name, json.dumps(c.options, sort_keys=True)) for c in grid.connectors]
+    axes = {"connectors": [n + (f" {o}" if o != "{}" else "") for n, o in seen_connectors],
+            "resolutions": grid.resolutions, "tokens": grid.tokens, "seeds": grid.seeds,
+            "compression": grid.compression or [],
+            "include": [json.dumps(r, sort_keys=True) for r in grid.include]}
+    for axis, values in axes.items():
+        repeated = sorted({str(v) for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"grid.{axis}: {', '.join(repeated)} given more than once; give each once")
 
 
 def _as_list(value: Any) -> list:
@@ -414,9 +429,13 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
         cells.append(cell)
     if not cells:
         raise ConfigError("grid: every cell is excluded")
-    ids = [c.cell_id for c in cells]
-    if len(set(ids)) != len(ids):
-        raise ConfigError("grid: two cells resolve to the same configuration (an include repeats a grid cell?)")
+    by_id: dict[str, list[str]] = {}
+    for cell in cells:
+        by_id.setdefault(cell.cell_id, []).append(cell.label)
+    same = [labels for labels in by_id.values() if len(labels) > 1]
+    if same:
+        raise ConfigError(f"grid: {' and '.join(same[0])} resolve to the same configuration (an include that repeats a "
+                          "grid cell, or a variant that changes nothing); give each cell once")
     return cells
 
 

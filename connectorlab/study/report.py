@@ -49,13 +49,13 @@ COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression",
 ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
 
 
-def load_cells(out: Path) -> list[dict]:
+def load_cells(out: Path, orphans: bool = False) -> list[dict]:
     """Finished cells with their scores per evaluation (benchmark or benchmark_blind); each training-free reduction of
     a cell's output becomes a cell of its own (family `training-free`, the budget as its tokens, the trained cell's
     times and blind baseline)."""
     cells = []
     timing = read_timing(out)
-    for entry, state in study_states(out):
+    for entry, state in study_states(out, orphans):
         if state is None or state.status != "done":
             continue
         results = {name: json.loads(Path(path).read_text()) for name, path in state.evaluations.items()}
@@ -178,14 +178,15 @@ def check_benchmark(rec: Recommendation | None, meta: dict, tt: pd.DataFrame) ->
         raise InputError(f"--benchmark {rec.benchmark!r}: the study has no such benchmark (it has {', '.join(known)})")
 
 
-def write_report(out: str | Path, recommendation: Recommendation | None = None) -> dict:
+def write_report(out: str | Path, recommendation: Recommendation | None = None, include_orphans: bool = False) -> dict:
     """`recommendation` overrides the plan's `recommend:` (default: the first benchmark, equal task-type weights).
     Failed cells are named; a failed reference cell, or a reference whose answers could not be read, leaves the
     findings, comparisons and recommendation unjudged rather than judged on what is left."""
     out = Path(out)
     meta = json.loads((out / "study.json").read_text())
-    cells = load_cells(out)
+    cells = load_cells(out, include_orphans)
     failed = failed_cells(out)
+    orphaned_cells = [e["label"] for e, s in study_states(out, orphans=True) if e["orphan"] and s and s.status == "done"]
     reference = meta.get("reference_connector")
     reference_failed = [e for e, _ in failed if e["size"]["connector"] == reference]
     orphaned = {setting(e["size"]) for e in reference_failed}  # settings whose reference cell failed
@@ -202,6 +203,10 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None) 
     reduced = len(cells) - trained
     lines += [f"{trained} finished cells of {len(meta['cells'])}"
               + (f", and {reduced} training-free reductions of their outputs." if reduced else "."), ""]
+    if orphaned_cells:
+        lines += [f"{len(orphaned_cells)} finished cell(s) are outside the plan now: {', '.join(orphaned_cells)} ("
+                  + ("included below, as `--include-orphans` asks)." if include_orphans else
+                     "left out of the tables; `study report --include-orphans` puts them in)."), ""]
     lines += failed_section(failed, reference_failed, reference,
                             [c["entry"]["label"] for c in cells if setting(c["entry"]["size"]) in orphaned])
     tt = df[df.level == "task_type"]

@@ -101,6 +101,19 @@ def check_unchanged(out: Path, cells: list[Cell]) -> None:
                          "--out, or remove those cells' folders and their entries from study.json")
 
 
+def outside_plan(out: Path, cells: list[Cell]) -> dict[str, dict]:
+    """The cells of earlier runs of this folder that the plan no longer has (a removed connector, seed, ...), which
+    left a state on disk: kept in study.json as orphans, so that they are reported as such instead of vanishing."""
+    path = out / "study.json"
+    if not path.exists():
+        return {}
+    before = json.loads(path.read_text())
+    labels = {c.label for c in cells}
+    old = {**before.get("orphans", {}), **before["cells"]}
+    return {label: entry for label, entry in old.items()
+            if label not in labels and CellState.read(Path(entry["folder"])) is not None}
+
+
 def load_benchmarks(plan: StudyPlan) -> dict[str, object]:
     loaded = {}
     for spec in plan.benchmarks:
@@ -230,12 +243,17 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
         groups = longest_first(plan, pretrain_groups(cells), {c.label: s for c, s in zip(cells, sizes, strict=True)})
         workers = worker_count(plan.execution.workers, len(groups)) if plan.execution.engine == "local" else 1
         threads = thread_count(plan.execution.threads, workers)
+        orphans = outside_plan(out, cells)
+        if orphans:
+            log.warning("%d cell(s) in %s are outside the plan now: %s (kept on disk; left out of status and the report "
+                        "unless --include-orphans)", len(orphans), out, ", ".join(orphans))
         atomic_write_json(out / "study.json", {
             "plan": plan.source, "name": plan.name, "benchmarks": [b.name for b in plan.benchmarks],
             "workers": workers, "reference_connector": plan.reference_connector,
             "reference_results": plan.reference_results, "recommend": plan.recommend,
             "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
-                                "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)}})
+                                "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)},
+            "orphans": orphans})
         if plan.execution.engine == "slurm":
             return StudyRun(out, cells, submit_cells(plan, cells, out, retry_failed, eval_batch))
         states: dict[str, CellState] = {}
@@ -416,11 +434,16 @@ def submit_cells(plan: StudyPlan, cells: list[Cell], out: Path, retry_failed: bo
     return states
 
 
-def study_states(out: str | Path) -> list[tuple[dict, CellState | None]]:
-    """(entry of study.json, state) per cell, for `study status` and the report."""
+def study_states(out: str | Path, orphans: bool = False) -> list[tuple[dict, CellState | None]]:
+    """(entry of study.json, state) per cell of the plan, for `study status` and the report; with `orphans`, then the
+    cells outside the plan (their entries marked `orphan`)."""
     out = Path(out)
     path = out / "study.json"
     if not path.exists():
         raise MissingPathError(f"{out}: no study.json (not a study folder; `study run` makes one)")
-    entries = json.loads(path.read_text())["cells"]
-    return [({"label": label, **entry}, CellState.read(Path(entry["folder"]))) for label, entry in entries.items()]
+    index = json.loads(path.read_text())
+    entries = [(label, entry, False) for label, entry in index["cells"].items()]
+    if orphans:
+        entries += [(label, entry, True) for label, entry in index.get("orphans", {}).items()]
+    return [({"label": label, **entry, "orphan": orphan}, CellState.read(Path(entry["folder"])))
+            for label, entry, orphan in entries]
