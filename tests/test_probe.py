@@ -272,6 +272,7 @@ def tiny_study(tmp_path_factory):
                         resolutions=[32, 48], reduce={"method": ["random", "cls_attention"], "compression": 4})
     plan["finetune"].update(global_batch=32, micro_batch=32, epochs=1)
     plan["benchmarks"][0]["max_new_tokens"] = 3
+    plan["unreliable_extraction"] = 1.0  # a few steps of training answer in no format yet: the report's mechanics
     qc = QuickstartConfig(
         out=str(out), probe=ProbeParams(image_size=48, n_train=64, n_test=3),
         sizes=TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=1, llm_heads=2),
@@ -343,6 +344,7 @@ def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
     plan["grid"].update(connectors=["mlp", "avgpool"], resolutions=[32])
     plan["finetune"].update(global_batch=32, micro_batch=32, epochs=1)
     plan["benchmarks"][0]["max_new_tokens"] = 3
+    plan["unreliable_extraction"] = 1.0  # a few steps of training answer in no format yet: the report's mechanics
     qc = QuickstartConfig(
         out=str(tmp_path / "qs"), seeds=2, probe=ProbeParams(image_size=32, n_train=64, n_test=3),
         sizes=TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=1, llm_heads=2),

@@ -36,6 +36,7 @@ def study(toy, tmp_path_factory):
         "reference_connector": "mlp",
         "reference_results": str(ROOT / "configs/studies/reference/paper_seedbench_released.csv"),
         "timing": {"rounds": 2, "steps": 1},
+        "unreliable_extraction": 1.0,  # three steps of training answer in no format yet; the report's mechanics are tested
     }
     plan = StudyPlan.from_dict(data)
     result = run_study(plan, show_progress=False)
@@ -187,7 +188,7 @@ def test_timing_runs_after_the_cells_in_one_fresh_process_one_group_at_a_time(st
     bar = SimpleNamespace(add_task=lambda *a, **k: 0, advance=lambda *a: None)
     pools = []
 
-    def fake_pool(jobs, workers, threads, on_result, on_error):  # every job fails; the pool's follow-ups kept
+    def fake_pool(jobs, workers, threads, on_result, on_error, folder=None):  # every job fails; the pool's follow-ups kept
         jobs = list(jobs)
         pools.append((workers, jobs, [on_result(jobs[0][0], jobs[0][1], {})]
                       + [on_error(job, args, RuntimeError("not run")) for job, args in jobs]))

@@ -25,7 +25,7 @@ from ..model.shape import ModelShape
 from ..reduction import METHODS, Reduction
 from ..training.config import STAGES, TrainConfig
 from ..training.run_folder import RESULT_NEUTRAL, flatten
-from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
+from ..utils.validation import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
 from .budget import RATIO, budget_label, tokens_for_ratio
 
 BENCHMARK_NAMES = ("mmbench", "mme", "seedbench", "probe")
@@ -212,6 +212,8 @@ class StudyPlan:
     reference_connector: str | None = None  # training time is reported relative to it
     reference_results: str | None = None  # a results.csv made elsewhere (e.g. the paper's released numbers)
     recommend: dict[str, Any] | None = None  # benchmark, weights, max_visual_tokens, max_train_s
+    # Above this share of answers that name no option, a cell's accuracy on a benchmark is judged in no finding
+    unreliable_extraction: float = 0.2
     output_dir: str = "runs/study"
     name: str = "study"
     source: str = "<python>"
@@ -249,6 +251,7 @@ class StudyPlan:
             raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
         plan = from_mapping(cls, {**data, "source": source}, "plan")
         check_name(plan.name, "name")
+        check_ranges(plan, {"unreliable_extraction": FRACTION}, "")
         if plan.reference_connector and plan.reference_connector not in {c.name for c in plan.grid.connectors}:
             raise ConfigError(f"reference_connector = {plan.reference_connector!r}: not among grid.connectors")
         if plan.recommend is not None:

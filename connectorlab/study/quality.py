@@ -21,9 +21,9 @@ def extraction_failure_rate(scores: dict) -> float | None:
     return scores.get("extraction_failures", 0) / answers if answers else None
 
 
-def unreliable(cells: list[dict]) -> set[tuple[str, str]]:
+def unreliable(cells: list[dict], limit: float = UNRELIABLE_EXTRACTION) -> set[tuple[str, str]]:
     return {(c["entry"]["label"], bench) for c in cells for bench, s in c["scores"].items()
-            if (extraction_failure_rate(s) or 0) > UNRELIABLE_EXTRACTION}
+            if (extraction_failure_rate(s) or 0) > limit}
 
 
 def reliable_only(cells: list[dict], bad: set[tuple[str, str]]) -> list[dict]:
@@ -54,10 +54,10 @@ def failed_section(failed: list[tuple[dict, str]], reference_failed: list[dict],
     return lines + ["", "`study run --retry-failed` runs failed cells again.", ""]
 
 
-def unreliable_section(bad: set[tuple[str, str]]) -> list[str]:
+def unreliable_section(bad: set[tuple[str, str]], limit: float = UNRELIABLE_EXTRACTION) -> list[str]:
     if not bad:
         return []
-    return [f"## Unreliable accuracies (more than {100 * UNRELIABLE_EXTRACTION:.0f} % of the answers name no option)",
+    return [f"## Unreliable accuracies (more than {100 * limit:.0f} % of the answers name no option)",
             "", *[f"- {cell} on {bench}: judged in no finding, comparison or recommendation" for cell, bench in sorted(bad)],
             ""]
 

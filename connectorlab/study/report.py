@@ -183,14 +183,15 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
     Failed cells are named; a failed reference cell, or a reference whose answers could not be read, leaves the
     findings, comparisons and recommendation unjudged rather than judged on what is left."""
     out = Path(out)
+    cells = load_cells(out, include_orphans)  # first: it names a folder that is not a study
     meta = json.loads((out / "study.json").read_text())
-    cells = load_cells(out, include_orphans)
     failed = failed_cells(out)
     orphaned_cells = [e["label"] for e, s in study_states(out, orphans=True) if e["orphan"] and s and s.status == "done"]
     reference = meta.get("reference_connector")
     reference_failed = [e for e, _ in failed if e["size"]["connector"] == reference]
     orphaned = {setting(e["size"]) for e in reference_failed}  # settings whose reference cell failed
-    bad = unreliable(cells)
+    limit = meta.get("unreliable_extraction", UNRELIABLE_EXTRACTION)
+    bad = unreliable(cells, limit)
     judged = [c for c in reliable_only(cells, bad) if setting(c["entry"]["size"]) not in orphaned]
     df = with_blind(pd.DataFrame([r for c in cells for r in _rows(c)], columns=COLUMNS))
     check_benchmark(recommendation, meta, df)
@@ -211,8 +212,8 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
                             [c["entry"]["label"] for c in cells if setting(c["entry"]["size"]) in orphaned])
     tt = df[df.level == "task_type"]
     lines += data_section(cells)
-    lines += tables_section(tt)
-    lines += unreliable_section(bad)
+    lines += tables_section(tt, limit)
+    lines += unreliable_section(bad, limit)
     kept = {c["entry"]["label"] for c in judged}
     judged_tt = tt[[c in kept and (c, b) not in bad for c, b in zip(tt.cell, tt.benchmark.str.removesuffix(BLIND),
                                                                     strict=True)]]
@@ -241,7 +242,7 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
             "report": str(out / "report.md"), "results": str(out / "results.csv")}
 
 
-def tables_section(tt: pd.DataFrame) -> list[str]:
+def tables_section(tt: pd.DataFrame, limit: float = UNRELIABLE_EXTRACTION) -> list[str]:
     """Per benchmark, a row per cell: accuracy by task type with its interval and, where run, the no-image baseline."""
     lines = []
     for bench, part in tt[~tt.benchmark.str.endswith(BLIND)].groupby("benchmark", sort=True):
@@ -256,7 +257,7 @@ def tables_section(tt: pd.DataFrame) -> list[str]:
                     + (f" ({100 * by[t].blind_accuracy:.1f})" if pd.notna(by[t].blind_accuracy) else "") if t in by else "-"
                     for t in TYPES]
             rate = first.extraction_failure_rate
-            flag = " (unreliable)" if pd.notna(rate) and rate > UNRELIABLE_EXTRACTION else ""
+            flag = " (unreliable)" if pd.notna(rate) and rate > limit else ""
             lines.append(f"| {cell}{flag} | {first.family} | {first.visual_tokens} | " + " | ".join(cols)
                          + f" | {'-' if pd.isna(rate) else f'{100 * rate:.1f}'} | {first.pretrain_s:.1f} | "
                          f"{first.finetune_s:.1f} |")

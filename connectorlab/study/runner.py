@@ -251,6 +251,7 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
             "plan": plan.source, "name": plan.name, "benchmarks": [b.name for b in plan.benchmarks],
             "workers": workers, "reference_connector": plan.reference_connector,
             "reference_results": plan.reference_results, "recommend": plan.recommend,
+            "unreliable_extraction": plan.unreliable_extraction,
             "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
                                 "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)},
             "orphans": orphans})

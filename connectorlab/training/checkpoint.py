@@ -163,6 +163,12 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharde
         return _load(accelerator, path, model, optimizer, scheduler, sharded)
 
 
+def _tensors(path: Path):
+    """A weights-only torch file of the checkpoint, a failure naming the file itself."""
+    with reading(path, "tensors"):
+        return torch.load(path, weights_only=True)
+
+
 def _load(accelerator, path: Path, model, optimizer, scheduler, sharded: bool) -> dict:
     state = json.loads((path / "state.json").read_text())
     written = state.get("sharding", "none")
@@ -171,10 +177,10 @@ def _load(accelerator, path: Path, model, optimizer, scheduler, sharded: bool) -
                          f"{'fsdp' if sharded else 'none'!r} (resume with the setting that wrote it)")
     if sharded:
         load_sharded(path / SHARDED, model, optimizer)
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        scheduler.load_state_dict(_tensors(path / "scheduler.pt"))
         rng = path / f"rng-rank{accelerator.process_index}.pt"
         if state["processes"] == accelerator.num_processes:
-            set_rng_state(torch.load(rng, weights_only=True))
+            set_rng_state(_tensors(rng))
         else:
             state["resharded_from"] = state["processes"]
         return state
@@ -190,7 +196,7 @@ def _load(accelerator, path: Path, model, optimizer, scheduler, sharded: bool) -
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    set_rng_state(torch.load(path / f"rng-rank{accelerator.process_index}.pt", weights_only=True))
+    optimizer.load_state_dict(_tensors(path / "optimizer.pt"))
+    scheduler.load_state_dict(_tensors(path / "scheduler.pt"))
+    set_rng_state(_tensors(path / f"rng-rank{accelerator.process_index}.pt"))
     return state
