@@ -76,3 +76,18 @@ def run_cli(args, **kw):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "connectorlab", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, **kw)
+
+
+def main_in_process(capsys, monkeypatch, *args) -> tuple[int, str, str]:
+    """`connectorlab ARGS` in this process, through the same entry point as the console script: (exit code, out, err)."""
+    from connectorlab.cli import main
+
+    monkeypatch.setenv("COLUMNS", "250")
+    monkeypatch.setattr(sys, "argv", ["connectorlab", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

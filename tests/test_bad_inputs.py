@@ -32,7 +32,7 @@ from connectorlab.training.trainer import run_stage, train
 from connectorlab.utils.io import BusyError, DiskFullError, atomic_dir, atomic_write_json, exclusive
 from connectorlab.utils.validation import ConfigError
 
-from conftest import ROOT, write_config
+from conftest import ROOT, main_in_process, write_config
 
 
 def config(toy: Path, out: Path, **extra) -> TrainConfig:
@@ -40,18 +40,7 @@ def config(toy: Path, out: Path, **extra) -> TrainConfig:
 
 
 def cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """`connectorlab ARGS` in this process, through the same entry point as the console script."""
-    from connectorlab.cli import main
-
-    monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr(sys, "argv", ["connectorlab", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return main_in_process(capsys, monkeypatch, *args)
 
 
 def truncated_copy(src: Path, dst: Path) -> Path:

@@ -15,19 +15,11 @@ from connectorlab.model.mllm import MultimodalLM
 from connectorlab.utils.io import OUTPUT_MARKER, check_output
 from connectorlab.utils.weights import read_tensors
 
+from conftest import main_in_process
+
 
 def cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    from connectorlab.cli import main
-
-    monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr(sys, "argv", ["connectorlab", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+    return main_in_process(capsys, monkeypatch, *args)
 
 
 @pytest.fixture(scope="module")
