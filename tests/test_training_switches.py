@@ -118,3 +118,18 @@ def test_a_tracker_without_its_package_is_refused_before_training(toy, tmp_path,
     with pytest.raises(ValueError, match="report_to = 'wandb' needs the wandb package"):
         train(config(toy, tmp_path / "wandb", report_to="wandb"), ["pretrain"])
     assert not (tmp_path / "wandb/pretrain/log.jsonl").exists()
+
+
+@pytest.mark.parametrize(("var", "engine"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+                                             ("ACCELERATE_USE_FSDP", "Accelerate's FSDP plugin")])
+def test_a_sharding_engine_the_launch_asks_for_is_never_dropped_silently_on_a_cpu(monkeypatch, var, engine):
+    """`accelerate launch --config_file configs/accelerate/zero3.yaml` on a CPU used to train as plain DDP."""
+    import torch
+
+    from connectorlab.errors import ConfigError
+    from connectorlab.training.trainer import make_accelerator
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(ConfigError, match=f"this launch asks for {engine}"):
+        make_accelerator()

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,26 @@ from .tracking import check_tracker, open_tracker
 log = logging.getLogger("connectorlab.train")
 
 
+def requested_engine() -> str | None:
+    """The sharding engine an `accelerate launch` config asks for (Accelerate passes it on in the environment)."""
+    from accelerate.utils import str_to_bool
+
+    for name, var in (("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"), ("Accelerate's FSDP plugin", "ACCELERATE_USE_FSDP")):
+        if str_to_bool(os.environ.get(var, "false")):
+            return name
+    return None
+
+
 def make_accelerator() -> Accelerator:
-    # Text-only batches leave the connector unused; DDP must tolerate that. Without a GPU, `cpu=True`
-    # lets a multi-process launch (`accelerate launch --multi_gpu`, torchrun) use gloo on the CPU.
+    """Text-only batches leave the connector unused; DDP must tolerate that. Without a GPU, `cpu=True` lets a
+    multi-process launch (`accelerate launch --multi_gpu`, torchrun) use gloo on the CPU; but `cpu=True` also drops a
+    DeepSpeed or FSDP-plugin launch config silently (the run would be plain DDP), so such a launch is refused here,
+    as `check_engine` refuses it on a GPU."""
+    engine = requested_engine()
+    if engine is not None and not torch.cuda.is_available():
+        raise ConfigError(f"this launch asks for {engine}, which connectorlab does not run yet (on a CPU it would "
+                          "silently train as plain data parallel); launch as plain multi-process "
+                          "(configs/accelerate/ddp.yaml) and set sharding: fsdp for sharded training")
     return Accelerator(cpu=not torch.cuda.is_available(),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
