@@ -91,3 +91,29 @@ def main_in_process(capsys, monkeypatch, *args) -> tuple[int, str, str]:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+LAUNCH_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def free_port() -> int:
+    """A port of its own for each launch: a killed launch's rendezvous port may linger a moment."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config: Path, *args: str, processes: int = 2) -> subprocess.Popen:
+    multi = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "--num_processes", str(processes), *multi,
+           "-m", "connectorlab", "train", "--config", str(config), *args]
+    return subprocess.Popen(cmd, cwd=ROOT, env=LAUNCH_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]

@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,32 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_cli, write_config
-
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    """A port of its own for each launch: a killed launch's rendezvous port may linger a moment."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(config: Path, *args: str, processes: int = 2) -> subprocess.Popen:
-    multi = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_processes", str(processes), *multi,
-           "-m", "connectorlab", "train", "--config", str(config), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
-def finish(proc: subprocess.Popen) -> None:
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
+from conftest import finish, launch, run_cli, write_config
 
 
 def losses(path: Path) -> list[float]:

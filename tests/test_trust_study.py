@@ -17,6 +17,8 @@ from connectorlab.study.plan import StudyPlan
 from connectorlab.study.report import write_report
 from connectorlab.study.runner import run_study
 
+from conftest import main_in_process as cli
+
 
 def plan_data(toy: Path, out: Path, test_tsv: Path, **benchmark) -> dict:
     probe = toy / "probe"
@@ -176,7 +178,6 @@ def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy,
 
 
 def test_status_of_a_killed_study_says_interrupted_not_running(tmp_path, capsys, monkeypatch):
-    from test_trust import cli
 
     from connectorlab.study.runner import CellState
     from connectorlab.utils.io import exclusive
@@ -265,7 +266,6 @@ def test_a_cell_whose_answers_name_no_option_is_unreliable_and_judged_nowhere(tw
 
 def test_every_missing_path_of_a_plan_is_named_at_once_before_anything_runs(toy, tmp_path, capsys, monkeypatch):
     import yaml
-    from test_trust import cli
 
     from connectorlab.errors import ConfigError
 
@@ -309,7 +309,6 @@ def test_settings_that_change_no_number_are_not_a_cells_identity(two_cells, toy,
 
 
 def test_cells_removed_from_the_plan_are_named_and_kept_out_unless_asked(two_cells, toy, tmp_path, capsys, monkeypatch):
-    from test_trust import cli
 
     study = relocate(two_cells, tmp_path / "s")
     data = plan_data(toy, study, toy / "probe" / "test.tsv")

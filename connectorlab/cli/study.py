@@ -96,13 +96,14 @@ def exit_if_failed(failed: list[str], retry: str) -> None:
 def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, help="study folder")):
     """A table of cells: status, time spent per stage and in evaluation, the error of a failed cell."""
     from ..study.runner import study_states
+    from ..utils.io import LOCK_NAME, is_locked
 
     table = Table(title=f"study {out}")
     for col in ("cell", "status", "pre-train s", "fine-tune s", "eval s", "error"):
         table.add_column(col, no_wrap=col != "error")
     counts: dict[str, int] = {}
     states = study_states(out)
-    live = is_held(out)
+    live = is_locked(out / LOCK_NAME)  # a `study run` holds the folder now
     for entry, state in states:
         status = state.status if state else "pending"
         if status == "running" and not live:  # no process holds the study: it was killed or stopped mid-cell
@@ -129,19 +130,6 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
         console.print(f"ETA about {eta / 60:.1f} min for {left} unfinished cell(s), at the mean time of the {len(spent)} "
                       f"finished one(s){f' over {workers} worker processes' if workers > 1 else ''} (an over-estimate "
                       "where cells share stage 1)", highlight=False)
-
-
-def is_held(out: Path) -> bool:
-    """Whether a `study run` holds the study folder's lock now."""
-    from filelock import FileLock, Timeout
-
-    lock = FileLock(str(out / ".lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return True
-    lock.release()
-    return False
 
 
 @study_app.command("report")

@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from ..data.skips import SkipReport
+from ..utils.io import file_sha256
 
 
 @dataclass
@@ -53,11 +54,7 @@ def file_digest(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _FILE_DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
-        _FILE_DIGESTS[key] = digest.hexdigest()
+        _FILE_DIGESTS[key] = file_sha256(path)
     return _FILE_DIGESTS[key]
 
 

@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from ..errors import BusyError
+from ..utils.io import is_locked
 
 
 def worker_count(workers: int | str, jobs: int) -> int:
@@ -86,14 +87,10 @@ def check_no_workers(folder: Path) -> None:
     """Refuse to start while worker processes of an earlier run of `folder` are alive (their locks are held); the
     locks of ended ones are removed."""
     for path in sorted(folder.glob(WORKER_LOCK.format(pid="*"))):
-        lock = FileLock(str(path))
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
+        if is_locked(path):
             pid = path.name.split("-")[1].split(".")[0]
             raise BusyError(f"{folder}: a worker process of an earlier run (pid {pid}) still runs; wait for it to end "
-                            f"or stop it (kill {pid})") from None
-        lock.release()
+                            f"or stop it (kill {pid})")
         path.unlink(missing_ok=True)
 
 

@@ -188,17 +188,18 @@ PREDICTION_KEYS = ("data_fingerprint", "max_new_tokens")  # the others change th
 INFO_KEYS = ("data",)  # where the content was found
 
 
-def stale_evaluations(plan: StudyPlan, cell: Cell, state: CellState, benchmarks: dict) -> dict[str, list[str]]:
-    """Each evaluation to (re)make, with what changed since it was made ([] when it was never made)."""
+def stale_evaluations(plan: StudyPlan, cell: Cell, state: CellState, benchmarks: dict) -> dict[str, tuple[list[str], dict]]:
+    """Each evaluation to (re)make: what changed since it was made ([] when it was never made), and its identity now."""
     out = {}
     for name, spec, _, _ in evaluations(plan, cell):
         new, old = evaluation_identity(spec, benchmarks[spec.name]), state.eval_identity.get(name)
         if name not in state.evaluations:
-            out[name] = []
+            out[name] = ([], new)
         elif old is None:
-            out[name] = ["made before benchmark identities were recorded"]
+            out[name] = (["made before benchmark identities were recorded"], new)
         elif any(old.get(k) != new[k] for k in new if k not in INFO_KEYS):
-            out[name] = [f"{k}: {old.get(k)} -> {new[k]}" for k in new if k not in INFO_KEYS and old.get(k) != new[k]]
+            out[name] = ([f"{k}: {old.get(k)} -> {new[k]}" for k in new if k not in INFO_KEYS and old.get(k) != new[k]],
+                         new)
     return out
 
 
@@ -213,11 +214,11 @@ def evaluate_cell(plan: StudyPlan, cell: Cell, model_path: Path, benchmarks: dic
     t0 = time.perf_counter()
     for name, spec, blind, reduction in todo:
         target = check_inside(cell_folder(cell) / "eval" / name, cell_folder(cell), "the evaluation folder")
-        identity = evaluation_identity(spec, benchmarks[spec.name])
+        changes, identity = stale[name]
         old = state.eval_identity.get(name)
-        redo = bool(stale[name]) and (old is None or any(old.get(k) != identity[k] for k in PREDICTION_KEYS))
-        if stale[name]:
-            log.warning("%s: re-evaluating %s (%s)%s", cell.label, name, "; ".join(stale[name]),
+        redo = bool(changes) and (old is None or any(old.get(k) != identity[k] for k in PREDICTION_KEYS))
+        if changes:
+            log.warning("%s: re-evaluating %s (%s)%s", cell.label, name, "; ".join(changes),
                         "" if redo else ", its predictions kept and scored again")
         note(f"evaluating {name}")
         if model is None:

@@ -10,7 +10,6 @@ cannot run code.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -23,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import CheckpointError, InputError
-from ..utils.io import DiskFullError, atomic_write_json, free_mib, is_disk_full
+from ..utils.io import DiskFullError, atomic_write_json, file_sha256, free_mib, is_disk_full
 from ..utils.weights import reading
 from .sharding import load_sharded, save_sharded
 
@@ -102,17 +101,9 @@ def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, sche
     return final
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest(folder: Path) -> dict:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    return {"files": {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": sha256(p)} for p in files}}
+    return {"files": {str(p.relative_to(folder)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}}
 
 
 def verify(path: Path) -> str | None:
@@ -130,7 +121,7 @@ def verify(path: Path) -> str | None:
             return f"{file} is missing"
         if file.stat().st_size != want["bytes"]:
             return f"{file} has {file.stat().st_size} bytes, {want['bytes']} were written"
-        if sha256(file) != want["sha256"]:
+        if file_sha256(file) != want["sha256"]:
             return f"{file} does not match the sha256 it was written with (changed or corrupted on disk)"
     return None
 

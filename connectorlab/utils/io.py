@@ -161,17 +161,20 @@ def free_mib(folder: Path) -> float:
     return float("nan")
 
 
+LOCK_NAME = ".lock"  # held in an output folder by the one process writing it
+
+
 @contextlib.contextmanager
 def exclusive(folder: str | Path, what: str) -> Iterator[None]:
     """Hold `folder/.lock` for the duration, or refuse at once: two runs into one folder would compute
     everything twice and interleave their writes."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(folder / ".lock"))
+    lock = FileLock(str(folder / LOCK_NAME))
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise BusyError(f"{folder} is in use by another {what} (lock {folder / '.lock'} is held); "
+        raise BusyError(f"{folder} is in use by another {what} (lock {folder / LOCK_NAME} is held); "
                         "wait for it to finish or use another output folder") from None
     try:
         yield
@@ -195,6 +198,31 @@ def read_utf8(path: str | Path) -> str:
         raise InputError(f"{path}: not UTF-8 text: {kind}; re-save it as UTF-8") from None
 
 
+def update_with_file(digest, path: Path) -> None:
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+
+
+def file_sha256(path: str | Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    update_with_file(digest, Path(path))
+    return digest.hexdigest()
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether another process holds the lock file at `path` now (without waiting, and without keeping it)."""
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def fingerprint_folder(folder: str | Path) -> str:
     """sha256 over every file of a folder (relative path and content, hidden files excepted): a model retrained
     in place gets a new fingerprint even though its path is the same."""
@@ -207,8 +235,6 @@ def fingerprint_folder(folder: str | Path) -> str:
         if any(part.startswith(".") for part in rel.parts):
             continue
         digest.update(str(rel).encode() + b"\0")
-        with path.open("rb") as f:
-            while chunk := f.read(1 << 22):
-                digest.update(chunk)
+        update_with_file(digest, path)
         digest.update(b"\0")
     return "sha256:" + digest.hexdigest()
