@@ -105,15 +105,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(config: Path, *args: str, processes: int = 2) -> subprocess.Popen:
-    multi = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--num_processes", str(processes), *multi,
-           "-m", "connectorlab", "train", "--config", str(config), *args]
+def launch(config: Path, *args: str, processes: int = 2, config_file: Path | None = None) -> subprocess.Popen:
+    """`accelerate launch ... connectorlab train`: plain multi-process, or from an Accelerate launch config file."""
+    if config_file is not None:
+        how = ["--config_file", str(config_file), "--num_processes", str(processes), "--main_process_port", str(free_port())]
+    else:
+        multi = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
+        how = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes",
+               str(processes), *multi]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "-m", "connectorlab", "train", "--config",
+           str(config), *args]
     return subprocess.Popen(cmd, cwd=ROOT, env=LAUNCH_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
 
 
-def finish(proc: subprocess.Popen) -> None:
+def torchrun(config: Path, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """A launched run of any process count, one included (a launcher sets LOCAL_RANK, as `accelerate launch` does
+    for two or more)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+           str(free_port()), "-m", "connectorlab", "train", "--config", str(config), *args]
+    return subprocess.run(cmd, cwd=ROOT, env=LAUNCH_ENV, capture_output=True, text=True, timeout=600)
+
+
+EXIT_ABORT = "terminate called without an active exception"  # gloo/DeepSpeed threads at interpreter exit
+
+
+def finish(proc: subprocess.Popen, written: Path | None = None) -> None:
+    """The launch succeeded. With `written` (a file the run writes last), a launch that finished its work and then
+    aborted at interpreter exit counts as finished: the test judges the files, as the issue of that abort asks."""
     _, err = proc.communicate(timeout=600)
+    if proc.returncode != 0 and written is not None and EXIT_ABORT in err and written.exists():
+        return
     assert proc.returncode == 0, err[-3000:]

@@ -120,16 +120,34 @@ def test_a_tracker_without_its_package_is_refused_before_training(toy, tmp_path,
     assert not (tmp_path / "wandb/pretrain/log.jsonl").exists()
 
 
-@pytest.mark.parametrize(("var", "engine"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
-                                             ("ACCELERATE_USE_FSDP", "Accelerate's FSDP plugin")])
-def test_a_sharding_engine_the_launch_asks_for_is_never_dropped_silently_on_a_cpu(monkeypatch, var, engine):
-    """`accelerate launch --config_file configs/accelerate/zero3.yaml` on a CPU used to train as plain DDP."""
+@pytest.mark.parametrize(("env", "sharding", "refusal"), [
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "none",
+     "asks for ZeRO stage 3 while the training config has sharding: none"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, "zero3",
+     "asks for ZeRO stage 2 while the training config has sharding: zero3"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
+      "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, "zero3", "does not run ZeRO-Offload"),
+    ({}, "zero2", "runs under a launcher"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "none", "this launch asks for Accelerate's FSDP plugin"),
+], ids=["zero3-launch-none-config", "stages-disagree", "offload", "zero-without-launcher", "fsdp-plugin"])
+def test_a_sharding_engine_the_launch_asks_for_is_never_dropped_silently_on_a_cpu(monkeypatch, env, sharding, refusal):
+    """`accelerate launch --config_file configs/accelerate/zero3.yaml` on a CPU used to train as plain DDP; a launch
+    config either agrees with the training config's engine and runs it (tests/test_zero_training.py) or is refused."""
     import torch
 
     from connectorlab.errors import ConfigError
     from connectorlab.training.trainer import make_accelerator
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv(var, "true")
-    with pytest.raises(ConfigError, match=f"this launch asks for {engine}"):
-        make_accelerator()
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    for var, value in env.items():
+        monkeypatch.setenv(var, value)
+    with pytest.raises(ConfigError, match=refusal):
+        make_accelerator(sharding)
+
+
+def test_fp16_is_refused_with_zero():
+    from connectorlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fp16 with sharding: zero2 is not supported"):
+        TrainConfig.from_dict({"model": {"vision": "v", "llm": "l"}, "fp16": True, "sharding": "zero2"})

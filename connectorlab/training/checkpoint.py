@@ -2,7 +2,8 @@
 
 A checkpoint holds only what training changes (trainable weights, optimizer, scheduler), every
 process's RNG states and the data position; frozen weights are never written. Replicated runs (one
-process, DDP) write the main process's copy; FSDP runs write torch DCP shards, every process its own.
+process, DDP) write the main process's copy; FSDP runs write torch DCP shards, every process its own; ZeRO runs
+write DeepSpeed's own checkpoint (every process its partition, see `zero`).
 It is written into a hidden temporary folder and
 renamed into place, so `--resume` only ever sees complete ones. Everything in it loads with
 `torch.load(weights_only=True)` or as safetensors/JSON: resuming from a checkpoint someone else made
@@ -24,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import CheckpointError, InputError
 from ..utils.io import DiskFullError, atomic_write_json, file_sha256, free_mib, is_disk_full
 from ..utils.weights import reading
+from . import zero
 from .sharding import load_sharded, save_sharded
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
@@ -62,8 +64,8 @@ def list_checkpoints(folder: Path) -> list[Path]:
 
 
 def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, scheduler, state: dict, keep: int,
-                    sharded: bool = False) -> Path:
-    """Collective: every process calls it (each saves its own RNG state, and under FSDP its own shards)."""
+                    sharding: str = "none") -> Path:
+    """Collective: every process calls it (each saves its own RNG state, and under FSDP or ZeRO its own shards)."""
     final = folder / f"step-{step:07d}"
     marker = folder / f".step-{step:07d}.tmp"  # a fixed name that every process can find
     if accelerator.is_main_process:
@@ -72,15 +74,17 @@ def save_checkpoint(accelerator, folder: Path, step: int, model, optimizer, sche
     accelerator.wait_for_everyone()
     try:
         torch.save(rng_state(), marker / f"rng-rank{accelerator.process_index}.pt")
-        if sharded:
+        if sharding == "fsdp":
             save_sharded(marker / SHARDED, model, optimizer)
+        elif zero.is_zero(sharding):
+            zero.save(marker / zero.ZERO_DIR, model)
         if accelerator.is_main_process:
-            if not sharded:  # replicated (one process, DDP): the main process's copy is everyone's
+            if sharding == "none":  # replicated (one process, DDP): the main process's copy is everyone's
                 save_file(trainable_state(accelerator.unwrap_model(model)), str(marker / "trainable.safetensors"))
                 torch.save(optimizer.state_dict(), marker / "optimizer.pt")
             torch.save(scheduler.state_dict(), marker / "scheduler.pt")
             atomic_write_json(marker / "state.json", {**state, "step": step, "processes": accelerator.num_processes,
-                                                      "sharding": "fsdp" if sharded else "none"})
+                                                      "sharding": sharding})
     except (OSError, RuntimeError) as err:
         full = is_disk_full(err, folder)
         shutil.rmtree(marker, ignore_errors=True)
@@ -147,11 +151,12 @@ def newest_valid(folder: Path, log) -> Path | None:
     return None
 
 
-def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharded: bool = False) -> dict:
-    """Replicated checkpoints resume with the process count that wrote them; FSDP ones with any (DCP reshards the
-    weights and optimizer state; the data order is global, so only the per-process RNG streams start afresh)."""
+def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler, sharding: str = "none") -> dict:
+    """Replicated and ZeRO checkpoints resume with the process count that wrote them; FSDP ones with any (DCP
+    reshards the weights and optimizer state; the data order is global, so only the per-process RNG streams start
+    afresh)."""
     with reading(path, "the checkpoint"):
-        return _load(accelerator, path, model, optimizer, scheduler, sharded)
+        return _load(accelerator, path, model, optimizer, scheduler, sharding)
 
 
 def _tensors(path: Path):
@@ -160,13 +165,13 @@ def _tensors(path: Path):
         return torch.load(path, weights_only=True)
 
 
-def _load(accelerator, path: Path, model, optimizer, scheduler, sharded: bool) -> dict:
+def _load(accelerator, path: Path, model, optimizer, scheduler, sharding: str) -> dict:
     state = json.loads((path / "state.json").read_text())
     written = state.get("sharding", "none")
-    if written != ("fsdp" if sharded else "none"):
-        raise InputError(f"{path}: written with sharding = {written!r}; this run has sharding = "
-                         f"{'fsdp' if sharded else 'none'!r} (resume with the setting that wrote it)")
-    if sharded:
+    if written != sharding:
+        raise InputError(f"{path}: written with sharding = {written!r}; this run has sharding = {sharding!r} (resume "
+                         "with the setting that wrote it)")
+    if sharding == "fsdp":
         load_sharded(path / SHARDED, model, optimizer)
         scheduler.load_state_dict(_tensors(path / "scheduler.pt"))
         rng = path / f"rng-rank{accelerator.process_index}.pt"
@@ -176,9 +181,21 @@ def _load(accelerator, path: Path, model, optimizer, scheduler, sharded: bool) -
             state["resharded_from"] = state["processes"]
         return state
     if state["processes"] != accelerator.num_processes:
+        why = ("its optimizer state is partitioned per process, and connectorlab does not convert it (DeepSpeed's "
+               "universal checkpoint)" if zero.is_zero(sharding) else "that would change the RNG streams")
         raise InputError(f"{path}: written by {state['processes']} processes; resuming with "
-                         f"{accelerator.num_processes} would change the RNG streams (exact resume needs the same count; "
-                         "sharding: fsdp checkpoints reshard)")
+                         f"{accelerator.num_processes} is refused: {why}; exact resume needs the same count "
+                         "(sharding: fsdp checkpoints reshard)")
+    if zero.is_zero(sharding):
+        zero.load(path / zero.ZERO_DIR, model)
+    else:
+        load_replicated(accelerator, path, model, optimizer)
+    scheduler.load_state_dict(_tensors(path / "scheduler.pt"))
+    set_rng_state(_tensors(path / f"rng-rank{accelerator.process_index}.pt"))
+    return state
+
+
+def load_replicated(accelerator, path: Path, model, optimizer) -> None:
     weights = load_file(str(path / "trainable.safetensors"))
     params = dict(accelerator.unwrap_model(model).named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -188,6 +205,3 @@ def _load(accelerator, path: Path, model, optimizer, scheduler, sharded: bool) -
         for name, tensor in weights.items():
             params[name].copy_(tensor)
     optimizer.load_state_dict(_tensors(path / "optimizer.pt"))
-    scheduler.load_state_dict(_tensors(path / "scheduler.pt"))
-    set_rng_state(_tensors(path / f"rng-rank{accelerator.process_index}.pt"))
-    return state

@@ -102,7 +102,8 @@ class TrainConfig:
     compile_connector: bool = False  # torch.compile the connector's forward (in place: its weight names stay)
     peak_tflops: float | None = None  # per process, for MFU; default: known for common GPUs, none on CPU
     report_to: str = "none"  # none | tensorboard | wandb | mlflow: Accelerate's trackers get the step log's scalars
-    sharding: str = "none"  # none: replicated (one process, DDP) | fsdp: torch FSDP2 over the launch's processes
+    # none: replicated (one process, DDP) | fsdp: torch FSDP2 | zero2, zero3: DeepSpeed ZeRO, over the launch's processes
+    sharding: str = "none"
     allow_nonfinite: bool = False  # keep training through a NaN or infinite loss (default: stop at that step)
 
     RANGES = {"seed": NON_NEGATIVE_INT, "checkpoint_every": POSITIVE_INT, "keep_checkpoints": NON_NEGATIVE_INT,
@@ -114,6 +115,9 @@ class TrainConfig:
         check_choice(self.sharding, SHARDINGS, "sharding")
         if self.bf16 and self.fp16:
             raise ConfigError("bf16 and fp16 are both true: choose one mixed precision")
+        if self.fp16 and self.sharding.startswith("zero"):  # DeepSpeed scales fp16 losses itself, not a GradScaler
+            raise ConfigError(f"fp16 with sharding: {self.sharding} is not supported (DeepSpeed's own loss scaling is not "
+                              "wired in); use bf16")
         for name in STAGES:
             stage = self.stage(name)
             fills = {k: v for k, v in STAGE_DEFAULTS[name].items() if getattr(stage, k) is None}

@@ -20,6 +20,7 @@ from .checkpoint import save_checkpoint
 from .config import StageConfig, TrainConfig
 from .feature_cache import FeatureCache
 from .metrics import StepLog, peak_memory_mb
+from . import zero
 from .sharding import set_gradient_sync
 from .stage_data import StageData
 from .throughput import FlopModel, device_peak_flops
@@ -46,12 +47,19 @@ class StageRun:
     elapsed_before: float = 0.0
     resumed_from: str | None = None
     resharded_from: int | None = None  # an FSDP checkpoint written by another number of processes
-    fsdp: bool = False
 
     @property
     def sc(self) -> StageConfig:
         return self.cfg.stage(self.stage)
 
+    @property
+    def fsdp(self) -> bool:
+        return self.cfg.sharding == "fsdp"
+
+    @property
+    def zero(self) -> bool:
+        """DeepSpeed ZeRO: `model` is its engine, which reduces, clips and steps."""
+        return zero.is_zero(self.cfg.sharding)
 
 
 def mixed_precision(cfg: TrainConfig, device: torch.device):
@@ -135,7 +143,7 @@ def train_steps(run: StageRun, steplog: StepLog | None, feature_cache: FeatureCa
                 last_good = save_checkpoint(accelerator, run.out / "checkpoints", done, run.model, run.optimizer,
                                             run.scheduler, {"stage": run.stage, "elapsed_s": elapsed,
                                                             "samples": done * sc.global_batch},
-                                            cfg.keep_checkpoints, sharded=run.fsdp)
+                                            cfg.keep_checkpoints, sharding=cfg.sharding)
     wall = run.elapsed_before + time.perf_counter() - t_stage
     return StepTotals(wall, cache_s, cache is not None, flops_done, tokens_done, run.total - run.start)
 
@@ -167,17 +175,26 @@ def micro_step(run: StageRun, idx: list[int], cache, pixel_stream, scale: float,
     if run.fsdp:
         set_gradient_sync(run.model, last)
         sync = contextlib.nullcontext()
+    elif run.zero:
+        sync = contextlib.nullcontext()  # the engine reduces on the micro-batch marked last
     else:
         sync = contextlib.nullcontext() if last else accelerator.no_sync(run.model)
     with sync, mixed_precision(run.cfg, device):
         result = run.model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
                            labels=batch.labels.to(device), reduction="sum", **kwargs)
         loss = result.loss * scale
-        accelerator.backward(scaler.scale(loss) if scaler is not None else loss)
+        if run.zero:
+            zero.backward(run.model, loss, last)
+        else:
+            accelerator.backward(scaler.scale(loss) if scaler is not None else loss)
     return result.loss.detach().float()
 
 
-def optimizer_step(run: StageRun, scaler) -> torch.Tensor | None:
+def optimizer_step(run: StageRun, scaler) -> torch.Tensor | float | None:
+    if run.zero:
+        grad_norm = zero.step(run.model)
+        run.scheduler.step()
+        return grad_norm
     if scaler is not None:
         scaler.unscale_(run.optimizer)
     max_norm = run.sc.max_grad_norm

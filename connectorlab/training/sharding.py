@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import InputError
 
-SHARDINGS = ("none", "fsdp")
+SHARDINGS = ("none", "fsdp", "zero2", "zero3")  # zero*: DeepSpeed, see `zero`
 
 
 def decoder_layers(model: nn.Module) -> list[nn.Module]:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .zero import full_dim, full_numel
+
 # Dense bf16 peak FLOP/s per device (vendor data sheets), for MFU when the config gives none.
 PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 125e12,
               "RTX 4090": 165e12, "V100": 125e12}
@@ -30,7 +32,7 @@ def device_peak_flops(device: torch.device, given_tflops: float | None) -> float
 
 def _linear_params(module: torch.nn.Module, skip: tuple[torch.nn.Module, ...] = ()) -> int:
     skipped = {id(p) for m in skip for p in m.parameters()}
-    return sum(p.numel() for p in module.parameters() if p.dim() >= 2 and id(p) not in skipped)
+    return sum(full_numel(p) for p in module.parameters() if full_dim(p) >= 2 and id(p) not in skipped)
 
 
 @dataclass

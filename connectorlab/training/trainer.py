@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, set_seed
 from transformers import get_cosine_schedule_with_warmup
 
 from ..data.batching import StepPlan, accumulation_steps
@@ -39,6 +39,7 @@ from .sharding import full_state, shard
 from .stage_data import StageData, load_stage_data
 from .throughput import device_peak_flops
 from .tracking import check_tracker, open_tracker
+from . import zero
 
 log = logging.getLogger("connectorlab.train")
 
@@ -53,18 +54,32 @@ def requested_engine() -> str | None:
     return None
 
 
-def make_accelerator() -> Accelerator:
-    """Text-only batches leave the connector unused; DDP must tolerate that. Without a GPU, `cpu=True` lets a
-    multi-process launch (`accelerate launch --multi_gpu`, torchrun) use gloo on the CPU; but `cpu=True` also drops a
-    DeepSpeed or FSDP-plugin launch config silently (the run would be plain DDP), so such a launch is refused here,
-    as `check_engine` refuses it on a GPU."""
-    engine = requested_engine()
-    if engine is not None and not torch.cuda.is_available():
-        raise ConfigError(f"this launch asks for {engine}, which connectorlab does not run yet (on a CPU it would "
+def make_accelerator(sharding: str = "none") -> Accelerator:
+    """The accelerator for a run whose training config says `sharding`. A requested engine is the engine that runs or
+    an error: `cpu=True` (how a multi-process CPU launch gets gloo) would drop a DeepSpeed or FSDP-plugin launch
+    config silently, so DeepSpeed gets `cpu=False` and gloo named explicitly, and the FSDP plugin is refused.
+    Text-only batches leave the connector unused; DDP must tolerate that."""
+    engine, gpu = requested_engine(), torch.cuda.is_available()
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if engine == "DeepSpeed" or zero.is_zero(sharding):
+        zero.check_launch_agrees(sharding)
+        if os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+            raise ConfigError("this launch names a DeepSpeed JSON config; connectorlab builds DeepSpeed's config from "
+                              "the training config (sharding, batch, clipping): give zero_stage in the launch config, "
+                              "or launch with configs/accelerate/ddp.yaml and set sharding: zero2 or zero3")
+        if int(os.environ.get("LOCAL_RANK", -1)) == -1:
+            raise ConfigError(f"sharding: {sharding} runs under a launcher (accelerate launch --multi_gpu, torchrun) "
+                              "that starts the processes it shards over; one process has nothing to shard")
+        if not gpu:  # Accelerate finds no backend for a CPU device otherwise, and each rank thinks it is alone
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+        accelerator = Accelerator(cpu=False, deepspeed_plugin=zero.plugin(sharding), kwargs_handlers=handlers)
+        zero.build_models_whole()
+        return accelerator
+    if engine is not None and not gpu:
+        raise ConfigError(f"this launch asks for {engine}, which connectorlab does not run (on a CPU it would "
                           "silently train as plain data parallel); launch as plain multi-process "
                           "(configs/accelerate/ddp.yaml) and set sharding: fsdp for sharded training")
-    return Accelerator(cpu=not torch.cuda.is_available(),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    return Accelerator(cpu=not gpu, kwargs_handlers=handlers)
 
 
 def stage_dir(cfg: TrainConfig, stage: str) -> Path:
@@ -169,18 +184,20 @@ def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: 
     if plan.steps_per_epoch == 0:
         raise InputError(f"{stage}: {len(samples)} usable records cannot fill one global batch of {sc.global_batch}")
     total = plan.steps_per_epoch * sc.epochs if sc.max_steps is None else min(sc.max_steps, plan.steps_per_epoch * sc.epochs)
-    fsdp = check_engine(cfg, accelerator)
-    if fsdp:  # sharded in place before the optimizer is made, so that it holds the shards
+    check_engine(cfg, accelerator)
+    if cfg.sharding == "fsdp":  # sharded in place before the optimizer is made, so that it holds the shards
         model = shard(model, accelerator.device, world)
     params, optimizer = make_optimizer(model, sc, cfg.fused_adamw)
     scheduler = get_cosine_schedule_with_warmup(optimizer, math.ceil(sc.warmup_ratio * total), total)
-    prepared, optimizer = (model, optimizer) if fsdp else accelerator.prepare(model, optimizer)
+    if zero.is_zero(cfg.sharding):  # the scheduler stays outside the engine: connectorlab steps it, as for DDP
+        zero.configure_stage(accelerator, sc.micro_batch, accum, sc.max_grad_norm)
+    prepared, optimizer = (model, optimizer) if cfg.sharding == "fsdp" else accelerator.prepare(model, optimizer)
     run = StageRun(cfg, stage, accelerator, stage_dir(cfg, stage), data, prepared, accelerator.unwrap_model(prepared),
-                   optimizer, scheduler, params, plan, total, accum, fsdp=fsdp)
+                   optimizer, scheduler, params, plan, total, accum)
     ckpt_dir = run.out / "checkpoints"
     latest = decided_on_main(accelerator.state, lambda: newest_valid(ckpt_dir, log)) if resume else None
     if latest is not None:
-        state = load_checkpoint(accelerator, latest, prepared, optimizer, scheduler, sharded=fsdp)
+        state = load_checkpoint(accelerator, latest, prepared, optimizer, scheduler, sharding=cfg.sharding)
         run.start, run.elapsed_before, run.resumed_from = state["step"], state["elapsed_s"], str(latest)
         run.resharded_from = state.get("resharded_from")
         if accelerator.is_main_process:
@@ -191,20 +208,19 @@ def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: 
     return run
 
 
-def check_engine(cfg: TrainConfig, accelerator: Accelerator) -> bool:
-    """Whether this stage runs FSDP (connectorlab's own, see `sharding`); Accelerate's FSDP plugin is refused, since
-    it would save the frozen LM and does not run on CPU, and DeepSpeed shards on its own."""
+def check_engine(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """The accelerator runs the engine the config names. FSDP is connectorlab's own (torch FSDP2, see `sharding`):
+    Accelerate's FSDP plugin is refused, since it would save the frozen LM and does not run on CPU."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.FSDP:
         raise ConfigError("this launch enables Accelerate's FSDP plugin; connectorlab shards with torch FSDP2 itself: "
                           "launch as plain multi-process (configs/accelerate/ddp.yaml) and set sharding: fsdp")
-    if accelerator.state.deepspeed_plugin is not None:
-        # Its optimizer (and, with ZeRO-3, its parameters) live in shards that a rank-0 save would write as empty
-        # placeholders: refused until checkpoints go through DeepSpeed's own engine, rather than saved wrongly.
-        raise ConfigError("DeepSpeed ZeRO launches are not supported yet: connectorlab's checkpoints would not hold "
-                          "its sharded state; use sharding: fsdp (torch FSDP2) under a plain multi-process launch")
-    return cfg.sharding == "fsdp"
+    has_deepspeed = accelerator.state.deepspeed_plugin is not None
+    if has_deepspeed != zero.is_zero(cfg.sharding):
+        raise ConfigError(f"sharding: {cfg.sharding}, but the accelerator was made "
+                          f"{'with' if has_deepspeed else 'without'} DeepSpeed: make it with "
+                          "make_accelerator(cfg.sharding)")
 
 
 def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> StageResult:
@@ -221,7 +237,7 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
         "records": {"usable": len(samples), "dropped_tail_per_epoch": len(samples) - run.plan.steps_per_epoch * sc.global_batch},
         "skipped": run.data.report.to_dict(), "global_batch": sc.global_batch, "micro_batch": sc.micro_batch,
         "gradient_accumulation": run.accum, "processes": world,
-        "trainable_parameters": sum(p.numel() for p in run.params),
+        "trainable_parameters": sum(zero.full_numel(p) for p in run.params),
         "visual_tokens_per_image": inner.connector.num_output_tokens, "connector": cfg.model.connector,
         "connector_options": cfg.model.connector_options, "image_size": inner.vision.image_size,
         "peak_memory_mb": max(memory), "peak_memory_mb_per_process": memory,
@@ -237,7 +253,7 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
         "bf16": cfg.bf16, "fp16": cfg.fp16, "gradient_checkpointing": cfg.gradient_checkpointing,
     }
     artifact = stage_artifact(run.out, run.stage)
-    whole = gathered_model(run) if run.fsdp else inner
+    whole = gathered_model(run) if run.fsdp or run.zero else inner
     if accelerator.is_main_process:
         if run.stage == "pretrain":
             whole.save_connector(artifact)
@@ -250,17 +266,21 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
 
 
 def gathered_model(run: StageRun) -> MultimodalLM | None:
-    """Collective under FSDP: the sharded model's full state gathered once on the main process, into an unsharded
-    model built as the stage built it (LoRA included, merged by `save_pretrained`); None on the other processes."""
-    state = full_state(run.model, trainable_only=run.stage == "pretrain")  # stage 1 makes the connector alone
-    if not run.accelerator.is_main_process:
+    """Collective under FSDP and ZeRO: the sharded model's trained state gathered once on the main process, into an
+    unsharded model built as the stage built it (LoRA included, merged by `save_pretrained`); None elsewhere."""
+    main = run.accelerator.is_main_process
+    if run.zero:
+        state = zero.full_trainable_state(run.model, main)
+    else:  # stage 1 makes the connector alone; later stages the whole model
+        state = full_state(run.model, trainable_only=run.stage == "pretrain")
+    if not main:
         return None
     model = build_stage_model(dataclasses.replace(run.cfg, gradient_checkpointing=False, compile_connector=False),
                               run.stage, run.sc)
     missing = set(name for name, p in model.named_parameters() if p.requires_grad) - set(state)
     if missing:
-        raise RuntimeError(f"gathering the FSDP model: no full tensor for {sorted(missing)[:5]}")
-    model.load_state_dict(state, strict=run.stage != "pretrain")
+        raise RuntimeError(f"gathering the {run.cfg.sharding} model: no full tensor for {sorted(missing)[:5]}")
+    model.load_state_dict(state, strict=run.stage != "pretrain" and not run.zero)
     return model
 
 
@@ -268,7 +288,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
               feature_cache: FeatureCache | None = None, data: StageData | None = None,
               overwrite: bool = False) -> StageResult:
     """One stage: checked folder, prepared model and data, the step loop, then the summary and the artifact."""
-    accelerator = accelerator or make_accelerator()
+    accelerator = accelerator or make_accelerator(cfg.sharding)
     out = stage_dir(cfg, stage)
     main = accelerator.is_main_process
     check_stage_folder(cfg, stage, resume, overwrite, will_run=True, clear=main)
@@ -294,7 +314,7 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
 def train(cfg: TrainConfig, stages: list[str], resume: bool = False, accelerator: Accelerator | None = None,
           feature_cache: FeatureCache | None = None, overwrite: bool = False) -> dict[str, StageResult]:
     """Every stage's folder, model config and data are checked before the first stage trains."""
-    accelerator = accelerator or make_accelerator()
+    accelerator = accelerator or make_accelerator(cfg.sharding)
     with main_process_lock(Path(cfg.output_dir), "training run", accelerator.state):
         for stage in STAGES:  # later stages too: they were built on the earlier ones
             check_stage_folder(cfg, stage, resume, overwrite, will_run=stage in stages, clear=accelerator.is_main_process)
