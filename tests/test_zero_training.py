@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_sharded_training import run_until_checkpoint
 
 from conftest import ROOT, finish, launch, run_cli, torchrun, write_config
-from test_sharded_training import run_until_checkpoint
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow

@@ -16,11 +16,11 @@ from ..data.images import ImageLoader
 from ..errors import TrainingDiverged
 from ..language.processor import IGNORE_INDEX, IMAGE_TOKEN_ID
 from ..model.mllm import MultimodalLM
+from . import zero
 from .checkpoint import save_checkpoint
 from .config import StageConfig, TrainConfig
 from .feature_cache import FeatureCache
 from .metrics import StepLog, peak_memory_mb
-from . import zero
 from .sharding import set_gradient_sync
 from .stage_data import StageData
 from .throughput import FlopModel, device_peak_flops

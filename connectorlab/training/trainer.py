@@ -29,6 +29,7 @@ from ..utils.distributed import decided_on_main, main_process_lock
 from ..utils.io import atomic_write_json
 from ..utils.progress import progress_bar
 from ..utils.validation import ConfigError
+from . import zero
 from .checkpoint import load_checkpoint, newest_valid
 from .config import STAGES, StageConfig, TrainConfig
 from .feature_cache import FeatureCache
@@ -39,7 +40,6 @@ from .sharding import full_state, shard
 from .stage_data import StageData, load_stage_data
 from .throughput import device_peak_flops
 from .tracking import check_tracker, open_tracker
-from . import zero
 
 log = logging.getLogger("connectorlab.train")
 
