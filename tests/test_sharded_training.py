@@ -160,3 +160,31 @@ def test_only_a_command_that_finished_counts_as_finished_at_exit(monkeypatch, ou
         with pytest.raises(type(outcome)):
             cli.main()
     assert seen == [finished]
+
+
+def test_a_finished_deepspeed_worker_leaves_right_after_the_barrier(monkeypatch):
+    """DeepSpeed's threads abort an orderly shutdown now and then: a launched DeepSpeed worker whose command finished
+    meets the others, then exits at once without tearing the group down; anything else closes the group as before."""
+    import sys
+
+    import torch.distributed as dist
+
+    import connectorlab.cli as cli
+
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    calls = []
+    barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **kw: (calls.append("barrier"), barrier(*a, **kw))[1])
+    monkeypatch.setattr(cli.os, "_exit", lambda code: calls.append(("exit", code)) or (_ for _ in ()).throw(SystemExit))
+    monkeypatch.setitem(sys.modules, "deepspeed", sys.modules.get("deepspeed") or object())
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    try:
+        with pytest.raises(SystemExit):
+            cli.close_process_group(True)
+        assert calls == ["barrier", ("exit", 0)] and dist.is_initialized()  # left without destroying the group
+        calls.clear()
+        cli.close_process_group(False)  # a failed command: no barrier, the group closed, no early exit
+        assert calls == [] and not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -199,7 +199,8 @@ def exit_launched_worker() -> None:
     after `destroy_process_group`), which would turn a finished run into a failed one."""
     import logging
 
-    logging.shutdown()
+    for handler in logging.getLogger().handlers:
+        handler.flush()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

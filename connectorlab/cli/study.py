@@ -21,9 +21,14 @@ def study_plan(
     as_json: bool = typer.Option(False, "--json", help="print the cells as JSON instead of a table"),
     check_paths: bool = typer.Option(True, help="check that every data file, folder and local checkpoint exists "
                                                 "(--no-check-paths: look at a grid whose data is on another machine)"),
+    estimate: bool = typer.Option(False, "--estimate", help="cost every cell's stages before launch: parameters, "
+                                  "memory per process per engine, whether it fits --gpu, GPU-hours"),
+    gpu: str = typer.Option("a100-80gb", help="--estimate's GPU (a100-40gb, a100-80gb, h100-80gb, h200-141gb, ...)"),
+    gpus: int = typer.Option(None, min=1, help="--estimate's processes (default: the plan's execution.processes)"),
+    mfu: float = typer.Option(0.4, min=0.01, max=1.0, help="--estimate's model FLOPs utilisation for GPU-hours"),
 ):
     """Expand and validate a plan without running anything: cells, visual tokens (Q), connector parameters and
-    forward FLOPs per image, and which cells share a stage-1 run."""
+    forward FLOPs per image, and which cells share a stage-1 run; with --estimate, what each costs."""
     from ..study.plan import StudyPlan, describe_cells, expand
     from ..study.plan import check_paths as check
 
@@ -51,6 +56,33 @@ def study_plan(
     if fixed:
         console.print(f"the token axis does not apply to {', '.join(fixed)} (no num_tokens option): one cell per "
                       "resolution and seed", highlight=False)
+    if estimate:
+        print_estimate(study, cells, rows, gpu, gpus or study.execution.processes, mfu)
+
+
+def print_estimate(study, cells, rows, gpu: str, gpus: int, mfu: float) -> None:
+    from ..study.cost import cell_costs, stage_hours, total
+    from ..study.estimate import ENGINES, peak_flops
+
+    gib, _ = peak_flops(gpu)
+    costs = cell_costs(study, cells, rows, gpus)
+    table = Table(title=f"memory per process (GiB, without / with gradient checkpointing) on {gpus} x {gpu} "
+                        f"({gib} GiB); GPU-hours at MFU {mfu:.0%}")
+    for col in ("cell", "stage", "trained M", "frozen M", *ENGINES, "engine", "GPU-h"):
+        table.add_column(col, justify="left" if col in ("cell", "stage", "engine") else "right", no_wrap=True)
+    for cost in costs:
+        for stage, sc in cost.stages.items():
+            choice = sc.recommend(gib)
+            hours = stage_hours(sc, gpu, mfu)
+            cells_ = [f"{a:.1f} / {b:.1f}" for a, b in (sc.memory[e] for e in ENGINES)]
+            engine = "fits none" if choice is None else choice[0] + (" + gc" if choice[1] else "")
+            table.add_row(cost.label, stage, f"{sc.trainable / 1e6:.1f}", f"{sc.frozen / 1e6:.1f}", *cells_, engine,
+                          "-" if hours is None else f"{hours:.1f}")
+    console.print(table)
+    grid = total(costs, gpu, gpus, mfu)
+    console.print(f"grid total: {grid.gpu_hours:.0f} GPU-hours on {gpu} at MFU {mfu:.0%} = {grid.wall_hours:.1f} h on "
+                  f"{gpus} GPUs (each shared stage-1 run counted once)"
+                  + (f"; fits no engine: {', '.join(grid.unfit)}" if grid.unfit else ""), highlight=False)
 
 
 @study_app.command("run")

@@ -11,7 +11,7 @@ from transformers import AutoConfig
 
 from ..connectors import Connector, build_connector
 from ..errors import InputError
-from ..utils.validation import POSITIVE_INT, ConfigError, check_ranges
+from ..utils.validation import POSITIVE_INT, ConfigError, Range, check_ranges
 from .config import ModelConfig
 
 
@@ -22,19 +22,33 @@ class ModelShape:
     vision_layers: int
     native_image_size: int
     llm_dim: int  # the LM's hidden size (Vicuna-7B: 4096)
+    # What `study plan --estimate` needs besides the widths (read from config.json when the checkpoints are here)
+    vision_intermediate: int | None = None  # the tower's MLP width (CLIP ViT-L/14: 4096)
+    llm_layers: int | None = None
+    llm_intermediate: int | None = None  # the LM's MLP width (Vicuna-7B: 11008)
+    vocab_size: int | None = None
+    llm_kv_heads_ratio: float = 1.0  # key-value heads / attention heads (1 without grouped-query attention)
+    tied_embeddings: bool = False
+
+    SIZE_KEYS = ("vision_intermediate", "llm_layers", "llm_intermediate", "vocab_size")
 
     def __post_init__(self) -> None:
         check_ranges(self, {k: POSITIVE_INT for k in ("vision_dim", "patch_size", "vision_layers", "native_image_size",
                                                       "llm_dim")}, "shape")
+        check_ranges(self, {k: Range(1, integer=True, optional=True) for k in self.SIZE_KEYS}, "shape")
 
     @classmethod
     def read(cls, config: ModelConfig) -> ModelShape:
         """From the checkpoints' config files (a local folder, or the Hugging Face cache)."""
         vision = _config(config.vision, "model.vision")
         vision = getattr(vision, "vision_config", vision)  # a full CLIP/SigLIP checkpoint nests the tower's config
-        llm = _config(config.llm, "model.llm")
-        return cls(vision.hidden_size, vision.patch_size, vision.num_hidden_layers, vision.image_size,
-                   llm.get_text_config().hidden_size)
+        llm = _config(config.llm, "model.llm").get_text_config()
+        heads = getattr(llm, "num_attention_heads", None)
+        kv = getattr(llm, "num_key_value_heads", None) or heads
+        return cls(vision.hidden_size, vision.patch_size, vision.num_hidden_layers, vision.image_size, llm.hidden_size,
+                   getattr(vision, "intermediate_size", None), getattr(llm, "num_hidden_layers", None),
+                   getattr(llm, "intermediate_size", None), getattr(llm, "vocab_size", None),
+                   kv / heads if heads else 1.0, bool(getattr(llm, "tie_word_embeddings", False)))
 
     def grid(self, config: ModelConfig) -> tuple[int, int]:
         size = config.image_size or self.native_image_size

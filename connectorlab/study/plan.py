@@ -214,6 +214,9 @@ class StudyPlan:
     recommend: dict[str, Any] | None = None  # benchmark, weights, max_visual_tokens, max_train_s
     # Above this share of answers that name no option, a cell's accuracy on a benchmark is judged in no finding
     unreliable_extraction: float = 0.2
+    # `study plan --estimate`'s workload per stage ({pretrain: {text_tokens, supervised_tokens, samples}, ...});
+    # what is left out is measured from the stage's data when it is on this machine
+    estimate: dict[str, Any] = field(default_factory=dict)
     output_dir: str = "runs/study"
     name: str = "study"
     source: str = "<python>"
@@ -251,6 +254,7 @@ class StudyPlan:
             raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(allowed))}")
         plan = from_mapping(cls, {**data, "source": source}, "plan")
         check_name(plan.name, "name")
+        check_sharded_execution(plan.training.get("sharding", "none"), plan.execution)
         check_ranges(plan, {"unreliable_extraction": FRACTION}, "")
         if plan.reference_connector and plan.reference_connector not in {c.name for c in plan.grid.connectors}:
             raise ConfigError(f"reference_connector = {plan.reference_connector!r}: not among grid.connectors")
@@ -262,6 +266,14 @@ class StudyPlan:
             raise ConfigError(f"reference_results = {plan.reference_results!r}: no such file")
         expand(plan)  # every cell's training configuration is validated here, before anything runs
         return plan
+
+
+def check_sharded_execution(sharding: str, execution: Execution) -> None:
+    """DeepSpeed shards over the processes a launcher starts: its cells need a launching engine, two processes or
+    more (the local engine would stop at its first cell)."""
+    if sharding.startswith("zero") and not (execution.engine in ("accelerate", "slurm") and execution.processes > 1):
+        raise ConfigError(f"training.sharding = {sharding!r} needs execution.engine accelerate (or slurm) with "
+                          f"processes >= 2; this plan has engine {execution.engine!r}, processes {execution.processes}")
 
 
 def _mapping(value: Any, where: str) -> dict:

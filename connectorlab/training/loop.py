@@ -47,6 +47,7 @@ class StageRun:
     elapsed_before: float = 0.0
     resumed_from: str | None = None
     resharded_from: int | None = None  # an FSDP checkpoint written by another number of processes
+    memory_before_mb: float = 0.0  # this process's memory before the stage built its model
 
     @property
     def sc(self) -> StageConfig:

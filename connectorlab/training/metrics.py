@@ -19,6 +19,19 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def current_memory_mb(device: torch.device) -> float:
+    """Memory held now (CUDA: allocated; CPU: resident set), the baseline a stage's peak is read against."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device) / 2**20
+    try:
+        resident_pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):  # not Linux: the peak so far, an upper bound
+        return peak_memory_mb(device)
+    import os
+
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 class StepLog:
     """Appends one JSON line per optimizer step (and sends its scalars to a tracker, if any); on resume, drops lines
     past the checkpoint."""

@@ -34,7 +34,7 @@ from .checkpoint import load_checkpoint, newest_valid
 from .config import STAGES, StageConfig, TrainConfig
 from .feature_cache import FeatureCache
 from .loop import StageRun, StepTotals, train_steps
-from .metrics import StepLog, peak_memory_mb
+from .metrics import StepLog, current_memory_mb, peak_memory_mb
 from .run_folder import check_stage_folder, record_stage_config
 from .sharding import full_state, shard
 from .stage_data import StageData, load_stage_data
@@ -175,6 +175,7 @@ def make_optimizer(model: MultimodalLM, sc: StageConfig, fused: bool) -> tuple[l
 def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: StageData, resume: bool) -> StageRun:
     """Model, step plan, optimizer and schedule, and the state of the newest complete checkpoint when resuming."""
     sc = cfg.stage(stage)
+    before = current_memory_mb(accelerator.device)
     model = build_stage_model(cfg, stage, sc)
     world, rank = accelerator.num_processes, accelerator.process_index
     accum = accumulation_steps(sc.global_batch, world, sc.micro_batch)
@@ -193,7 +194,7 @@ def prepare_stage(cfg: TrainConfig, stage: str, accelerator: Accelerator, data: 
         zero.configure_stage(accelerator, sc.micro_batch, accum, sc.max_grad_norm)
     prepared, optimizer = (model, optimizer) if cfg.sharding == "fsdp" else accelerator.prepare(model, optimizer)
     run = StageRun(cfg, stage, accelerator, stage_dir(cfg, stage), data, prepared, accelerator.unwrap_model(prepared),
-                   optimizer, scheduler, params, plan, total, accum)
+                   optimizer, scheduler, params, plan, total, accum, memory_before_mb=before)
     ckpt_dir = run.out / "checkpoints"
     latest = decided_on_main(accelerator.state, lambda: newest_valid(ckpt_dir, log)) if resume else None
     if latest is not None:
@@ -229,7 +230,8 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
 
     cfg, sc, accelerator, inner = run.cfg, run.sc, run.accelerator, run.inner
     samples, device, world = run.data.samples, accelerator.device, accelerator.num_processes
-    memory = gather_object([peak_memory_mb(device)]) if world > 1 else [peak_memory_mb(device)]
+    mine = [peak_memory_mb(device), run.memory_before_mb]
+    memory = gather_object([mine]) if world > 1 else [mine]
     peak = device_peak_flops(device, cfg.peak_tflops)
     session_s = totals.wall_s - run.elapsed_before  # the steps this session ran, for rates
     summary = {
@@ -240,7 +242,8 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
         "trainable_parameters": sum(zero.full_numel(p) for p in run.params),
         "visual_tokens_per_image": inner.connector.num_output_tokens, "connector": cfg.model.connector,
         "connector_options": cfg.model.connector_options, "image_size": inner.vision.image_size,
-        "peak_memory_mb": max(memory), "peak_memory_mb_per_process": memory,
+        "peak_memory_mb": max(m[0] for m in memory), "peak_memory_mb_per_process": [m[0] for m in memory],
+        "memory_before_model_mb_per_process": [m[1] for m in memory],  # the baseline of each process's peak
         "tokens_per_s": totals.tokens / session_s if session_s > 0 and totals.steps else None,
         "model_tflops_per_s": totals.flops / session_s / 1e12 if session_s > 0 and totals.steps else None,
         "mfu": totals.flops / session_s / (peak * world) if peak and session_s > 0 and totals.steps else None,
