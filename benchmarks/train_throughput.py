@@ -130,7 +130,7 @@ def measure(folder: Path) -> dict:
             "peak_memory_mb_per_process": summary["peak_memory_mb_per_process"], "final_loss": rows[-1]["loss"],
             "memory_before_model_mb_per_process": summary["memory_before_model_mb_per_process"],
             "training_memory_mb": max(p - b for p, b in zip(summary["peak_memory_mb_per_process"],
-                                                             summary["memory_before_model_mb_per_process"])),
+                                                             summary["memory_before_model_mb_per_process"], strict=True)),
             "trainable_parameters": summary["trainable_parameters"], "processes": summary["processes"]}
 
 

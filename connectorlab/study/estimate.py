@@ -2,14 +2,19 @@
 
 Memory per process, in the bytes connectorlab's engines actually hold (weights, gradients and AdamW's two moments stay
 in the model's dtype; bf16 is autocast): DDP replicates everything; FSDP (torch FSDP2, each decoder layer a unit)
-keeps 1/N of every parameter, gradient and moment plus the unsharded root unit (tower, connector, embeddings, head)
-and two decoder layers in flight; ZeRO-2 replicates the weights and partitions gradients and the optimizer, which
+keeps 1/N of every parameter, gradient and moment plus the unsharded root unit (tower, connector, embeddings, head),
+two decoder layers in flight and one unit's whole gradients before they are reduce-scattered; DDP's communication
+buckets hold a second copy of the gradients; ZeRO-2 replicates the weights and partitions gradients and the optimizer, which
 DeepSpeed runs on an fp32 copy of each process's partition (4 + 8 bytes per trained parameter / N); ZeRO-3 partitions
 the weights too, holds the modules in flight (its prefetch bucket), and while it sets up holds a whole copy (models are
 built whole and partitioned by the engine). Activations per micro-batch: for each LM layer and token, the tensors
 autograd keeps (norm inputs, q/k/v and the attention output, the MLP's inner activations; the inputs of the linear
 layers only where the LM trains), or with gradient checkpointing each layer's input plus one layer's set; the LM head
 runs at supervised positions only (fp32 logits and their gradient); a trained tower adds its own layers.
+
+The count is of live tensors (what a GPU's `max_memory_allocated` sees, plus a fixed reserve for the CUDA context);
+a CPU's resident peak also keeps freed memory and library buffers, and is under-counted (benchmarks/results/
+estimate_validation.json gives the error per engine).
 
 Time: the model FLOPs of `training.throughput.FlopModel` (the count the step log's MFU uses) over the stage's
 samples, at a stated MFU of the GPU's dense bf16 peak; gradient checkpointing adds one LM forward.
@@ -144,16 +149,17 @@ def engine_memory(engine: str, trained: float, frozen: float, sizes: Sizes, p: i
     """Bytes per process of weights, gradients and optimizer state (activations apart)."""
     weights = (trained + frozen) * p
     root = sizes.vision + sizes.connector + sizes.embed + sizes.head  # FSDP's root unit, gathered through the step
-    if engine == "ddp":
-        return {"weights": weights, "gradients": trained * p, "optimizer": 2 * trained * p}
-    if engine == "fsdp":
-        return {"weights": weights / n + (root + 2 * sizes.llm_layer) * p, "gradients": trained * p / n,
+    if engine == "ddp":  # DDP's communication buckets hold a second copy of the gradients
+        return {"weights": weights, "gradients": 2 * trained * p, "optimizer": 2 * trained * p}
+    if engine == "fsdp":  # a unit's gradients are whole until they are reduce-scattered
+        unit = min(trained, max(root, sizes.llm_layer))
+        return {"weights": weights / n + (root + 2 * sizes.llm_layer) * p, "gradients": trained * p / n + unit * p,
                 "optimizer": 2 * trained * p / n}
     master = (4 + 8) * trained / n  # fp32 partition and AdamW's moments, whatever the model's dtype
     if engine == "zero2":
         return {"weights": weights, "gradients": trained * p / n + min(trained, ZERO_REDUCE_BUCKET) * p,
                 "optimizer": master}
-    in_flight = max(2 * sizes.llm_layer, ZERO3_PREFETCH, sizes.embed) * p
+    in_flight = min(max(2 * sizes.llm_layer, ZERO3_PREFETCH, sizes.embed), trained + frozen) * p
     return {"weights": weights / n + in_flight, "gradients": trained * p / n + min(trained, ZERO_REDUCE_BUCKET) * p,
             "optimizer": master, "setup": weights}  # the whole model, before the engine partitions it
 
