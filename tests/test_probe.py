@@ -14,8 +14,8 @@ from connectorlab.probe.presets import TinySizes
 from connectorlab.probe.scene import PLACES, SHAPES
 from connectorlab.probe.vision_pretrain import COLOUR_IDS, dense_targets, region_means
 from connectorlab.study.findings import findings, sanity
+from connectorlab.study.folder import study_states
 from connectorlab.study.quickstart import QuickstartConfig, builtin_plan, fill, quickstart
-from connectorlab.study.runner import study_states
 
 
 def digest(folder: Path) -> dict[str, str]:

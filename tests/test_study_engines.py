@@ -91,8 +91,9 @@ def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_pat
 def test_a_cell_whose_worker_process_died_is_recorded_as_failed_with_the_likely_causes(toy, tmp_path):
     from concurrent.futures.process import BrokenProcessPool
 
+    from connectorlab.study.folder import CellState
     from connectorlab.study.plan import expand
-    from connectorlab.study.runner import CellState, cell_folder, worker_died
+    from connectorlab.study.runner import cell_folder, worker_died
 
     plan = plan_file(toy, tmp_path / "died", {"workers": 2}, {"connectors": ["mlp"], "resolutions": [32]})
     (cell,) = expand(plan, tmp_path / "died")

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 
 from connectorlab.evaluation.paired import holm, mcnemar_exact
+from connectorlab.study.folder import StudyFolder, study_states
 from connectorlab.study.plan import StudyPlan
 from connectorlab.study.report import write_report
-from connectorlab.study.runner import run_study, study_states
+from connectorlab.study.runner import run_study
 
 from conftest import ROOT
 
@@ -135,13 +136,13 @@ def test_a_failing_timing_group_is_reported_and_leaves_the_others(study, monkeyp
         return real(group, folder, settings)
 
     monkeypatch.setattr(timing, "time_group", flaky)
-    (out / timing.TIMING_FILE).rename(tmp_path / "kept.json")  # the study's own timing, put back below
+    StudyFolder(out).timing_path.rename(tmp_path / "kept.json")  # the study's own timing, put back below
     try:
         with progress_bar(False) as bar:
             failed = timing.time_cells(plan, cells, out, 1, None, bar)
         saved = timing.read_timing(out)
     finally:
-        (tmp_path / "kept.json").replace(out / timing.TIMING_FILE)
+        (tmp_path / "kept.json").replace(StudyFolder(out).timing_path)
     assert len(failed) == 1 and "mlp-48px-s0-a" in failed[0] and "out of memory" in failed[0]
     assert set(saved) == {"mlp-32px-s0-a", "avgpool-4t-32px-s0-a"}
 
@@ -233,7 +234,7 @@ def test_status_eta_shares_the_unfinished_cells_among_the_worker_processes(tmp_p
 
     from test_bad_inputs import cli
 
-    from connectorlab.study.runner import CellState
+    from connectorlab.study.folder import CellState
 
     cells = {}
     for i in range(6):

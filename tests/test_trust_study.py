@@ -179,7 +179,7 @@ def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy,
 
 def test_status_of_a_killed_study_says_interrupted_not_running(tmp_path, capsys, monkeypatch):
 
-    from connectorlab.study.runner import CellState
+    from connectorlab.study.folder import CellState
     from connectorlab.utils.io import exclusive
 
     cells = {}

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import typer
 
+from ..api import EXPORT_FORMATS
+from ..api import export as export_model
 from . import app, console
 
-FORMATS = ("llava-hf", "hf-remote-code")
 OVERWRITE = typer.Option(False, help="replace a non-empty --out that is not an earlier output of this command")
 import_app = typer.Typer(no_args_is_help=True, help="Bring a released checkpoint into connectorlab's layout.")
 app.add_typer(import_app, name="import")
@@ -16,22 +17,18 @@ app.add_typer(import_app, name="import")
 @app.command("export")
 def export(
     model: Path = typer.Argument(..., exists=True, file_okay=False, help="a saved MultimodalLM folder"),
-    format: str = typer.Option("llava-hf", "--format", help=f"one of: {', '.join(FORMATS)}"),
+    format: str = typer.Option("llava-hf", "--format", help=f"one of: {', '.join(EXPORT_FORMATS)}"),
     out: Path = typer.Option(..., help="folder to write (a model and its processor)"),
     overwrite: bool = OVERWRITE,
 ):
     """Write a trained model in a layout that plain transformers (and lmms-eval, vLLM) load."""
-    if format not in FORMATS:
-        raise typer.BadParameter(f"--format {format!r}: one of {', '.join(FORMATS)}")
+    if format not in EXPORT_FORMATS:
+        raise typer.BadParameter(f"--format {format!r}: one of {', '.join(EXPORT_FORMATS)}")
+    folder = export_model(model, out, format, overwrite)
     if format == "hf-remote-code":
-        from ..interop.hf_remote import export_remote_code
-
-        folder = export_remote_code(model, out, overwrite)
         console.print(f"remote-code model and processor (load it with trust_remote_code enabled): {folder}")
-        return
-    from ..interop.llava_hf import export_llava_hf
-
-    console.print(f"llava-hf model and processor: {export_llava_hf(model, out, overwrite)}")
+    else:
+        console.print(f"llava-hf model and processor: {folder}")
 
 
 @import_app.command("llava-hf")

@@ -108,9 +108,9 @@ def study_run(
 
 
 def saved_cells(out: Path) -> str:
-    from ..study.runner import study_states
+    from ..study.folder import StudyFolder, study_states
 
-    states = [s for _, s in study_states(out)] if (out / "study.json").is_file() else []
+    states = [s for _, s in study_states(out)] if StudyFolder(out).has_index() else []
     done = sum(s is not None and s.status == "done" for s in states)
     return (f"{done} of {len(states)} cells finished in {out}; an unfinished cell resumes from its checkpoints and "
             "predictions")
@@ -127,7 +127,7 @@ def exit_if_failed(failed: list[str], retry: str) -> None:
 @study_app.command("status")
 def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, help="study folder")):
     """A table of cells: status, time spent per stage and in evaluation, the error of a failed cell."""
-    from ..study.runner import study_states
+    from ..study.folder import CELL_STATE, StudyFolder, study_states
     from ..utils.io import LOCK_NAME, is_locked
 
     table = Table(title=f"study {out}")
@@ -139,7 +139,7 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
     for entry, state in states:
         status = state.status if state else "pending"
         if status == "running" and not live:  # no process holds the study: it was killed or stopped mid-cell
-            since = time.strftime("%Y-%m-%d %H:%M", time.localtime((Path(entry["folder"]) / "cell.json").stat().st_mtime))
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime((Path(entry["folder"]) / CELL_STATE).stat().st_mtime))
             status = f"interrupted (since {since})"
         counts[status.split(" (")[0]] = counts.get(status.split(" (")[0], 0) + 1
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
@@ -157,7 +157,7 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
         console.print(f"no `study run` holds {out} now: {counts.get('interrupted', 0)} cell(s) interrupted, "
                       f"{counts.get('pending', 0)} pending; `connectorlab study run` resumes them", highlight=False)
     elif spent and left:
-        workers = min(left, json.loads((out / "study.json").read_text()).get("workers", 1))
+        workers = min(left, StudyFolder(out).read_index().workers)
         eta = left * sum(spent) / len(spent) / workers
         console.print(f"ETA about {eta / 60:.1f} min for {left} unfinished cell(s), at the mean time of the {len(spent)} "
                       f"finished one(s){f' over {workers} worker processes' if workers > 1 else ''} (an over-estimate "

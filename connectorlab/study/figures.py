@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..evaluation.task_types import TYPES
 from .findings import TRAINING_FREE, TYPE_NAMES
-from .runner import BLIND
+from .folder import BLIND_SUFFIX as BLIND
 
 
 def _plt():

@@ -30,6 +30,8 @@ from .budget import RATIO, budget_label, tokens_for_ratio
 
 BENCHMARK_NAMES = ("mmbench", "mme", "seedbench", "probe")
 ENGINES = ("local", "accelerate", "slurm")
+CELLS = "cells"  # the study folder's sub-folder of cell folders (see `folder`)
+UNRELIABLE_EXTRACTION = 0.2  # the default share of unreadable answers above which a cell's score is not judged
 CELL_FIELDS = ("connector", "resolution", "tokens", "compression", "seed", "variant")
 GRID_MODEL_KEYS = ("connector", "connector_options", "image_size")  # set by the grid, not by `model:`
 PRETRAIN_KEYS = ("model", "seed", "pretrain", "cache_features", "check_images", "bf16", "strict")
@@ -213,7 +215,7 @@ class StudyPlan:
     reference_results: str | None = None  # a results.csv made elsewhere (e.g. the paper's released numbers)
     recommend: dict[str, Any] | None = None  # benchmark, weights, max_visual_tokens, max_train_s
     # Above this share of answers that name no option, a cell's accuracy on a benchmark is judged in no finding
-    unreliable_extraction: float = 0.2
+    unreliable_extraction: float = UNRELIABLE_EXTRACTION
     # `study plan --estimate`'s workload per stage ({pretrain: {text_tokens, supervised_tokens, samples}, ...});
     # what is left out is measured from the stage's data when it is on this machine
     estimate: dict[str, Any] = field(default_factory=dict)
@@ -422,7 +424,7 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
         except ValueError as err:
             raise ConfigError(f"{plan.source}: {err}") from None
 
-    root = Path(out or plan.output_dir) / "cells"
+    root = Path(out or plan.output_dir) / CELLS
     cells = []
     for entry, res, tokens, ratio, seed, variant in _candidates(plan.grid, lambda r, x: tokens_for_ratio(grid_at(r), x)):
         options = {**entry.options, **({"num_tokens": tokens} if tokens is not None else {})}

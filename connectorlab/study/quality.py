@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from .runner import BLIND, REDUCED, study_states
+from .folder import BLIND_SUFFIX as BLIND
+from .folder import EvalKey, study_states
+from .plan import UNRELIABLE_EXTRACTION
 
 DATA_KEYS = ("data", "data_fingerprint", "max_new_tokens")  # of each evaluation's results.json, named by the report
-# Above this share of answers from which no option or yes/no could be read, a cell's accuracy on that benchmark says
-# more about its output format than about what it perceives: shown, marked unreliable, judged in no finding
-UNRELIABLE_EXTRACTION = 0.2
 
 
 def extraction_failure_rate(scores: dict) -> float | None:
@@ -68,7 +67,7 @@ def data_section(cells: list[dict]) -> list[str]:
     seen: dict[str, dict[tuple, list[str]]] = defaultdict(lambda: defaultdict(list))
     for cell in cells:
         for name, d in cell["data"].items():
-            if not name.endswith(BLIND) and REDUCED not in name:
+            if EvalKey.parse(name).plain:
                 seen[name][tuple(d.get(k) for k in DATA_KEYS)].append(cell["entry"]["label"])
     if not seen:
         return []

@@ -23,6 +23,8 @@ from ..training.config import STAGES
 from ..utils.io import atomic_write_text
 from .figures import figures
 from .findings import ALPHA, TRAINING_FREE, budgets, findings, sanity
+from .folder import BLIND_SUFFIX as BLIND
+from .folder import EvalKey, StudyFolder, StudyIndex, study_states
 from .projection import projection_section
 from .quality import (
     DATA_KEYS,
@@ -38,7 +40,6 @@ from .quality import (
 )
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
-from .runner import BLIND, REDUCED, study_states
 from .timing import median_ms, read_timing
 
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression", "seed", "variant", "benchmark", "level",
@@ -65,14 +66,15 @@ def load_cells(out: Path, orphans: bool = False) -> list[dict]:
         rounds = {s: timed[s] for s in STAGES if s in timed} if timed.get("cell_id") == state.cell_id else {}
         steps = {s: median_ms(rounds, s) for s in rounds}
         cells.append({"entry": entry, "state": state, "steps": steps, "rounds": rounds, "data": data,
-                      "scores": {k: v for k, v in scores.items() if REDUCED not in k}})
+                      "scores": {k: v for k, v in scores.items() if EvalKey.parse(k).reduction is None}})
         reduced: dict[str, dict] = defaultdict(dict)
         for name, value in scores.items():
-            if REDUCED in name:
-                bench, label = name.split(REDUCED, 1)
-                reduced[label][bench] = value
+            key = EvalKey.parse(name)
+            if key.reduction is not None:
+                reduced[key.reduction][key.benchmark] = value
         for label, by_bench in sorted(reduced.items()):
-            blind = {b + BLIND: scores[b + BLIND] for b in by_bench if b + BLIND in scores}
+            blinds = {b: str(EvalKey(b, blind=True)) for b in by_bench}
+            blind = {name: scores[name] for name in blinds.values() if name in scores}
             cells.append({"entry": reduced_entry(entry, label), "state": state, "steps": steps, "rounds": {},
                           "scores": {**by_bench, **blind}, "data": {}})
     return cells
@@ -172,8 +174,8 @@ def sentence(c: dict) -> str:
             f"{c['n']} paired questions ({c['cell_only']} right only for the cell, {c['reference_only']} only for the reference)")
 
 
-def check_benchmark(rec: Recommendation | None, meta: dict, tt: pd.DataFrame) -> None:
-    known = sorted(set(meta.get("benchmarks") or []) | {b for b in tt.benchmark if not b.endswith(BLIND)})
+def check_benchmark(rec: Recommendation | None, meta: StudyIndex, tt: pd.DataFrame) -> None:
+    known = sorted(set(meta.benchmarks or []) | {b for b in tt.benchmark if not b.endswith(BLIND)})
     if rec is not None and rec.benchmark not in known:
         raise InputError(f"--benchmark {rec.benchmark!r}: the study has no such benchmark (it has {', '.join(known)})")
 
@@ -184,25 +186,25 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
     findings, comparisons and recommendation unjudged rather than judged on what is left."""
     out = Path(out)
     cells = load_cells(out, include_orphans)  # first: it names a folder that is not a study
-    meta = json.loads((out / "study.json").read_text())
+    meta = StudyFolder(out).read_index()
     failed = failed_cells(out)
     orphaned_cells = [e["label"] for e, s in study_states(out, orphans=True) if e["orphan"] and s and s.status == "done"]
-    reference = meta.get("reference_connector")
+    reference = meta.reference_connector
     reference_failed = [e for e, _ in failed if e["size"]["connector"] == reference]
     orphaned = {setting(e["size"]) for e in reference_failed}  # settings whose reference cell failed
-    limit = meta.get("unreliable_extraction", UNRELIABLE_EXTRACTION)
+    limit = meta.unreliable_extraction
     bad = unreliable(cells, limit)
     judged = [c for c in reliable_only(cells, bad) if setting(c["entry"]["size"]) not in orphaned]
     df = with_blind(pd.DataFrame([r for c in cells for r in _rows(c)], columns=COLUMNS))
     check_benchmark(recommendation, meta, df)
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
     comps = comparisons(judged, reference)
-    lines = [f"# Study report: {meta['name']}", ""]
+    lines = [f"# Study report: {meta.name}", ""]
     if (out / ABOUT).is_file():
         lines += [(out / ABOUT).read_text().strip(), ""]
     trained = sum(c["entry"]["size"]["family"] != TRAINING_FREE for c in cells)
     reduced = len(cells) - trained
-    lines += [f"{trained} finished cells of {len(meta['cells'])}"
+    lines += [f"{trained} finished cells of {len(meta.cells)}"
               + (f", and {reduced} training-free reductions of their outputs." if reduced else "."), ""]
     if orphaned_cells:
         lines += [f"{len(orphaned_cells)} finished cell(s) are outside the plan now: {', '.join(orphaned_cells)} ("
@@ -220,7 +222,7 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
     rounds = {c["entry"]["label"]: c["rounds"] for c in cells if c["rounds"]}
     lines += findings_section(judged_tt, reference, rounds)
     if comps:
-        lines += [f"## Paired comparisons against `{meta['reference_connector']}` (exact McNemar, Holm over "
+        lines += [f"## Paired comparisons against `{meta.reference_connector}` (exact McNemar, Holm over "
                   f"{len(comps)} comparisons, alpha {ALPHA})", ""]
         lines += [f"- {sentence(c)}" for c in comps]
         lines.append("")
@@ -230,8 +232,8 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
     picked = recommend(judged, rec) if rec else None
     if picked:
         lines += ["## Recommendation", "", sentence_for(picked), ""]
-    if meta.get("reference_results"):
-        lines += reference_section(Path(meta["reference_results"]))
+    if meta.reference_results:
+        lines += reference_section(Path(meta.reference_results))
     if cells:
         lines += projection_section(sorted({c["entry"]["size"]["connector"] for c in cells
                                             if c["entry"]["size"]["family"] != TRAINING_FREE}))
@@ -284,9 +286,9 @@ def findings_section(tt: pd.DataFrame, reference: str | None, rounds: dict | Non
     return lines
 
 
-def default_recommendation(meta: dict, tt: pd.DataFrame) -> Recommendation | None:
-    if meta.get("recommend"):
-        return Recommendation(**meta["recommend"])
+def default_recommendation(meta: StudyIndex, tt: pd.DataFrame) -> Recommendation | None:
+    if meta.recommend:
+        return Recommendation(**meta.recommend)
     benches = sorted(b for b in tt.benchmark.unique() if not b.endswith(BLIND))
     return Recommendation(benches[0]) if benches else None
 

@@ -8,67 +8,29 @@ Layout under the study folder: `study.json` (each cell's identity and resolved c
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 import traceback
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, MissingPathError
+from ..errors import InputError
 from ..evaluation.base import data_fingerprint, file_digest
 from ..evaluation.benchmarks.mmbench import load_mmbench
 from ..evaluation.runner import evaluate, load_benchmark
 from ..model.mllm import MultimodalLM
 from ..reduction import Reduction
-from ..training.config import TrainConfig
 from ..training.run_folder import differences
 from ..training.trainer import make_accelerator
-from ..utils.io import atomic_write_json, exclusive
+from ..utils.io import exclusive
 from ..utils.progress import progress_bar, silence_progress
 from .engines import evaluate_launched, run_stage_here, run_stage_launched
+from .folder import CellState, EvalKey, StudyFolder, StudyIndex, finetune_config, pretrain_config
 from .plan import BenchmarkSpec, Cell, StudyPlan, check_inside, check_paths, describe_cells, expand
 from .pool import check_no_workers, run_pool, thread_count, torch_threads, worker_count
 
-BLIND = "_blind"  # an evaluation's name suffix for the no-image baseline
-REDUCED = "@"  # between the benchmark and a training-free reduction in an evaluation's name (probe@random-9)
 log = logging.getLogger("connectorlab.study")
-CELL_STATE = "cell.json"
-
-
-@dataclass
-class CellState:
-    label: str
-    cell_id: str
-    status: str = "pending"  # pending | running | done | failed
-    pretrain_s: float | None = None
-    finetune_s: float | None = None
-    eval_s: float | None = None
-    pretrain_peak_mb: float | None = None
-    finetune_peak_mb: float | None = None
-    pretrain_flops_per_sample: float | None = None
-    finetune_flops_per_sample: float | None = None
-    pretrain_folder: str | None = None
-    model: str | None = None
-    evaluations: dict[str, str] = field(default_factory=dict)  # benchmark[/blind] -> results.json
-    # What each evaluation was made from beside the model (benchmark content and settings): a change re-evaluates it
-    eval_identity: dict[str, dict] = field(default_factory=dict)
-    error: str | None = None
-    traceback: str | None = None
-
-    @classmethod
-    def read(cls, folder: Path) -> CellState | None:
-        path = folder / CELL_STATE
-        if not path.exists():
-            return None
-        known = {f.name for f in dataclasses.fields(cls)}  # a cell.json written before a field existed still reads
-        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
-
-    def write(self, folder: Path) -> None:
-        atomic_write_json(folder / CELL_STATE, dataclasses.asdict(self))
-
-
 @dataclass
 class StudyRun:
     folder: Path
@@ -86,10 +48,10 @@ def cell_folder(cell: Cell) -> Path:
 
 def check_unchanged(out: Path, cells: list[Cell]) -> None:
     """A cell label whose resolved configuration changed since the folder was made is refused, with the keys."""
-    path = out / "study.json"
-    if not path.exists():
+    folder = StudyFolder(out)
+    if not folder.has_index():
         return
-    before = json.loads(path.read_text())["cells"]
+    before = folder.read_index().cells
     changed = []
     for cell in cells:
         old = before.get(cell.label)
@@ -104,12 +66,12 @@ def check_unchanged(out: Path, cells: list[Cell]) -> None:
 def outside_plan(out: Path, cells: list[Cell]) -> dict[str, dict]:
     """The cells of earlier runs of this folder that the plan no longer has (a removed connector, seed, ...), which
     left a state on disk: kept in study.json as orphans, so that they are reported as such instead of vanishing."""
-    path = out / "study.json"
-    if not path.exists():
+    folder = StudyFolder(out)
+    if not folder.has_index():
         return {}
-    before = json.loads(path.read_text())
+    before = folder.read_index()
     labels = {c.label for c in cells}
-    old = {**before.get("orphans", {}), **before["cells"]}
+    old = {**before.orphans, **before.cells}
     return {label: entry for label, entry in old.items()
             if label not in labels and CellState.read(Path(entry["folder"])) is not None}
 
@@ -128,17 +90,6 @@ def load_benchmarks(plan: StudyPlan) -> dict[str, object]:
 
 def quiet(phase: str) -> None:
     """The default of `note`: where a cell is, for a live view (ignored)."""
-
-
-def pretrain_config(cell: Cell, out: Path) -> TrainConfig:
-    """Stage 1 runs in the folder of its pre-training key, which the cells that share it share."""
-    return dataclasses.replace(cell.config, output_dir=str(check_inside(out / "pretrain" / cell.pretrain_key[:16], out,
-                                                                        "the stage-1 folder")))
-
-
-def finetune_config(cell: Cell, pretrained_connector: Path) -> TrainConfig:
-    return dataclasses.replace(cell.config, finetune=dataclasses.replace(cell.config.finetune,
-                                                                        init_connector=str(pretrained_connector)))
 
 
 def train_cell(plan: StudyPlan, cell: Cell, out: Path, state: CellState, accelerator,
@@ -171,8 +122,8 @@ def evaluations(plan: StudyPlan, cell: Cell) -> list[tuple[str, BenchmarkSpec, b
     for spec in plan.benchmarks:
         out.append((spec.name, spec, False, None))
         if spec.blind:
-            out.append((spec.name + BLIND, spec, True, None))
-        out += [(f"{spec.name}{REDUCED}{r.label}", spec, False, r) for r in cell.reductions]
+            out.append((str(EvalKey(spec.name, blind=True)), spec, True, None))
+        out += [(str(EvalKey(spec.name, reduction=r.label)), spec, False, r) for r in cell.reductions]
     return out
 
 
@@ -248,14 +199,13 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
         if orphans:
             log.warning("%d cell(s) in %s are outside the plan now: %s (kept on disk; left out of status and the report "
                         "unless --include-orphans)", len(orphans), out, ", ".join(orphans))
-        atomic_write_json(out / "study.json", {
-            "plan": plan.source, "name": plan.name, "benchmarks": [b.name for b in plan.benchmarks],
-            "workers": workers, "reference_connector": plan.reference_connector,
-            "reference_results": plan.reference_results, "recommend": plan.recommend,
-            "unreliable_extraction": plan.unreliable_extraction,
-            "cells": {c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
-                                "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)},
-            "orphans": orphans})
+        StudyFolder(out).write_index(StudyIndex(
+            plan=plan.source, name=plan.name, benchmarks=[b.name for b in plan.benchmarks], workers=workers,
+            reference_connector=plan.reference_connector, reference_results=plan.reference_results,
+            recommend=plan.recommend, unreliable_extraction=plan.unreliable_extraction,
+            cells={c.label: {"cell_id": c.cell_id, "pretrain_key": c.pretrain_key, "folder": str(cell_folder(c)),
+                             "size": size, "config": c.config.to_dict()} for c, size in zip(cells, sizes, strict=True)},
+            orphans=orphans))
         if plan.execution.engine == "slurm":
             return StudyRun(out, cells, submit_cells(plan, cells, out, retry_failed, eval_batch))
         states: dict[str, CellState] = {}
@@ -434,18 +384,3 @@ def submit_cells(plan: StudyPlan, cells: list[Cell], out: Path, retry_failed: bo
             state.write(cell_folder(cell))
             states[cell.label] = state
     return states
-
-
-def study_states(out: str | Path, orphans: bool = False) -> list[tuple[dict, CellState | None]]:
-    """(entry of study.json, state) per cell of the plan, for `study status` and the report; with `orphans`, then the
-    cells outside the plan (their entries marked `orphan`)."""
-    out = Path(out)
-    path = out / "study.json"
-    if not path.exists():
-        raise MissingPathError(f"{out}: no study.json (not a study folder; `study run` makes one)")
-    index = json.loads(path.read_text())
-    entries = [(label, entry, False) for label, entry in index["cells"].items()]
-    if orphans:
-        entries += [(label, entry, True) for label, entry in index.get("orphans", {}).items()]
-    return [({"label": label, **entry, "orphan": orphan}, CellState.read(Path(entry["folder"])))
-            for label, entry, orphan in entries]

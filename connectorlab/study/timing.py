@@ -29,11 +29,9 @@ from ..training.loop import StageRun, micro_step, optimizer_step, supervised_tok
 from ..training.stage_data import load_stage_data
 from ..training.trainer import make_accelerator, prepare_stage, stage_artifact, stage_dir
 from ..utils.io import atomic_write_json
+from .folder import StudyFolder, finetune_config, pretrain_config
 from .plan import Cell, StepTiming, StudyPlan
 from .pool import run_pool
-from .runner import finetune_config, pretrain_config
-
-TIMING_FILE = "step_timing.json"
 
 
 def timing_groups(cells: list[Cell]) -> list[list[Cell]]:
@@ -163,13 +161,13 @@ def time_cells(plan: StudyPlan, cells: list[Cell], out: Path, workers: int, thre
 
 
 def read_timing(out: str | Path) -> dict[str, dict]:
-    path = Path(out) / TIMING_FILE
+    path = StudyFolder(out).timing_path
     return json.loads(path.read_text())["cells"] if path.exists() else {}
 
 
 def timed_before(out: Path, timing: StepTiming) -> dict[str, dict]:
     """The saved timings made with these settings (another round or step count is not comparable: timed again)."""
-    path = out / TIMING_FILE
+    path = StudyFolder(out).timing_path
     saved = json.loads(path.read_text()) if path.exists() else {}
     return saved.get("cells", {}) if (saved.get("rounds"), saved.get("steps")) == (timing.rounds, timing.steps) else {}
 
@@ -182,8 +180,9 @@ def pending_groups(cells: list[Cell], out: Path, timing: StepTiming) -> list[lis
 
 def record(out: Path, timing: StepTiming, found: dict[str, dict]) -> None:
     """Merged into the study's timing file (atomically), keeping the groups timed before with the same settings."""
-    atomic_write_json(out / TIMING_FILE, {"rounds": timing.rounds, "steps": timing.steps, "statistic": "median over rounds",
-                                          "cells": {**timed_before(out, timing), **found}})
+    atomic_write_json(StudyFolder(out).timing_path, {"rounds": timing.rounds, "steps": timing.steps,
+                                                     "statistic": "median over rounds",
+                                                     "cells": {**timed_before(out, timing), **found}})
 
 
 def median_ms(entry: dict, stage: str) -> float | None:
