@@ -6,6 +6,7 @@ import sys
 import pytest
 
 import connectorlab
+
 from conftest import ROOT
 
 HEAVY = ("torch", "transformers", "accelerate", "pandas", "matplotlib")
