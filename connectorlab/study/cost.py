@@ -12,7 +12,7 @@ from ..errors import ConfigError
 from ..model.config import ModelConfig
 from ..model.shape import ModelShape
 from ..training.config import STAGES
-from .estimate import Sizes, StageCost, Workload, peak_flops, stage_cost
+from .estimate import Sizes, StageCost, Workload, gpu_hours, peak_flops, stage_cost
 from .plan import Cell, StudyPlan
 
 MEASURED_RECORDS = 1000  # records tokenized to measure a stage's mean lengths
@@ -85,11 +85,10 @@ class GridTotal:
 
 def stage_hours(sc: StageCost, gpu: str, mfu: float) -> float | None:
     """GPU-hours of a stage under the engine it is recommended (None when none fits)."""
-    gib, peak = peak_flops(gpu)
-    choice = sc.recommend(gib)
+    choice = sc.recommend(peak_flops(gpu)[0])
     if choice is None:
         return None
-    return (sc.gc_flops_per_sample if choice[1] else sc.flops_per_sample) * sc.samples / (peak * mfu) / 3600
+    return gpu_hours((sc.gc_flops_per_sample if choice[1] else sc.flops_per_sample) * sc.samples, gpu, mfu)
 
 
 def total(costs: list[CellCost], gpu: str, gpus: int, mfu: float) -> GridTotal:

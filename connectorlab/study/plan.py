@@ -25,6 +25,7 @@ from ..model.shape import ModelShape
 from ..reduction import METHODS, Reduction
 from ..training.config import STAGES, TrainConfig
 from ..training.run_folder import RESULT_NEUTRAL, flatten
+from ..training.zero import is_zero
 from ..utils.validation import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
 from .budget import RATIO, budget_label, tokens_for_ratio
 
@@ -273,7 +274,7 @@ class StudyPlan:
 def check_sharded_execution(sharding: str, execution: Execution) -> None:
     """DeepSpeed shards over the processes a launcher starts: its cells need a launching engine, two processes or
     more (the local engine would stop at its first cell)."""
-    if sharding.startswith("zero") and not (execution.engine in ("accelerate", "slurm") and execution.processes > 1):
+    if is_zero(sharding) and not (execution.engine in ("accelerate", "slurm") and execution.processes > 1):
         raise ConfigError(f"training.sharding = {sharding!r} needs execution.engine accelerate (or slurm) with "
                           f"processes >= 2; this plan has engine {execution.engine!r}, processes {execution.processes}")
 

@@ -22,6 +22,7 @@ from ..utils.validation import (
     check_ranges,
 )
 from .sharding import SHARDINGS
+from .zero import is_zero
 
 STAGES = ("pretrain", "finetune")
 TRACKERS = ("none", "tensorboard", "wandb", "mlflow")
@@ -115,7 +116,7 @@ class TrainConfig:
         check_choice(self.sharding, SHARDINGS, "sharding")
         if self.bf16 and self.fp16:
             raise ConfigError("bf16 and fp16 are both true: choose one mixed precision")
-        if self.fp16 and self.sharding.startswith("zero"):  # DeepSpeed scales fp16 losses itself, not a GradScaler
+        if self.fp16 and is_zero(self.sharding):  # DeepSpeed scales fp16 losses itself, not a GradScaler
             raise ConfigError(f"fp16 with sharding: {self.sharding} is not supported (DeepSpeed's own loss scaling is not "
                               "wired in); use bf16")
         for name in STAGES:
