@@ -27,7 +27,7 @@ _API = {
     "load": ("connectorlab.api", "load"),
     "TrainConfig": ("connectorlab.training.config", "TrainConfig"),
     "train": ("connectorlab.training.trainer", "train"),
-    "load_benchmark": ("connectorlab.evaluation.runner", "load_benchmark"),
+    "load_benchmark": ("connectorlab.evaluation.registry", "load_benchmark"),
     "evaluate": ("connectorlab.evaluation.runner", "evaluate"),
     "StudyPlan": ("connectorlab.study.plan", "StudyPlan"),
     "plan_study": ("connectorlab.api", "plan_study"),

@@ -11,7 +11,7 @@ import pytest
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
 from connectorlab.evaluation.benchmarks.mme import load_mme
 from connectorlab.evaluation.benchmarks.seedbench import load_seedbench
-from connectorlab.evaluation.runner import load_benchmark
+from connectorlab.evaluation.registry import load_benchmark
 
 from test_evaluation import cli, fixtures, tiny_model  # noqa: F401  (the release-file fixtures, shared)
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from connectorlab.evaluation.runner import evaluate, load_benchmark
+from connectorlab.evaluation.registry import load_benchmark
+from connectorlab.evaluation.runner import evaluate
 from connectorlab.model.config import ModelConfig
 from connectorlab.model.mllm import MultimodalLM
 from connectorlab.study.plan import StudyPlan

@@ -126,6 +126,7 @@ def train(
 ):
     """Train with LLaVA's two stages. Extra `key=value` arguments override the YAML (e.g. pretrain.lr=1e-4)."""
     from ..training.config import STAGES, TrainConfig
+    from ..training.run_folder import STAGE_SUMMARY
     from ..training.trainer import train as run
 
     setup_logging()
@@ -141,17 +142,18 @@ def train(
         summary = result.summary
         console.print(f"[bold]{name}[/bold]: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, "
                       f"loss {summary['first_loss']} -> {summary['final_loss']}; "
-                      f"summary: {result.folder / 'summary.json'}; {result.artifact}")
+                      f"summary: {result.folder / STAGE_SUMMARY}; {result.artifact}")
 
 
 def saved_checkpoints(cfg) -> str:
     from ..training.checkpoint import list_checkpoints
     from ..training.config import STAGES
+    from ..training.run_folder import STAGE_SUMMARY
 
     parts = []
     for stage in STAGES:
         folder = Path(cfg.output_dir) / stage
-        if (folder / "summary.json").is_file():
+        if (folder / STAGE_SUMMARY).is_file():
             parts.append(f"{stage} finished")
         elif list_checkpoints(folder / "checkpoints"):
             parts.append(f"{stage} checkpoint {list_checkpoints(folder / 'checkpoints')[-1]}")

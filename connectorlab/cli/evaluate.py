@@ -21,7 +21,7 @@ TASK_TYPES = typer.Option(None, help="task-type mapping YAML replacing the built
 @app.command("eval")
 def eval_command(
     model: Path = typer.Option(..., exists=True, file_okay=False, help="a saved MultimodalLM folder"),
-    benchmark: str = typer.Option(..., help="mmbench | mme | seedbench"),
+    benchmark: str = typer.Option(..., help="mmbench | mme | seedbench | probe"),
     data: str = typer.Option(..., help="MMBench TSV, MME release folder, SEED-Bench JSON; or the Hub dataset lmms-eval "
                                        "reads (lmms-lab/MME, lmms-lab/MMBench, lmms-lab/SEED-Bench) or parquet files of it"),
     out: Path = typer.Option(..., help="output folder (predictions.jsonl, records.jsonl, results.json)"),
@@ -33,8 +33,8 @@ def eval_command(
                                                          "cap: MMBench 1024, MME and SEED-Bench 128)"),
     template: str = typer.Option(None, help="conversation template (default: the model's)"),
     task_types: Path = TASK_TYPES,
-    task_section: str = typer.Option(None, help="mapping section for MMBench-layout data (default: mmbench, or probe "
-                                                "for the probe's test set)"),
+    task_section: str = typer.Option(None, help="mapping section of the task types (default: the benchmark's; for "
+                                                "MMBench-layout data the one its categories belong to)"),
     blind: bool = typer.Option(False, help="no-image baseline: the same prompts without the image"),
     strict: bool = typer.Option(False, help="raise on the first malformed row instead of skipping it"),
     image_workers: int = typer.Option(4, min=0, help="threads decoding the next batch's images (0: inline)"),
@@ -45,7 +45,8 @@ def eval_command(
 ):
     """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped. Under
     `accelerate launch -m connectorlab eval ...` the batches are dealt out to the processes (same answers)."""
-    from ..evaluation.runner import LLAVA_MAX_NEW_TOKENS, evaluate, load_benchmark
+    from ..evaluation.registry import BENCHMARKS, load_benchmark
+    from ..evaluation.runner import evaluate
     from ..language.processor import MultimodalProcessor
     from ..model.mllm import MultimodalLM
     from ..utils.distributed import process_state
@@ -57,7 +58,7 @@ def eval_command(
         raise MissingPathError(f"--data {data}: no such file or folder (nor an owner/name Hub dataset id)")
     bench = load_benchmark(benchmark, data, image_folder, strict, task_types, task_section, subset, split)
     if max_new_tokens is None:
-        max_new_tokens = LLAVA_MAX_NEW_TOKENS[benchmark]
+        max_new_tokens = BENCHMARKS[benchmark].max_new_tokens
     state = process_state()
     mllm = MultimodalLM.from_pretrained(model).to(state.device)
     if template:
@@ -96,25 +97,14 @@ def saved_predictions(out: Path) -> str:
 
 
 def show(benchmark: str, scores: dict) -> None:
-    if benchmark == "mme":
-        console.print(f"MME perception {scores['perception']:.2f}  cognition {scores['cognition']:.2f}")
-        table = Table("subtask", "score", "acc", "acc+")
-        for name, d in scores["subtask_details"].items():
-            table.add_row(name, f"{d['score']:.2f}", f"{d['acc']:.2f}", f"{d['acc_plus']:.2f}")
-        console.print(table)
-    elif benchmark == "mmbench":
-        console.print(f"MMBench circular {100 * scores['circular']:.2f}  vanilla {100 * scores['vanilla']:.2f}  "
-                      f"({scores['questions']} questions, {scores['rows']} rows)")
-        if scores["categories"]:
-            table = Table("category", "circular", "questions")
-            for name, acc in scores["categories"].items():
-                table.add_row(name, f"{100 * acc:.2f}", str(scores["category_counts"][name]))
-            console.print(table)
-    else:
-        console.print(f"SEED-Bench image {100 * scores['image']:.2f} ({scores['questions']} questions)")
-        table = Table("dimension", "name", "accuracy", "questions")
-        for d, acc in scores["dimensions"].items():
-            table.add_row(d, scores["dimension_names"].get(d, ""), f"{100 * acc:.2f}", str(scores["dimension_counts"][d]))
+    from ..evaluation.registry import BENCHMARKS
+
+    summary = BENCHMARKS[benchmark].render(scores)
+    console.print(summary.headline)
+    if summary.rows:
+        table = Table(*summary.columns)
+        for row in summary.rows:
+            table.add_row(*row)
         console.print(table)
     if scores.get("task_types"):
         table = Table("task type", "n", "accuracy", "95% CI", "macro", title="task types (micro accuracy, Wilson CI)")

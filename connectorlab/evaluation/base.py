@@ -13,6 +13,7 @@ from typing import Any
 from PIL import Image
 
 from ..data.skips import SkipReport
+from ..language.templates import with_image
 from ..utils.io import file_sha256
 
 
@@ -36,6 +37,14 @@ class Benchmark:
     score: Callable[[dict[str, str]], dict]  # predictions by key -> results
     extra: dict[str, Any] = field(default_factory=dict)
     fingerprint: str | None = None  # data_fingerprint's, computed once
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A score as a person reads it: one headline and one table; the CLI draws it, a notebook can print it."""
+    headline: str
+    columns: tuple[str, ...]
+    rows: list[tuple[str, ...]]
 
 
 def content_key(data: str) -> str:
@@ -92,7 +101,7 @@ MC_INSTRUCTION = "Answer with the option's letter from the given choices directl
 
 def mc_prompt(question: str, options: dict[str, str], hint: str = "") -> str:
     """LLaVA's multiple-choice prompt (MMBench `--single-pred-prompt`, SEED-Bench)."""
-    text = "<image>\n" + (hint + "\n" if hint else "") + question
+    text = with_image((hint + "\n" if hint else "") + question)
     for letter, opt in options.items():
         text += f"\n{letter}. {opt}"
     return text + "\n" + MC_INSTRUCTION

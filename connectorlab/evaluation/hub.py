@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -21,13 +23,6 @@ from .benchmarks.mmbench import LETTERS, mmbench_from_frame
 from .benchmarks.mme import OFFICIAL, llava_prompt, mme_benchmark
 from .benchmarks.seedbench import seed_benchmark
 
-# lmms-eval's datasets: (subset, split) of each
-HUB = {"mme": ("lmms-lab/MME", None, "test"), "mmbench": ("lmms-lab/MMBench", "en", "dev"),
-       "seedbench": ("lmms-lab/SEED-Bench", None, "test")}
-REQUIRED = {"mme": ("question_id", "question", "answer", "category", "image"),
-            "mmbench": ("index", "question", "answer", "category", "image", *LETTERS),
-            "seedbench": ("question_id", "question", "answer", "question_type_id", "image", "choice_a", "choice_b")}
-
 
 def is_hub_source(data: str | Path) -> bool:
     """A local parquet file or folder of them, or an `owner/name` that is not a path here."""
@@ -37,7 +32,18 @@ def is_hub_source(data: str | Path) -> bool:
     return str(data).count("/") == 1 and not str(data).startswith((".", "/"))
 
 
-def load_rows(name: str, source: str | Path, subset: str | None = None, split: str | None = None):
+@dataclass(frozen=True)
+class HubSource:
+    """Where lmms-eval reads a benchmark on the Hub, what a row must hold, and how rows become our benchmark."""
+    dataset: str
+    subset: str | None
+    split: str
+    required: tuple[str, ...]
+    from_rows: Callable[..., Benchmark]  # (rows, source label, strict, task_types, task_section)
+    image_list: bool = False  # the image column holds a list of images (SEED-Bench)
+
+
+def load_rows(hub: HubSource, name: str, source: str | Path, subset: str | None = None, split: str | None = None):
     try:
         import datasets
     except ImportError:
@@ -51,11 +57,11 @@ def load_rows(name: str, source: str | Path, subset: str | None = None, split: s
         rows = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     else:
         rows = datasets.load_dataset(str(source), subset, split=split)
-    missing = [c for c in REQUIRED[name] if c not in rows.column_names]
+    missing = [c for c in hub.required if c not in rows.column_names]
     if missing:
         raise DataError(f"{source}: not a {name} dataset as lmms-eval reads it: no column(s) {', '.join(missing)} "
                         f"(columns: {', '.join(rows.column_names)})")
-    image = datasets.Sequence(datasets.Image(decode=False)) if name == "seedbench" else datasets.Image(decode=False)
+    image = datasets.Sequence(datasets.Image(decode=False)) if hub.image_list else datasets.Image(decode=False)
     return rows.cast_column("image", image)
 
 
@@ -83,19 +89,14 @@ def from_bytes(data: bytes):
     return load
 
 
-def load_hub_benchmark(name: str, source: str | Path, subset: str | None = None, split: str | None = None,
-                       strict: bool = False, task_types: str | Path | None = None,
+def load_hub_benchmark(hub: HubSource, name: str, source: str | Path, subset: str | None = None,
+                       split: str | None = None, strict: bool = False, task_types: str | Path | None = None,
                        task_section: str | None = None) -> Benchmark:
     if not Path(source).exists():
-        _, default_subset, default_split = HUB[name]
-        subset, split = subset or default_subset, split or default_split
-    rows = load_rows(name, source, subset, split)
+        subset, split = subset or hub.subset, split or hub.split
+    rows = load_rows(hub, name, source, subset, split)
     label = str(source) if Path(source).exists() else f"{source} [{subset or ''}/{split}]"
-    if name == "mmbench":
-        return mmbench_from_frame(mmbench_frame(rows), label, strict, task_section, task_types)
-    if name == "mme":
-        return mme_from_rows(rows, label, strict, task_types)
-    return seed_from_rows(rows, label, strict, task_types)
+    return hub.from_rows(rows, label, strict, task_types, task_section)
 
 
 def mmbench_frame(rows) -> pd.DataFrame:
@@ -109,7 +110,7 @@ def mmbench_frame(rows) -> pd.DataFrame:
     return pd.DataFrame(records)
 
 
-def mme_from_rows(rows, source: str, strict: bool, task_types) -> Benchmark:
+def mme_from_rows(rows, source: str, strict: bool, task_types, task_section=None) -> Benchmark:
     """Rows keyed by question_id (`<subtask>/<image file>`), two questions per image in dataset order."""
     skips = SkipReport(strict=strict)
     items, order, count = [], {}, {}
@@ -135,7 +136,7 @@ def mme_from_rows(rows, source: str, strict: bool, task_types) -> Benchmark:
     return mme_benchmark(source, items, {s: order[s] for s in sorted(order)}, skips, task_types)
 
 
-def seed_from_rows(rows, source: str, strict: bool, task_types) -> Benchmark:
+def seed_from_rows(rows, source: str, strict: bool, task_types, task_section=None) -> Benchmark:
     questions, images = [], {}
     for row in rows:
         questions.append({k: v for k, v in row.items() if k != "image"})
@@ -147,3 +148,16 @@ def seed_from_rows(rows, source: str, strict: bool, task_types) -> Benchmark:
         return (from_bytes(data), bytes_key(data)) if data else None
 
     return seed_benchmark(source, questions, {}, image_of, strict, task_types, lambda q: "field 'image' is empty")
+
+
+def mmbench_from_rows(rows, source: str, strict: bool, task_types, task_section=None) -> Benchmark:
+    return mmbench_from_frame(mmbench_frame(rows), source, strict, task_section, task_types)
+
+
+# lmms-eval's datasets, with the subset and split it reads by default
+MMBENCH = HubSource("lmms-lab/MMBench", "en", "dev", ("index", "question", "answer", "category", "image", *LETTERS),
+                    mmbench_from_rows)
+MME = HubSource("lmms-lab/MME", None, "test", ("question_id", "question", "answer", "category", "image"), mme_from_rows)
+SEED_BENCH = HubSource("lmms-lab/SEED-Bench", None, "test",
+                       ("question_id", "question", "answer", "question_type_id", "image", "choice_a", "choice_b"),
+                       seed_from_rows, image_list=True)

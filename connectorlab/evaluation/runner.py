@@ -22,36 +22,14 @@ from ..data.images import ImageLoader
 from ..data.skips import SkipReport
 from ..errors import InputError
 from ..language.processor import OverLength
+from ..language.templates import without_image
 from ..model.mllm import MultimodalLM
 from ..utils.distributed import main_process_lock, on_main, process_state
 from ..utils.io import atomic_write_json, atomic_write_text, fingerprint_folder, parse_jsonl, read_complete_jsonl
 from ..utils.progress import progress_bar
 from .base import Benchmark, data_fingerprint
-from .benchmarks.mmbench import load_mmbench
-from .benchmarks.mme import load_mme
-from .benchmarks.seedbench import load_seedbench
 
-BENCHMARKS = ("mmbench", "mme", "seedbench")
-# The answer cap of LLaVA's evaluation scripts (model_vqa_mmbench writes 1024; model_vqa_loader defaults to 128)
-LLAVA_MAX_NEW_TOKENS = {"mmbench": 1024, "mme": 128, "seedbench": 128}
 log = logging.getLogger("connectorlab.eval")
-
-
-def load_benchmark(name: str, data: str | Path, image_folder: str | Path | None = None, strict: bool = False,
-                   task_types: str | Path | None = None, task_section: str | None = None, subset: str | None = None,
-                   split: str | None = None) -> Benchmark:
-    """The release files, or (a Hub id such as lmms-lab/MME, or parquet files of that schema) the Hub's dataset."""
-    from .hub import is_hub_source, load_hub_benchmark
-
-    if name in BENCHMARKS and is_hub_source(data):
-        return load_hub_benchmark(name, data, subset, split, strict, task_types, task_section)
-    if name == "mmbench":
-        return load_mmbench(data, strict, task_section, task_types)
-    if name == "mme":
-        return load_mme(data, strict, task_types)
-    if name == "seedbench":
-        return load_seedbench(data, image_folder, strict, task_types)
-    raise InputError(f"unknown benchmark {name!r}; valid: {', '.join(BENCHMARKS)}")
 
 
 def read_predictions(path: Path) -> dict[str, str]:
@@ -185,7 +163,7 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
     skips = SkipReport()
     todo = []
     left = [it for it in bench.items if it.key not in preds]
-    prompts = [it.prompt.replace("<image>\n", "").replace("<image>", "") if blind else it.prompt for it in left]
+    prompts = [without_image(it.prompt) if blind else it.prompt for it in left]
     for it, ids in zip(left, model.processor.encode_prompts(prompts, num_images=0 if blind else 1), strict=True):
         if isinstance(ids, OverLength):
             skips.skip("over_length", it.key, str(ids))

@@ -21,12 +21,13 @@ from pathlib import Path
 import torch
 
 from ..errors import InputError
+from ..language.templates import IMAGE_LINE, IMAGE_PLACEHOLDER
 from ..model.config import ModelConfig
 from ..model.mllm import MultimodalLM
 from ..utils.io import atomic_dir, check_output
 from ..utils.weights import reading
 
-IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN = IMAGE_PLACEHOLDER  # llava-hf names the same placeholder its image token
 ACTIVATIONS = {"gelu": "gelu", "relu": "relu", "silu": "silu"}
 PAD_VOCAB_TO = 64
 IMAGE_MODES = {  # connectorlab's image mode -> the image processor settings that reproduce it
@@ -140,7 +141,7 @@ def chat_template(name: str, tokenizer_adds_bos: bool) -> str:
     from ..language.templates import TEMPLATES, VICUNA_ROLES
 
     system = TEMPLATES[name].system
-    user = ("{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n{% elif c['type'] == 'text' %}"
+    user = ("{% for c in m['content'] %}{% if c['type'] == 'image' %}" + IMAGE_LINE + "{% elif c['type'] == 'text' %}"
             "{{ c['text'] }}{% endif %}{% endfor %}")
     answer = "{{ m['content'] if m['content'] is string else m['content'][0]['text'] }}"
     bos = "{% if not loop.first %}{{ bos_token }}{% endif %}" if tokenizer_adds_bos else "{{ bos_token }}"

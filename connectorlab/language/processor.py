@@ -220,9 +220,10 @@ class MultimodalProcessor:
                 ids.append(self.stop_id)
                 labels.append(self.stop_id if group.supervised else IGNORE_INDEX)
         if images > 1:
-            raise TokenizationMismatch(f"{images} '<image>' placeholders; one image per conversation is supported")
+            raise TokenizationMismatch(f"{images} '{IMAGE_PLACEHOLDER}' placeholders; one image per conversation is supported")
         if num_images is not None and images != num_images:
-            raise TokenizationMismatch(f"conversation has {images} '<image>' placeholder(s) but {num_images} image(s) were given")
+            raise TokenizationMismatch(f"conversation has {images} '{IMAGE_PLACEHOLDER}' placeholder(s) but {num_images} "
+                                      "image(s) were given")
         if self.max_length is not None and len(ids) > self.max_length:
             raise OverLength(f"{len(ids)} tokens ({images * self.num_image_tokens} visual) exceed max_length={self.max_length}")
         return Encoded(ids, labels)

@@ -37,6 +37,19 @@ class Stop:
 
 Part = Text | Image | Bos | Stop
 IMAGE_PLACEHOLDER = "<image>"
+IMAGE_LINE = IMAGE_PLACEHOLDER + "\n"  # how LLaVA's data and evaluation prompts put the image first
+
+
+def with_image(text: str) -> str:
+    """The user text of a single-image turn as LLaVA writes it: the image, a line break, the text."""
+    return IMAGE_LINE + text
+
+
+def without_image(text: str) -> str:
+    """The same text with the image taken out (the blind baseline, text-only warm-up data, token counts)."""
+    return text.replace(IMAGE_LINE, "").replace(IMAGE_PLACEHOLDER, "")
+
+
 PLAIN_SEPARATOR = "\n"  # LLaVA's conv_llava_plain separator, which ends every pre-training caption
 
 

@@ -22,6 +22,7 @@ import pandas as pd
 from ..errors import InputError
 from ..evaluation.base import mc_prompt
 from ..evaluation.task_types import load_mapping
+from ..language.templates import IMAGE_LINE, with_image
 from ..utils.io import atomic_write_json, atomic_write_text
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, Range, check_ranges
 from .scene import (
@@ -155,8 +156,8 @@ def instruction(qs: list[Question], params: ProbeParams, types: dict[str, str], 
     conv = []
     for k, q in enumerate(qs):
         prompt = mc_prompt(q.question, dict(zip("ABCD", q.options, strict=False))) if k < mc \
-            else "<image>\n" + q.question
-        conv += [{"from": "human", "value": prompt if k == 0 else prompt.removeprefix("<image>\n")},
+            else with_image(q.question)
+        conv += [{"from": "human", "value": prompt if k == 0 else prompt.removeprefix(IMAGE_LINE)},
                  {"from": "gpt", "value": q.answer}]
     return conv
 
@@ -213,7 +214,7 @@ def generate(out: str | Path, params: ProbeParams = ProbeParams(), progress=None
         jobs.append((spec, noise_seed(spec, rng), params.image_size, out / rel))
         annotations.append({"image": rel, **asdict(spec)})
         pretrain.append({"id": f"train-{i}", "image": rel, "conversations": [
-            {"from": "human", "value": "<image>\nDescribe the image."}, {"from": "gpt", "value": caption(spec)}]})
+            {"from": "human", "value": with_image("Describe the image.")}, {"from": "gpt", "value": caption(spec)}]})
         qs = questions_for(spec, rng)
         unmapped = {q.subtask for q in qs} - set(types)
         if unmapped:

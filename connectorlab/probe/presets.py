@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..language.templates import VICUNA_ROLES
+from ..language.templates import VICUNA_ROLES, without_image
 from ..model.tiny import make_llm, make_vision, make_word_tokenizer
 from .generate import probe_texts, vocabulary
 
@@ -69,7 +69,7 @@ def warm_up_llm(probe: Path, vision: Path, init_llm: Path, out: Path, epochs: in
     records = []
     for name in ("pretrain.json", "finetune.json"):
         for rec in json.loads((probe / name).read_text()):
-            conv = [{**t, "value": t["value"].replace("<image>\n", "")} for t in rec["conversations"]]
+            conv = [{**t, "value": without_image(t["value"])} for t in rec["conversations"]]
             records.append({"id": f"text-{rec['id']}-{name}", "conversations": conv})
     data = out.parent / "warmup.json"
     atomic_write_json(data, records)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..language.templates import without_image
 from ..model.config import ModelConfig
 from ..model.shape import ModelShape
 from ..training.config import STAGES
@@ -52,7 +53,7 @@ def measure(data: Path, model: ModelConfig) -> Workload:
     sample = records[:MEASURED_RECORDS]
     for record in sample:
         for turn in record.get("conversations", []):
-            n = len(tokenizer(str(turn.get("value", "")).replace("<image>", ""), add_special_tokens=False).input_ids)
+            n = len(tokenizer(without_image(str(turn.get("value", ""))), add_special_tokens=False).input_ids)
             text += n + 1  # the turn's separator
             answer += n + 1 if turn.get("from") == "gpt" else 0
     return Workload(text / max(1, len(sample)), answer / max(1, len(sample)), len(records))

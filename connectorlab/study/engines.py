@@ -50,11 +50,10 @@ def accelerate_command(execution: Execution, config: Path, stage: str) -> list[s
 def eval_command(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
                  blind: bool, reduction: Reduction | None = None, overwrite: bool = False) -> list[str]:
     """`connectorlab eval` of one benchmark, its batches dealt out to the launch's processes."""
-    probe = spec.name == "probe"  # the probe's test set is an MMBench-layout file with its own task types
-    cmd = ["eval", "--model", str(model), "--benchmark", "mmbench" if probe else spec.name, "--data", spec.data,
+    cmd = ["eval", "--model", str(model), "--benchmark", spec.name, "--data", spec.data,
            "--out", str(target), "--batch-size", str(batch_size), "--max-new-tokens", str(spec.max_new_tokens),
            "--allow-incomplete"]
-    section = spec.task_section or ("probe" if probe else None)
+    section = spec.task_section
     reduce = f"{reduction.method}:{reduction.tokens}" if reduction else None
     for flag, value in (("--task-section", section), ("--task-types", spec.task_types), ("--image-folder", spec.image_folder),
                         ("--reduce", reduce)):

@@ -29,7 +29,6 @@ from ..training.zero import is_zero
 from ..utils.validation import FRACTION, NON_NEGATIVE_INT, POSITIVE_INT, ConfigError, Range, check_choice, check_ranges
 from .budget import RATIO, budget_label, tokens_for_ratio
 
-BENCHMARK_NAMES = ("mmbench", "mme", "seedbench", "probe")
 ENGINES = ("local", "accelerate", "slurm")
 CELLS = "cells"  # the study folder's sub-folder of cell folders (see `folder`)
 UNRELIABLE_EXTRACTION = 0.2  # the default share of unreadable answers above which a cell's score is not judged
@@ -121,7 +120,9 @@ class BenchmarkSpec:
     max_new_tokens: int = 128
 
     def __post_init__(self) -> None:
-        check_choice(self.name, BENCHMARK_NAMES, "name")
+        from ..evaluation.registry import BENCHMARKS
+
+        check_choice(self.name, tuple(BENCHMARKS), "name")
         check_ranges(self, {"max_new_tokens": POSITIVE_INT}, "benchmark")
 
 

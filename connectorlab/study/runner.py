@@ -17,8 +17,8 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..evaluation.base import data_fingerprint, file_digest
-from ..evaluation.benchmarks.mmbench import load_mmbench
-from ..evaluation.runner import evaluate, load_benchmark
+from ..evaluation.registry import load_benchmark
+from ..evaluation.runner import evaluate
 from ..model.mllm import MultimodalLM
 from ..reduction import Reduction
 from ..training.run_folder import differences
@@ -77,15 +77,8 @@ def outside_plan(out: Path, cells: list[Cell]) -> dict[str, dict]:
 
 
 def load_benchmarks(plan: StudyPlan) -> dict[str, object]:
-    loaded = {}
-    for spec in plan.benchmarks:
-        if spec.name == "probe":
-            loaded[spec.name] = load_mmbench(spec.data, mapping_section=spec.task_section or "probe",
-                                             mapping_file=spec.task_types)
-        else:
-            loaded[spec.name] = load_benchmark(spec.name, spec.data, spec.image_folder, False, spec.task_types,
-                                               spec.task_section)
-    return loaded
+    return {spec.name: load_benchmark(spec.name, spec.data, spec.image_folder, False, spec.task_types, spec.task_section)
+            for spec in plan.benchmarks}
 
 
 def quiet(phase: str) -> None:

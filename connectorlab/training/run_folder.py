@@ -17,6 +17,7 @@ from ..utils.io import atomic_write_json
 from .config import STAGES, TrainConfig
 
 STAGE_CONFIG = "config.json"
+STAGE_SUMMARY = "summary.json"  # written last: a stage folder with it is finished
 RESULT_NEUTRAL = {"output_dir", "keep_checkpoints", "checkpoint_every", "log_every", "report_to", "allow_nonfinite",
                   "pretrain.image_workers", "finetune.image_workers"}
 

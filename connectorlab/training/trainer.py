@@ -23,7 +23,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ..data.batching import StepPlan, accumulation_steps
 from ..errors import InputError, MissingPathError
 from ..language.tokenizer import load_tokenizer
-from ..model.mllm import MultimodalLM
+from ..model.mllm import CONNECTOR_WEIGHTS, MultimodalLM
 from ..model.shape import meta_connector
 from ..utils.distributed import decided_on_main, main_process_lock
 from ..utils.io import atomic_write_json
@@ -35,7 +35,7 @@ from .config import STAGES, StageConfig, TrainConfig
 from .feature_cache import FeatureCache
 from .loop import StageRun, StepTotals, train_steps
 from .metrics import StepLog, current_memory_mb, peak_memory_mb
-from .run_folder import check_stage_folder, record_stage_config
+from .run_folder import STAGE_SUMMARY, check_stage_folder, record_stage_config
 from .sharding import full_state, shard
 from .stage_data import StageData, load_stage_data
 from .throughput import device_peak_flops
@@ -113,7 +113,7 @@ def build_stage_model(cfg: TrainConfig, stage: str, sc: StageConfig) -> Multimod
 
 def init_connector(model: MultimodalLM, cfg: TrainConfig, sc: StageConfig) -> None:
     """Fine-tuning starts from the pre-trained connector: this run's stage 1, or `init_connector`."""
-    init = Path(sc.init_connector) if sc.init_connector else stage_dir(cfg, "pretrain") / "connector.safetensors"
+    init = Path(sc.init_connector) if sc.init_connector else stage_dir(cfg, "pretrain") / CONNECTOR_WEIGHTS
     if sc.init_connector == "random":
         pass  # an explicit choice (e.g. a text-only LM warm-up), not a missing file
     elif init.exists():
@@ -150,15 +150,15 @@ class StageResult:
 
 
 def stage_artifact(folder: Path, stage: str) -> Path:
-    return folder / ("connector.safetensors" if stage == "pretrain" else "model")
+    return folder / (CONNECTOR_WEIGHTS if stage == "pretrain" else "model")
 
 
 def finished_stage(cfg: TrainConfig, stage: str) -> StageResult:
     """The result of a stage that another process (e.g. `accelerate launch`) finished."""
     folder = stage_dir(cfg, stage)
-    summary = folder / "summary.json"
+    summary = folder / STAGE_SUMMARY
     if not summary.exists():
-        raise MissingPathError(f"{folder}: the {stage} stage has not finished (no summary.json)")
+        raise MissingPathError(f"{folder}: the {stage} stage has not finished (no {STAGE_SUMMARY})")
     return StageResult(stage, folder, json.loads(summary.read_text()), stage_artifact(folder, stage))
 
 
@@ -262,8 +262,8 @@ def finish_stage(run: StageRun, totals: StepTotals, steplog: StepLog | None) -> 
             whole.save_connector(artifact)
         else:
             whole.save_pretrained(artifact, source_config=cfg.model, overwrite=True)  # the stage folder is this run's
-        atomic_write_json(run.out / "summary.json", summary)
-        log.info("%s done in %.1fs: %s", run.stage, totals.wall_s, run.out / "summary.json")
+        atomic_write_json(run.out / STAGE_SUMMARY, summary)
+        log.info("%s done in %.1fs: %s", run.stage, totals.wall_s, run.out / STAGE_SUMMARY)
     accelerator.wait_for_everyone()
     return StageResult(run.stage, run.out, summary, artifact)
 
@@ -296,8 +296,8 @@ def run_stage(cfg: TrainConfig, stage: str, resume: bool = False, accelerator: A
     main = accelerator.is_main_process
     check_stage_folder(cfg, stage, resume, overwrite, will_run=True, clear=main)
     accelerator.wait_for_everyone()
-    if resume and (out / "summary.json").exists():
-        log.info("%s already finished (%s); skipping", stage, out / "summary.json")
+    if resume and (out / STAGE_SUMMARY).exists():
+        log.info("%s already finished (%s); skipping", stage, out / STAGE_SUMMARY)
         return finished_stage(cfg, stage)
     check_tracker(cfg.report_to)
     if main:
@@ -326,6 +326,6 @@ def train(cfg: TrainConfig, stages: list[str], resume: bool = False, accelerator
         accelerator.wait_for_everyone()
         connector = meta_connector(cfg.model)
         tokenizer = load_tokenizer(cfg.model.llm)
-        todo = [s for s in stages if not (resume and (stage_dir(cfg, s) / "summary.json").exists())]
+        todo = [s for s in stages if not (resume and (stage_dir(cfg, s) / STAGE_SUMMARY).exists())]
         data = {s: load_stage_data(cfg, s, accelerator, tokenizer, connector.num_output_tokens) for s in todo}
         return {stage: run_stage(cfg, stage, resume, accelerator, feature_cache, data.get(stage)) for stage in stages}

@@ -15,7 +15,7 @@ import pandas as pd
 
 from ...data.skips import DataError, SkipReport
 from ...errors import MissingPathError, NotAFileError
-from ..base import Benchmark, EvalItem, content_key, image_from_base64, mc_prompt
+from ..base import Benchmark, EvalItem, Summary, content_key, image_from_base64, mc_prompt
 from ..extraction import extract_choice
 from ..task_types import aggregate, choose_section
 
@@ -153,6 +153,12 @@ def score_mmbench(rows: list[dict], mapping: dict | None = None) -> dict:
         if all(not v["subtasks"] for k, v in result["task_types"].items() if k != "unmapped_subtasks"):
             result["task_types"] = result["task_types_all"]  # a mapping without paper entries (e.g. the probe)
     return result
+
+
+def summary(scores: dict, title: str = "MMBench") -> Summary:
+    rows = [(name, f"{100 * acc:.2f}", str(scores["category_counts"][name])) for name, acc in scores["categories"].items()]
+    return Summary(f"{title} circular {100 * scores['circular']:.2f}  vanilla {100 * scores['vanilla']:.2f}  "
+                   f"({scores['questions']} questions, {scores['rows']} rows)", ("category", "circular", "questions"), rows)
 
 
 @dataclass

@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ...data.skips import DataError, SkipReport
 from ...errors import MissingPathError, NotAFolderError
+from ...language.templates import with_image
 from ...utils.io import read_utf8
-from ..base import Benchmark, EvalItem, image_from_path
+from ..base import Benchmark, EvalItem, Summary, image_from_path
 from ..extraction import mme_answer
 from ..task_types import aggregate, load_mapping
 
@@ -33,7 +34,7 @@ Line = tuple[str, str, str, str]  # image, question, ground truth, prediction (n
 
 def llava_prompt(question: str) -> str:
     """LLaVA's MME prompt: the yes/no suffix (one or two spaces before 'Please') becomes the short-answer one."""
-    return "<image>\n" + re.sub(r"\s+Please answer yes or no\.$", "", question) + LLAVA_SUFFIX
+    return with_image(re.sub(r"\s+Please answer yes or no\.$", "", question) + LLAVA_SUFFIX)
 
 
 def question_key(question: str) -> str:
@@ -85,6 +86,13 @@ def score_lines(by_subtask: dict[str, list[Line]], mapping: dict | None = None) 
 
 
 OFFICIAL = PERCEPTION + COGNITION
+
+
+def summary(scores: dict) -> Summary:
+    rows = [(name, f"{d['score']:.2f}", f"{d['acc']:.2f}", f"{d['acc_plus']:.2f}")
+            for name, d in scores["subtask_details"].items()]
+    return Summary(f"MME perception {scores['perception']:.2f}  cognition {scores['cognition']:.2f}",
+                   ("subtask", "score", "acc", "acc+"), rows)
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ...data.skips import DataError, SkipReport
 from ...utils.io import parse_jsonl
-from ..base import Benchmark, EvalItem, image_from_path, mc_prompt
+from ..base import Benchmark, EvalItem, Summary, image_from_path, mc_prompt
 from ..extraction import extract_choice
 from ..task_types import aggregate, load_mapping
 
@@ -58,6 +58,13 @@ def score_seed(rows: list[dict], names: dict[int, str] | None = None, mapping: d
     if mapping:
         result["task_types"] = aggregate(units, dims, mapping, chance=[1 / len(r["options"]) for r in rows])
     return result
+
+
+def summary(scores: dict) -> Summary:
+    rows = [(d, scores["dimension_names"].get(d, ""), f"{100 * acc:.2f}", str(scores["dimension_counts"][d]))
+            for d, acc in scores["dimensions"].items()]
+    return Summary(f"SEED-Bench image {100 * scores['image']:.2f} ({scores['questions']} questions)",
+                   ("dimension", "name", "accuracy", "questions"), rows)
 
 
 def load_seedbench(questions: str | Path, image_folder: str | Path | None = None, strict: bool = False,
