@@ -105,7 +105,7 @@ def test_import_of_a_llava_hf_checkpoint_gives_its_logits(tiny_dir, tmp_path):
     source = LlavaForConditionalGeneration(config).eval()
     source.save_pretrained(tmp_path / "src")
     tok.save_pretrained(tmp_path / "src")
-    model = MultimodalLM.from_llava_hf(tmp_path / "src", template="vicuna_v1", image_mode="resize").eval()
+    model = from_llava_hf(tmp_path / "src", template="vicuna_v1", image_mode="resize").eval()
     assert model.config.connector == "mlp" and model.connector.num_output_tokens == 16
     image = IMAGES[0]
     ids = hf_ids(model, config.image_token_index)

@@ -43,12 +43,13 @@ def import_llava_hf(
 ):
     """A llava-hf checkpoint as a connectorlab model (its projector an `mlp` connector), e.g. to score it on the
     paper's task types with `connectorlab eval`."""
-    from ..model.mllm import MODEL_KIND, MultimodalLM
+    from ..interop import from_llava_hf
+    from ..model.mllm import MODEL_KIND
     from ..utils.io import check_output
 
     sources = (src,) if Path(src).exists() else ()
     check_output(out, MODEL_KIND, overwrite, sources)  # before the checkpoint is read
-    model = MultimodalLM.from_llava_hf(src, template, image_mode)
+    model = from_llava_hf(src, template, image_mode)
     model.save_pretrained(out, overwrite=overwrite, sources=sources)
     console.print(f"connectorlab model ({model.config.connector}, {model.connector.num_output_tokens} visual tokens, "
                   f"template {model.config.template}): {out}")

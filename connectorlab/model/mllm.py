@@ -106,13 +106,6 @@ class MultimodalLM(nn.Module):
         model.pretrained_path = path  # evaluation fingerprints its files to tell a retrained model apart
         return model
 
-    @classmethod
-    def from_llava_hf(cls, path_or_id: str | Path, template: str | None = None, image_mode: str | None = None) -> MultimodalLM:
-        """A llava-hf checkpoint (e.g. llava-hf/llava-1.5-7b-hf) with its projector as an `mlp` connector."""
-        from ..interop.llava_hf import from_llava_hf
-
-        return from_llava_hf(path_or_id, template, image_mode)
-
     def save_pretrained(self, path: str | Path, source_config: ModelConfig | None = None, overwrite: bool = False,
                         sources: tuple[str | Path, ...] = ()) -> None:
         """Vision tower and LM in their own HF folders, the connector on its own (it seeds stage 2). A folder that is
