@@ -61,7 +61,7 @@ def main():
                 model.generate = functools.partial(generate_shared, share_prefix=share)
                 out = work / f"eval-{name}-r{r}"
                 res = evaluate(model, bench, out, batch_size=b, max_new_tokens=args.max_new_tokens, show_progress=False)
-                seconds[name].append(res["eval_seconds"])
+                seconds[name].append(res.eval_seconds)
                 preds = {json.loads(line)["key"]: json.loads(line)["prediction"]
                          for line in (out / "predictions.jsonl").read_text().splitlines()}
                 answers.setdefault(name, preds)

@@ -4,17 +4,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import subprocess  # noqa: E402
-import sys  # noqa: E402
+import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
+from helpers import SIZES, b64, png  # noqa: E402
 
+from connectorlab.model.config import ModelConfig  # noqa: E402
+from connectorlab.model.mllm import MultimodalLM  # noqa: E402
 from connectorlab.model.tiny import make_bpe_tokenizer, make_llm, make_vision  # noqa: E402
 from connectorlab.probe.generate import ProbeParams, generate  # noqa: E402
-from connectorlab.probe.presets import TinySizes, make_random_presets  # noqa: E402
+from connectorlab.probe.presets import make_random_presets  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -39,10 +41,6 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-ROOT = Path(__file__).resolve().parents[1]
-SIZES = TinySizes(vision_hidden=32, vision_layers=2, vision_heads=2, llm_hidden=64, llm_layers=2, llm_heads=2)
-
-
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
     root = tmp_path_factory.mktemp("toy")
@@ -51,89 +49,82 @@ def toy(tmp_path_factory):
     return root
 
 
-def write_config(toy: Path, out: Path, **extra) -> Path:
-    cfg = {
-        "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "connector": "mlp",
-                  "select_layer": -1, "template": "plain_v1", "max_length": 512},
-        "output_dir": str(out), "seed": 3, "checkpoint_every": 2, "keep_checkpoints": 2,
-        "pretrain": {"data": str(toy / "probe/pretrain.json"), "global_batch": 8, "micro_batch": 2, "lr": 1e-3,
-                     "epochs": 1},
-        "finetune": {"data": str(toy / "probe/finetune.json"), "global_batch": 8, "micro_batch": 4, "lr": 1e-3,
-                     "max_steps": 4},
-    }
-    for key, value in extra.items():
-        node = cfg
-        *parts, last = key.split(".")
-        for p in parts:
-            node = node[p]
-        node[last] = value
-    path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    rows = []
+    for q, (colour, answer) in enumerate([((255, 0, 0), "red"), ((0, 0, 255), "blue"), ((0, 255, 0), "green")]):
+        opts = ["red", "blue", "green"]
+        for k in range(3):
+            rot = opts[k:] + opts[:k]
+            rows.append({"index": q + k * 1_000_000, "question": "What colour is it?", "hint": "nan" if q else "A hint.",
+                         "A": rot[0], "B": rot[1], "C": rot[2], "D": "", "answer": "ABC"[rot.index(answer)],
+                         "category": ["image_scene", "ocr", "social_relation"][q], "image": b64(png(colour)),
+                         "source": "t", "l2-category": "x", "comment": "", "split": "dev"})
+    rows.append({**rows[0], "index": 7, "A": "", "B": "", "C": ""})  # malformed: no options
+    pd.DataFrame(rows).to_csv(root / "mmb.tsv", sep="\t", index=False)
+    mme = root / "MME"
+    (mme / "count").mkdir(parents=True)
+    (mme / "scene/images").mkdir(parents=True)
+    (mme / "scene/questions_answers_YN").mkdir(parents=True)
+    for i in range(2):
+        png((i * 100, 50, 50)).save(mme / f"count/{i}.jpg")
+        (mme / f"count/{i}.txt").write_text(f"Are there {i} dogs? Please answer yes or no.\tYes\n"
+                                           f"Are there {i + 5} dogs? Please answer yes or no.\tNo\n")
+        png((50, i * 100, 50)).save(mme / f"scene/images/{i}.png")
+        (mme / f"scene/questions_answers_YN/{i}.txt").write_text("Is it a beach?  Please answer yes or no.\tNo\n"
+                                                                  "Is it a field? Please answer yes or no.\tYes\n")
+    (mme / "count/9.txt").write_text("orphan? Please answer yes or no.\tYes\nx? Please answer yes or no.\tNo\n")
+    seed = root / "seed"
+    seed.mkdir()
+    questions = []
+    for i in range(4):
+        png((60 * i, 0, 0)).save(seed / f"{i}.jpg")
+        questions.append({"question_id": str(100 + i), "question": "Which?", "choice_a": "x", "choice_b": "y",
+                          "choice_c": "z", "choice_d": "w", "answer": "ABCD"[i], "data_id": f"{i}.jpg",
+                          "data_type": "image", "question_type_id": 1 + i * 2})
+    questions.append({**questions[0], "question_id": "v1", "data_type": "video", "question_type_id": 10,
+                      "data_id": "v.mp4"})
+    (seed / "seed.json").write_text(json.dumps({"questions": questions, "question_type": {"Scene Understanding": 1}}))
+    return root
 
 
-def run_cli(args, **kw):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "connectorlab", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, **kw)
+@pytest.fixture(scope="module")
+def tiny_model(tiny_dir):
+    torch.manual_seed(0)
+    return MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector="avgpool",
+                                          connector_options={"num_tokens": 4})).eval()
 
 
-def main_in_process(capsys, monkeypatch, *args) -> tuple[int, str, str]:
-    """`connectorlab ARGS` in this process, through the same entry point as the console script: (exit code, out, err)."""
-    from connectorlab.cli import main
-
-    monkeypatch.setenv("COLUMNS", "250")
-    monkeypatch.setattr(sys, "argv", ["connectorlab", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
+# ---- the `slow` marker is earned, not guessed: a test that starts a process (a launch, the CLI in a subprocess, a
+# worker pool) and is not marked `slow` fails, so that `pytest -m "not slow"` stays the in-process fast loop.
+_SPAWNED = [0]
 
 
-LAUNCH_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+def pytest_configure(config):
+    import multiprocessing.process
+    import subprocess
+
+    popen_init, process_start = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+
+    def counted_popen(self, *args, **kwargs):
+        _SPAWNED[0] += 1
+        return popen_init(self, *args, **kwargs)
+
+    def counted_start(self, *args, **kwargs):
+        _SPAWNED[0] += 1
+        return process_start(self, *args, **kwargs)
+
+    subprocess.Popen.__init__ = counted_popen
+    multiprocessing.process.BaseProcess.start = counted_start
 
 
-def free_port() -> int:
-    """A port of its own for each launch: a killed launch's rendezvous port may linger a moment."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(config: Path, *args: str, processes: int = 2, config_file: Path | None = None) -> subprocess.Popen:
-    """`accelerate launch ... connectorlab train`: plain multi-process, or from an Accelerate launch config file."""
-    if config_file is not None:
-        how = ["--config_file", str(config_file), "--num_processes", str(processes), "--main_process_port", str(free_port())]
-    else:
-        multi = ["--multi_gpu", "--main_process_port", str(free_port())] if processes > 1 else []
-        how = ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--num_processes",
-               str(processes), *multi]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "-m", "connectorlab", "train", "--config",
-           str(config), *args]
-    return subprocess.Popen(cmd, cwd=ROOT, env=LAUNCH_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-
-
-def torchrun(config: Path, *args: str, processes: int = 1) -> subprocess.CompletedProcess:
-    """A launched run of any process count, one included (a launcher sets LOCAL_RANK, as `accelerate launch` does
-    for two or more)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
-           str(free_port()), "-m", "connectorlab", "train", "--config", str(config), *args]
-    return subprocess.run(cmd, cwd=ROOT, env=LAUNCH_ENV, capture_output=True, text=True, timeout=600)
-
-
-EXIT_ABORT = "terminate called without an active exception"  # gloo/DeepSpeed threads at interpreter exit
-
-
-def finish(proc: subprocess.Popen, written: Path | None = None) -> None:
-    """The launch succeeded. With `written` (a file the run writes last), a launch that finished its work and then
-    aborted at interpreter exit counts as finished: the test judges the files, as the issue of that abort asks."""
-    _, err = proc.communicate(timeout=600)
-    if proc.returncode != 0 and written is not None and EXIT_ABORT in err and written.exists():
-        return
-    assert proc.returncode == 0, err[-3000:]
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    if call.when == "setup":
+        _SPAWNED[0] = 0  # module fixtures set up for this test count for it
+    outcome = yield
+    report = outcome.get_result()
+    if call.when == "teardown" and _SPAWNED[0] and item.get_closest_marker("slow") is None and report.passed:
+        report.outcome = "failed"
+        report.longrepr = f"{item.nodeid} started {_SPAWNED[0]} process(es) but is not marked slow"

@@ -4,14 +4,14 @@ import subprocess
 import sys
 
 import pytest
+from helpers import ROOT
 
 import connectorlab
-
-from conftest import ROOT
 
 HEAVY = ("torch", "transformers", "accelerate", "pandas", "matplotlib")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("code", [
     "import connectorlab",
     "from connectorlab.cli import main\nsys.argv = ['connectorlab', '--version']\ntry:\n    main()\nexcept SystemExit:\n    pass",

@@ -15,6 +15,7 @@ import pytest
 import torch
 import typer
 import yaml
+from helpers import ROOT, main_in_process, write_config
 from PIL import Image
 
 from connectorlab.data.llava import load_samples
@@ -31,8 +32,6 @@ from connectorlab.training.run_folder import RunMismatch
 from connectorlab.training.trainer import run_stage, train
 from connectorlab.utils.io import BusyError, DiskFullError, atomic_dir, atomic_write_json, exclusive
 from connectorlab.utils.validation import ConfigError
-
-from conftest import ROOT, main_in_process, write_config
 
 
 def config(toy: Path, out: Path, **extra) -> TrainConfig:
@@ -51,6 +50,7 @@ def truncated_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 @pytest.fixture(scope="module")
 def truncated_data(toy):
     """The toy probe's pre-training data with one record pointing at a truncated image."""

@@ -9,13 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import finish, launch, run_cli, write_config
 from safetensors.torch import load_file, save_file
-from test_sharded_training import finish, launch
 
 from connectorlab.errors import CheckpointError, TrainingDiverged
 from connectorlab.training.checkpoint import MANIFEST, manifest
-
-from conftest import run_cli, write_config
 
 
 def flip_block(path: Path) -> None:
@@ -47,6 +45,7 @@ def losses(run: Path) -> list[float]:
 EXTRA = {"pretrain.epochs": 2, "pretrain.micro_batch": 4, "checkpoint_every": 4, "keep_checkpoints": 2}
 
 
+@pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(toy, tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")

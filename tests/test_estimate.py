@@ -6,16 +6,17 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from conftest import ROOT, main_in_process, run_cli, write_config
+from helpers import ROOT, main_in_process, run_cli, write_config
 
 PLAN_7B = ROOT / "configs/studies/paper_7b_accelerate.yaml"
 
 
+@pytest.mark.slow
 @pytest.fixture(scope="module")
 def costs():
     from connectorlab.study.cost import cell_costs
-    from connectorlab.study.plan import StudyPlan, describe_cells, expand
+    from connectorlab.study.plan import StudyPlan, expand
+    from connectorlab.study.sizes import describe_cells
 
     plan = StudyPlan.from_file(PLAN_7B)
     cells = expand(plan)

@@ -1,35 +1,27 @@
 """Evaluation: official scoring conformance, extraction rules, loaders, runner and resume."""
-import base64
-import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
-from PIL import Image
+from helpers import ROOT
+from helpers import run_module as cli
 
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench, predictions_table, score_mmbench
 from connectorlab.evaluation.benchmarks.mme import join_llava_answers, load_mme, read_tool_folder, score_lines
 from connectorlab.evaluation.benchmarks.seedbench import load_seedbench, predictions_rows, score_seed
 from connectorlab.evaluation.extraction import extract_choice, mme_answer
+from connectorlab.evaluation.result import EvalResult
 from connectorlab.evaluation.runner import evaluate
 from connectorlab.evaluation.stats import wilson
 from connectorlab.evaluation.task_types import load_mapping
-from connectorlab.model.config import ModelConfig
 from connectorlab.model.mllm import MultimodalLM
 
-ROOT = Path(__file__).resolve().parents[1]
 LAVIN = {"existence": 185.00, "count": 88.33, "position": 63.33, "color": 75.00, "posters": 79.59, "celebrity": 47.35,
          "scene": 136.75, "landmark": 93.50, "artwork": 87.25, "OCR": 107.50, "commonsense_reasoning": 87.14,
          "numerical_calculation": 65.00, "text_translation": 47.50, "code_reasoning": 50.00}
 OPTS = {"A": "a red car", "B": "a blue bus", "C": "a bicycle", "D": "a train"}
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "connectorlab", *args], cwd=ROOT, capture_output=True, text=True)
 
 
 # ---- conformance on the real files ---------------------------------------------------------------
@@ -40,6 +32,7 @@ def test_mme_lavin_sample_scores_as_the_official_tool(shared_data):
     assert scores["subtasks"] == LAVIN
 
 
+@pytest.mark.slow
 def test_score_mme_cli_prints_and_emits_json(shared_data):
     res = cli("score", "mme", "--predictions", str(shared_data / "mme/sample_answers_lavin"))
     assert res.returncode == 0, res.stderr
@@ -50,6 +43,7 @@ def test_score_mme_cli_prints_and_emits_json(shared_data):
     assert data["task_types"]["fine"]["n"] == 1714 and data["task_types"]["coarse"]["subtasks"] == ["scene"]
 
 
+@pytest.mark.slow
 def test_llava_mme_answers_join_the_ground_truth(shared_data):
     joined = join_llava_answers(shared_data / "external/llava_answers/mme_mlp2_448.jsonl", shared_data / "mme/ground_truth")
     assert not joined.missing and not joined.duplicates and sum(len(v) for v in joined.lines.values()) == 2374
@@ -59,6 +53,7 @@ def test_llava_mme_answers_join_the_ground_truth(shared_data):
     assert data["missing_predictions"] == 0 and 1000 < data["perception"] < 2000
 
 
+@pytest.mark.slow
 def test_mmbench_upload_file_scores_circular(shared_data):
     res = cli("score", "mmbench", "--predictions", str(shared_data / "external/llava_answers/mmbench_dev_linear_448_upload.xlsx"),
               "--questions", str(shared_data / "mmbench/mmbench_dev_20230712_sample.tsv"), "--json")
@@ -84,6 +79,7 @@ def test_mmbench_sample_tsv_loads_real_images_and_llava_prompt(shared_data):
 
 # ---- extraction ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output,expected", [
     ("A.", "A"), ("(B)", "B"), ("The answer is C.", "C"), ("Answer: D", "D"), ("a blue bus", "B"),
     ("A train", "D"), ("I think A is wrong, so B", None), ("B", "B"), ("E", None), ("", None),
@@ -125,62 +121,6 @@ def test_mme_odd_line_count_raises():
 
 # ---- fixtures: tiny benchmark folders written by the tests ----------------------------------------
 
-def png(colour, size=(40, 30)):
-    return Image.new("RGB", size, colour)
-
-
-def b64(image):
-    buf = io.BytesIO()
-    image.save(buf, format="JPEG")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-@pytest.fixture(scope="module")
-def fixtures(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bench")
-    rows = []
-    for q, (colour, answer) in enumerate([((255, 0, 0), "red"), ((0, 0, 255), "blue"), ((0, 255, 0), "green")]):
-        opts = ["red", "blue", "green"]
-        for k in range(3):
-            rot = opts[k:] + opts[:k]
-            rows.append({"index": q + k * 1_000_000, "question": "What colour is it?", "hint": "nan" if q else "A hint.",
-                         "A": rot[0], "B": rot[1], "C": rot[2], "D": "", "answer": "ABC"[rot.index(answer)],
-                         "category": ["image_scene", "ocr", "social_relation"][q], "image": b64(png(colour)),
-                         "source": "t", "l2-category": "x", "comment": "", "split": "dev"})
-    rows.append({**rows[0], "index": 7, "A": "", "B": "", "C": ""})  # malformed: no options
-    pd.DataFrame(rows).to_csv(root / "mmb.tsv", sep="\t", index=False)
-    mme = root / "MME"
-    (mme / "count").mkdir(parents=True)
-    (mme / "scene/images").mkdir(parents=True)
-    (mme / "scene/questions_answers_YN").mkdir(parents=True)
-    for i in range(2):
-        png((i * 100, 50, 50)).save(mme / f"count/{i}.jpg")
-        (mme / f"count/{i}.txt").write_text(f"Are there {i} dogs? Please answer yes or no.\tYes\n"
-                                           f"Are there {i + 5} dogs? Please answer yes or no.\tNo\n")
-        png((50, i * 100, 50)).save(mme / f"scene/images/{i}.png")
-        (mme / f"scene/questions_answers_YN/{i}.txt").write_text("Is it a beach?  Please answer yes or no.\tNo\n"
-                                                                  "Is it a field? Please answer yes or no.\tYes\n")
-    (mme / "count/9.txt").write_text("orphan? Please answer yes or no.\tYes\nx? Please answer yes or no.\tNo\n")
-    seed = root / "seed"
-    seed.mkdir()
-    questions = []
-    for i in range(4):
-        png((60 * i, 0, 0)).save(seed / f"{i}.jpg")
-        questions.append({"question_id": str(100 + i), "question": "Which?", "choice_a": "x", "choice_b": "y",
-                          "choice_c": "z", "choice_d": "w", "answer": "ABCD"[i], "data_id": f"{i}.jpg",
-                          "data_type": "image", "question_type_id": 1 + i * 2})
-    questions.append({**questions[0], "question_id": "v1", "data_type": "video", "question_type_id": 10,
-                      "data_id": "v.mp4"})
-    (seed / "seed.json").write_text(json.dumps({"questions": questions, "question_type": {"Scene Understanding": 1}}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tiny_dir):
-    torch.manual_seed(0)
-    return MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector="avgpool",
-                                          connector_options={"num_tokens": 4})).eval()
-
 
 def test_loaders_report_bad_rows(fixtures):
     mmb = load_mmbench(fixtures / "mmb.tsv")
@@ -205,19 +145,19 @@ def test_eval_end_to_end_batch_invariant_and_resumable(fixtures, tiny_model, tmp
     four = evaluate(tiny_model, bench, tmp_path / "b4", batch_size=4, max_new_tokens=6, show_progress=False, workers=3)
     p1 = (tmp_path / "b1/predictions.jsonl").read_text().splitlines()
     p4 = (tmp_path / "b4/predictions.jsonl").read_text().splitlines()
-    assert sorted(p1) == sorted(p4) and one["scores"] == four["scores"]
+    assert sorted(p1) == sorted(p4) and one.scores == four.scores
     # Interrupt: keep half the predictions plus a line cut short by the crash, then resume.
     lines = p4[: len(p4) // 2]
     (tmp_path / "b4/predictions.jsonl").write_text("\n".join(lines) + "\n" + lines[0][:10])
     again = evaluate(tiny_model, bench, tmp_path / "b4", batch_size=4, max_new_tokens=6, show_progress=False)
-    assert again["resumed_predictions"] == len(lines) and again["answered_now"] == len(p4) - len(lines)
-    assert again["scores"] == one["scores"]
+    assert again.resumed_predictions == len(lines) and again.answered_now == len(p4) - len(lines)
+    assert again.scores == one.scores
     done = evaluate(tiny_model, bench, tmp_path / "b4", batch_size=4, max_new_tokens=6, show_progress=False)
-    assert done["answered_now"] == 0 and done["scores"] == one["scores"]
+    assert done.answered_now == 0 and done.scores == one.scores
     assert (tmp_path / "b4/records.jsonl").exists() and (tmp_path / "b4/results.json").exists()
     if name == "mmbench":
-        assert set(one["scores"]["task_types"]) >= {"coarse", "fine", "reasoning"}
-        assert one["scores"]["task_types"]["coarse"]["n"] == 1
+        assert set(one.scores["task_types"]) >= {"coarse", "fine", "reasoning"}
+        assert one.scores["task_types"]["coarse"]["n"] == 1
 
 
 def test_eval_refuses_to_mix_runs(fixtures, tiny_model, tmp_path):
@@ -230,7 +170,7 @@ def test_eval_refuses_to_mix_runs(fixtures, tiny_model, tmp_path):
 def test_blind_baseline_drops_the_image(fixtures, tiny_model, tmp_path):
     result = evaluate(tiny_model, load_mme(fixtures / "MME"), tmp_path / "blind", max_new_tokens=3, blind=True,
                       show_progress=False)
-    assert result["blind"] and result["scores"]["subtask_details"]["count"]["questions"] == 4
+    assert result.identity["blind"] and result.scores["subtask_details"]["count"]["questions"] == 4
 
 
 def test_eval_cli_runs_a_saved_model(fixtures, tiny_model, tmp_path):
@@ -257,8 +197,8 @@ def test_eval_sharded_over_two_processes_gives_the_in_process_answers(fixtures, 
            "--max-new-tokens", "4", "--allow-incomplete"]
     res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr[-3000:]
-    two = json.loads((tmp_path / "two/results.json").read_text())
-    assert two["processes"] == 2 and two["scores"] == here["scores"] and res.stdout.count("MME perception") == 1
+    two = EvalResult.read(tmp_path / "two")
+    assert two.processes == 2 and two.scores == here.scores and res.stdout.count("MME perception") == 1
     read = lambda p: sorted((p / "predictions.jsonl").read_text().splitlines())  # noqa: E731
     assert read(tmp_path / "two") == read(tmp_path / "one") and not list((tmp_path / "two").glob("predictions.rank*"))
 
@@ -275,8 +215,8 @@ def test_a_stopped_sharded_evaluation_resumes_with_another_process_count(fixture
     (out / "predictions.rank0.jsonl").write_text("\n".join(lines[:3]) + "\n")
     (out / "predictions.rank1.jsonl").write_text("\n".join(lines[3:5]) + "\n" + lines[5][:7])
     again = evaluate(tiny_model, bench, out, batch_size=2, max_new_tokens=4, show_progress=False)
-    assert again["resumed_predictions"] == 5 and again["answered_now"] == len(lines) - 5
-    assert again["scores"] == full["scores"] and not list(out.glob("predictions.rank*"))
+    assert again.resumed_predictions == 5 and again.answered_now == len(lines) - 5
+    assert again.scores == full.scores and not list(out.glob("predictions.rank*"))
 
 
 def test_seed_prediction_files(fixtures, tmp_path):

@@ -7,13 +7,12 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import run_module as cli
 
 from connectorlab.evaluation.benchmarks.mmbench import load_mmbench
 from connectorlab.evaluation.benchmarks.mme import load_mme
 from connectorlab.evaluation.benchmarks.seedbench import load_seedbench
 from connectorlab.evaluation.registry import load_benchmark
-
-from test_evaluation import cli, fixtures, tiny_model  # noqa: F401  (the release-file fixtures, shared)
 
 
 def to_parquet(records: list[dict], features: datasets.Features, path):
@@ -68,6 +67,7 @@ def seed_parquet(folder, path):
     return to_parquet(records, features, path)
 
 
+@pytest.mark.slow
 @pytest.fixture(scope="module")
 def pairs(fixtures, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("hub")

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT
 from PIL import Image
 
 from connectorlab.interop.llava_hf import NotExportable, export_llava_hf, from_llava_hf
 from connectorlab.language.processor import IMAGE_TOKEN_ID
 from connectorlab.model.config import ModelConfig
 from connectorlab.model.mllm import MultimodalLM
-
-from conftest import ROOT
 
 QUESTION = "What colour is the thing?"
 IMAGES = [Image.new("RGB", (32, 32), (200, 30, 40)), Image.new("RGB", (48, 20), (10, 200, 40))]  # square, padded
@@ -25,6 +24,7 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "connectorlab", *args], cwd=ROOT, capture_output=True, text=True)
 
 
+@pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tiny_dir, tmp_path_factory):
     """connectorlab models (mlp with GELU, mlp with SiLU, linear) saved, and their llava-hf exports."""

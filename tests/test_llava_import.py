@@ -43,6 +43,7 @@ def write_folder(folder, name: str, weights: dict | None = None, bin_name: str =
     return folder
 
 
+@pytest.mark.slow
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     g = golden("model.json")

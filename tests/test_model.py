@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import build_model as build
 from PIL import Image
 
 from connectorlab.language.processor import IGNORE_INDEX
@@ -8,13 +9,6 @@ from connectorlab.model.config import ModelConfig
 from connectorlab.model.mllm import MultimodalLM
 
 CONV = [{"from": "human", "value": "<image>\nWhat is in the image?"}, {"from": "gpt", "value": "A red circle."}]
-
-
-def build(tiny_dir, connector="mlp", **kw):
-    torch.manual_seed(0)
-    opts = kw.pop("connector_options", {})
-    return MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector=connector,
-                                          connector_options=opts, **kw))
 
 
 def batch_of(model, n=2):

@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 import torch
-from test_model import build
+from helpers import build_model as build
 from transformers import DynamicCache
 
 from connectorlab.language.processor import IMAGE_TOKEN_ID

@@ -282,7 +282,7 @@ def tiny_study(tmp_path_factory):
 
 def test_quickstart_writes_results_figures_and_report(tiny_study):
     out, _, result = tiny_study
-    assert not result.run.failed and result.report["cells"] == 10 + 2 * 2 * 2  # + linear and mlp reduced two ways
+    assert not result.run.failed and result.report.cells == 10 + 2 * 2 * 2  # + linear and mlp reduced two ways
     df = pd.read_csv(out / "results.csv")
     tt = df[(df.level == "task_type") & (df.benchmark == "probe")]
     assert len(tt) == (10 + 8) * 3 and set(tt.family) == {"preserving", "compressing", "training-free"}

@@ -65,7 +65,7 @@ def test_reduced_evaluation_is_its_own_run(model, tmp_path, toy):
         with pytest.raises(ValueError, match="reduction"):  # the full model's predictions are not reused
             evaluate(model, bench, tmp_path / "ev", batch_size=8, max_new_tokens=2, show_progress=False)
         result = evaluate(model, bench, tmp_path / "reduced", batch_size=8, max_new_tokens=2, show_progress=False)
-        assert result["reduction"] == "random-4"
+        assert result.identity["reduction"] == "random-4"
     finally:
         model.set_reduction(None)
 

@@ -2,17 +2,14 @@
 weights only, resumes after SIGKILL to the uninterrupted run's weights, reshards onto another process count, and
 gathers a whole model that loads and answers like the unsharded one. DDP's kill and resume with 2 processes too."""
 import json
-import os
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import finish, launch, run_cli, run_until_checkpoint, write_config
 from safetensors.torch import load_file
 
-from conftest import finish, launch, run_cli, write_config
+pytestmark = pytest.mark.slow  # every test here starts a multi-process launch
 
 
 def losses(path: Path) -> list[float]:
@@ -84,21 +81,6 @@ def test_the_gathered_model_loads_and_answers_like_the_unsharded_one(runs, toy):
         answers = [m.processor.decode(o) for m in (a, b) for o in m.generate(prompts, pixel_values=pixels,
                                                                                max_new_tokens=4)]
     assert answers[:8] == answers[8:]
-
-
-def run_until_checkpoint(config: Path, folder: Path, step: int, processes: int = 2) -> None:
-    proc = launch(config, "--stage", "pretrain", processes=processes)
-    ckpts = folder / "pretrain/checkpoints"
-    reached = lambda: any(int(p.name[5:]) >= step for p in ckpts.glob("step-*"))  # noqa: E731  (older ones are pruned)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (ckpts.exists() and reached()) and proc.poll() is None:
-        time.sleep(0.01)
-    # Every process of the launch at once, as a node failure would: torchrun starts its workers in sessions of their own,
-    # so they are found by the config file in their command line.
-    subprocess.run(["pkill", "-KILL", "-f", str(config)], check=False)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert not (folder / "pretrain/summary.json").exists(), "the run finished before it could be killed"
 
 
 @pytest.mark.parametrize("sharding,resume_processes", [("fsdp", 2), ("fsdp", 1), ("none", 2)],

@@ -3,12 +3,16 @@ engine; submitit's local executor runs a 2 x 2 grid as one job per cell."""
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
 
+from connectorlab.evaluation.result import EvalResult
 from connectorlab.study.plan import StudyPlan
 from connectorlab.study.runner import run_study
+
+pytestmark = pytest.mark.slow  # every test here starts a multi-process launch
 
 
 def plan_file(toy, out, execution, grid, **extra):
@@ -45,11 +49,11 @@ def test_accelerate_engine_with_two_processes_matches_local(toy, tmp_path):
         assert json.loads((y / "summary.json").read_text())["processes"] == 2
         torch.testing.assert_close(torch.tensor(losses(y)), torch.tensor(losses(x)),
                                    rtol=1e-5, atol=1e-6)  # only float summation order differs (two partial gradients)
-    ra, rb = (json.loads(Path(s.evaluations["probe"]).read_text()) for s in (a, b))
-    assert (ra["processes"], rb["processes"]) == (1, 2) and ra["items"] == rb["items"] == rb["answered_now"]
+    ra, rb = (EvalResult.read(s.evaluations["probe"]) for s in (a, b))
+    assert (ra.processes, rb.processes) == (1, 2) and ra.items == rb.items == rb.answered_now
     reduced = [Path(s.evaluations["probe@random-4"]).parent for s in (a, b)]  # `eval --reduce` under the launch
     assert [json.loads((r / "run.json").read_text())["reduction"] for r in reduced] == ["random-4", "random-4"]
-    assert [json.loads((r / "results.json").read_text())["items"] for r in reduced] == [ra["items"]] * 2
+    assert [json.loads((r / "results.json").read_text())["items"] for r in reduced] == [ra.items] * 2
     wa, wb = (load_file(str(Path(s.model) / "connector.safetensors")) for s in (a, b))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
@@ -81,8 +85,8 @@ def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_pat
         assert a.status == b.status == "done", (a.error, b.error)
         for x, y in [(a.pretrain_folder, b.pretrain_folder), (Path(a.model).parent, Path(b.model).parent)]:
             assert losses(Path(y)) == losses(Path(x))  # the same thread count: the same floats
-        ra, rb = (json.loads(Path(s.evaluations["probe"]).read_text()) for s in (a, b))
-        assert ra["items"] == rb["items"] and ra["scores"] == rb["scores"]
+        ra, rb = (EvalResult.read(s.evaluations["probe"]) for s in (a, b))
+        assert ra.items == rb.items and ra.scores == rb.scores
         pa, pb = (Path(s.evaluations["probe"]).with_name("predictions.jsonl").read_text() for s in (a, b))
         assert pa == pb
     assert torch.get_num_threads() == threads  # the one-process run set 1 thread for its cells, then restored this
@@ -91,9 +95,10 @@ def test_two_local_worker_processes_give_the_results_of_one_process(toy, tmp_pat
 def test_a_cell_whose_worker_process_died_is_recorded_as_failed_with_the_likely_causes(toy, tmp_path):
     from concurrent.futures.process import BrokenProcessPool
 
+    from connectorlab.study.cell import cell_folder
+    from connectorlab.study.executors import worker_died
     from connectorlab.study.folder import CellState
     from connectorlab.study.plan import expand
-    from connectorlab.study.runner import cell_folder, worker_died
 
     plan = plan_file(toy, tmp_path / "died", {"workers": 2}, {"connectors": ["mlp"], "resolutions": [32]})
     (cell,) = expand(plan, tmp_path / "died")
@@ -121,7 +126,7 @@ def test_a_study_killed_mid_training_and_mid_evaluation_resumes_to_the_same_resu
     import sys
     import time
 
-    from conftest import ROOT
+    from helpers import ROOT
 
     grid = {"connectors": ["mlp"], "resolutions": [32]}
 
@@ -161,8 +166,8 @@ def test_a_study_killed_mid_training_and_mid_evaluation_resumes_to_the_same_resu
     b = json.loads(next(out.glob("cells/*/cell.json")).read_text())
     assert b["status"] == "done"
     for name in ("probe", "probe_blind"):
-        x, y = (json.loads(Path(p).read_text()) for p in (a.evaluations[name], b["evaluations"][name]))
-        assert x["scores"] == y["scores"] and y["resumed_predictions"] + y["answered_now"] == y["items"]
+        x, y = (EvalResult.read(p) for p in (a.evaluations[name], b["evaluations"][name]))
+        assert x.scores == y.scores and y.resumed_predictions + y.answered_now == y.items
     resumed = json.loads(Path(b["evaluations"]["probe"]).read_text())
     assert resumed["resumed_predictions"] >= 5  # the killed evaluation's answers were kept, not recomputed
     assert Path(a.model, "connector.safetensors").read_bytes() == Path(b["model"], "connector.safetensors").read_bytes()

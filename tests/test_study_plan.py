@@ -6,27 +6,28 @@ import sys
 
 import pytest
 import yaml
+from helpers import ROOT
 
-from connectorlab.study.plan import StudyPlan, describe_cells, expand
+from connectorlab.study.plan import StudyPlan, expand
+from connectorlab.study.sizes import describe_cells
 from connectorlab.utils.validation import ConfigError
-
-from conftest import ROOT
 
 PAPER_PLANS = sorted((ROOT / "configs/studies").glob("paper_7b_*.yaml"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", PAPER_PLANS, ids=lambda p: p.name)
 def test_paper_grid_expands_without_weights(path):
     plan = StudyPlan.from_file(path)
     assert not (ROOT / plan.model["vision"]).exists()  # nothing on disk: widths come from the plan's shape
     cells = expand(plan)
-    rows = {r["cell"]: r for r in describe_cells(plan, cells)}
+    rows = {r.cell: r for r in describe_cells(plan, cells)}
     assert len(cells) == 24  # linear, mlp at 3 resolutions + 3 compressing x 3 resolutions x 2 budgets
-    assert [rows[f"linear-{s}px-s0"]["visual_tokens"] for s in (224, 336, 448)] == [256, 576, 1024]
-    assert {rows[f"{c}-{q}t-{s}px-s0"]["visual_tokens"] for c in ("avgpool", "qformer", "c_abstractor")
+    assert [rows[f"linear-{s}px-s0"].visual_tokens for s in (224, 336, 448)] == [256, 576, 1024]
+    assert {rows[f"{c}-{q}t-{s}px-s0"].visual_tokens for c in ("avgpool", "qformer", "c_abstractor")
             for q in (64, 144) for s in (224, 336, 448)} == {64, 144}
-    assert rows["mlp-336px-s0"]["parameters"] == 1024 * 4096 + 4096 + 4096 * 4096 + 4096  # connectors.md: 20.98 M
-    assert all(r["flops"] > 0 for r in rows.values())
+    assert rows["mlp-336px-s0"].parameters == 1024 * 4096 + 4096 + 4096 * 4096 + 4096  # connectors.md: 20.98 M
+    assert all(r.flops > 0 for r in rows.values())
     assert all(c.config.pretrain.global_batch == 256 and c.config.finetune.global_batch == 128 for c in cells)
     assert plan.execution.processes == 8 and plan.execution.engine in ("accelerate", "slurm")
 
@@ -37,10 +38,10 @@ def test_the_cpu_example_plan_expands_on_the_readme_presets(toy, tmp_path):
     path = tmp_path / "probe_cpu.yaml"
     path.write_text(text.replace("runs/toy/models", str(toy / "models")).replace("runs/toy", str(toy / "probe")))
     plan = StudyPlan.from_file(path)
-    rows = {r["cell"]: r for r in describe_cells(plan, expand(plan))}
+    rows = {r.cell: r for r in describe_cells(plan, expand(plan))}
     assert sorted(rows) == ["avgpool-16t-64px-s0", "avgpool-4t-32px-s0", "avgpool-4t-64px-s0", "c_abstractor-16t-64px-s0",
                             "c_abstractor-4t-32px-s0", "c_abstractor-4t-64px-s0", "mlp-32px-s0", "mlp-64px-s0"]
-    assert rows["mlp-64px-s0"]["visual_tokens"] == 64 and rows["avgpool-16t-64px-s0"]["visual_tokens"] == 16
+    assert rows["mlp-64px-s0"].visual_tokens == 64 and rows["avgpool-16t-64px-s0"].visual_tokens == 16
 
 
 def test_a_missing_checkpoint_folder_is_named_with_its_key(tmp_path):
@@ -121,8 +122,8 @@ def test_a_compression_axis_keeps_the_same_ratio_of_every_resolutions_patch_grid
     assert cells["mlp-48px-s0"].compression is None and cells["mlp-48px-s0"].tokens is None
     assert [r.label for r in cells["mlp-32px-s0"].reductions] == ["random-4", "avgpool-4"]
     assert [r.label for r in cells["mlp-48px-s0"].reductions] == ["random-9", "avgpool-9"]
-    rows = {r["cell"]: r for r in describe_cells(plan, list(cells.values()))}
-    assert rows["avgpool-4x-48px-s0"]["visual_tokens"] == 9 and rows["avgpool-4x-48px-s0"]["compression"] == 4
+    rows = {r.cell: r for r in describe_cells(plan, list(cells.values()))}
+    assert rows["avgpool-4x-48px-s0"].visual_tokens == 9 and rows["avgpool-4x-48px-s0"].compression == 4
     tiny_plan["grid"]["include"] = [{"connector": "avgpool", "resolution": 48, "compression": 36}]
     assert expand(StudyPlan.from_dict(tiny_plan))[-1].config.model.connector_options["num_tokens"] == 1
 

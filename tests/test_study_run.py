@@ -4,14 +4,13 @@ import random
 
 import pandas as pd
 import pytest
+from helpers import ROOT
 
 from connectorlab.evaluation.paired import holm, mcnemar_exact
 from connectorlab.study.folder import StudyFolder, study_states
 from connectorlab.study.plan import StudyPlan
 from connectorlab.study.report import write_report
 from connectorlab.study.runner import run_study
-
-from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +96,7 @@ def test_report_tables_results_and_paired_comparisons(study):
     assert set(df[df.cell == "avgpool-4t-32px-s0-a"].visual_tokens) == {4}
     assert set(df[df.cell == "mlp-48px-s0-a"].visual_tokens) == {36}
     assert (df.pretrain_s > 0).all() and (df.level == "subtask").any()
-    comps = report["comparisons"]
+    comps = report.comparisons
     assert {(c["cell"], c["reference"]) for c in comps} == {("avgpool-4t-32px-s0-a", "mlp-32px-s0-a"),
                                                             ("avgpool-4t-48px-s0-a", "mlp-48px-s0-a")}
     assert {c["task_type"] for c in comps} == {"coarse", "fine", "reasoning"} and all(0 <= c["p_holm"] <= 1 for c in comps)
@@ -118,7 +117,7 @@ def test_report_tables_results_and_paired_comparisons(study):
     # The authors' released SEED numbers, regrouped: paper.md gives mlp2-336 fine micro 64.6, reasoning micro 73.8.
     row = next(line for line in text.splitlines() if line.startswith("| paper:llava-mlp2-336 |"))
     assert row.startswith("| paper:llava-mlp2-336 | 576 | 336 | 74.4 [") and "| 64.6 [" in row and "| 73.8 [" in row
-    assert "## Recommendation" in text and report["recommendation"]["benchmark"] == "probe"
+    assert "## Recommendation" in text and report.recommendation["benchmark"] == "probe"
 
 
 def test_a_failing_timing_group_is_reported_and_leaves_the_others(study, monkeypatch, tmp_path):
@@ -181,7 +180,7 @@ def test_timing_takes_the_batches_of_median_padded_length():
 def test_timing_runs_after_the_cells_in_one_fresh_process_one_group_at_a_time(study, tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from connectorlab.study import runner, timing
+    from connectorlab.study import executors, timing
     from connectorlab.study.plan import expand
 
     plan, out, _, _ = study
@@ -194,11 +193,11 @@ def test_timing_runs_after_the_cells_in_one_fresh_process_one_group_at_a_time(st
         pools.append((workers, jobs, [on_result(jobs[0][0], jobs[0][1], {})]
                       + [on_error(job, args, RuntimeError("not run")) for job, args in jobs]))
 
-    monkeypatch.setattr(runner, "run_pool", fake_pool)
+    monkeypatch.setattr(executors, "run_pool", fake_pool)
     states = []
-    runner.run_cell_pool(plan, cells, tmp_path, [[c] for c in cells], 2, 1, False, 16, bar, states.append)
+    executors.Pool(executors.CellWork(plan, tmp_path), 2, 1).run([[c] for c in cells], states.append)
     (workers, jobs, follow_ups), = pools
-    assert workers == 2 and {job for job, _ in jobs} == {runner.run_cells_in_worker}
+    assert workers == 2 and {job for job, _ in jobs} == {executors.run_cells_in_worker}
     assert not any(follow_ups) and len(states) == len(cells)  # no timing in the workers that trained the cells
     monkeypatch.setattr(timing, "run_pool", fake_pool)
     failed = timing.time_cells(plan, cells, tmp_path, 2, 1, bar)
@@ -209,8 +208,9 @@ def test_timing_runs_after_the_cells_in_one_fresh_process_one_group_at_a_time(st
 
 
 def test_worker_processes_take_the_costliest_cells_first(study):
-    from connectorlab.study.plan import describe_cells, expand
+    from connectorlab.study.plan import expand
     from connectorlab.study.runner import longest_first, pretrain_groups
+    from connectorlab.study.sizes import describe_cells
 
     plan, out, _, _ = study
     cells = expand(plan, out)
@@ -222,7 +222,7 @@ def test_worker_processes_take_the_costliest_cells_first(study):
 
 
 def test_status_lists_every_cell(study, capsys, monkeypatch):
-    from test_bad_inputs import cli
+    from helpers import main_in_process as cli
 
     _, out, _, _ = study
     code, stdout, _ = cli(capsys, monkeypatch, "study", "status", out)
@@ -232,7 +232,7 @@ def test_status_lists_every_cell(study, capsys, monkeypatch):
 def test_status_eta_shares_the_unfinished_cells_among_the_worker_processes(tmp_path, capsys, monkeypatch):
     import json
 
-    from test_bad_inputs import cli
+    from helpers import main_in_process as cli
 
     from connectorlab.study.folder import CellState
 

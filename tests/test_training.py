@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import run_cli, write_config  # noqa: E402  (tests/ is on sys.path under pytest)
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -22,8 +23,6 @@ from connectorlab.data.skips import DataError, SkipReport
 from connectorlab.language.processor import MultimodalProcessor
 from connectorlab.training.config import TrainConfig
 from connectorlab.training.trainer import run_stage
-
-from conftest import run_cli, write_config  # noqa: E402  (tests/ is on sys.path under pytest)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,6 +169,7 @@ def test_config_overrides_and_unknown_keys(toy, tmp_path):
 
 # ---- runs ----------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_both_stages_train_and_loss_falls(toy, tmp_path):
     out = tmp_path / "run"
     cfg = write_config(toy, out, **{"pretrain.epochs": 3, "finetune.max_steps": None, "finetune.epochs": 3,
@@ -188,6 +188,7 @@ def test_both_stages_train_and_loss_falls(toy, tmp_path):
     assert model.connector.num_output_tokens == 16
 
 
+@pytest.mark.slow
 def test_lora_finetune_merges_on_save(toy, tmp_path):
     out = tmp_path / "lora"
     cfg = write_config(toy, out, **{"finetune.lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "bf16": True})
@@ -200,6 +201,7 @@ def test_lora_finetune_merges_on_save(toy, tmp_path):
     assert "model.safetensors" in files and "adapter_config.json" not in files
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_one(toy, tmp_path):
     single, double = tmp_path / "single", tmp_path / "ddp"
     res = run_cli(["train", "--config", str(write_config(toy, single)), "--stage", "pretrain"])
@@ -220,6 +222,7 @@ def test_ddp_two_processes_match_one(toy, tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical(toy, tmp_path):
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     extra = {"pretrain.epochs": 10, "pretrain.micro_batch": 1}

@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import write_config
 from safetensors.torch import load_file
 
 from connectorlab.model.config import ModelConfig
 from connectorlab.training.config import StageConfig, TrainConfig
 from connectorlab.training.trainer import run_stage, train
-
-from conftest import write_config
 
 
 def config(toy, out, **extra) -> TrainConfig:

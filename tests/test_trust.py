@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import main_in_process
 
 from connectorlab.errors import ConnectorlabError, InputError, OutputExistsError
+from connectorlab.evaluation.result import EvalResult
 from connectorlab.model.config import ModelConfig
 from connectorlab.model.mllm import MultimodalLM
 from connectorlab.utils.io import OUTPUT_MARKER, check_output
 from connectorlab.utils.weights import read_tensors
-
-from conftest import main_in_process
 
 
 def cli(capsys, monkeypatch, *args) -> tuple[int, str, str]:
@@ -228,12 +228,11 @@ def test_a_corrupt_image_is_skipped_counted_named_and_exits_3(models, toy, tmp_p
     assert code == 3, err
     assert f"not answered: 1 question(s), unreadable_image (first: {first} (cannot decode image" in out
     assert "with an image that does not decode, not answered" in out
-    import json
 
-    result = json.loads((tmp_path / "ev" / "results.json").read_text())
-    assert result["skipped_prompts"]["by_reason"] == {"unreadable_image": 1}
-    assert result["scores"]["missing_predictions"] == 1 and not result["scores"]["complete"]
-    assert result["answered_now"] == result["items"] - 1
+    result = EvalResult.read(tmp_path / "ev")
+    assert result.skipped_prompts["by_reason"] == {"unreadable_image": 1}
+    assert result.scores["missing_predictions"] == 1 and not result.scores["complete"]
+    assert result.answered_now == result.items - 1
     code, _, _ = cli(capsys, monkeypatch, *args, "--out", tmp_path / "ev2", "--allow-incomplete")
     assert code == 0
 
@@ -277,9 +276,9 @@ def test_ctrl_c_in_eval_says_what_was_saved_and_how_to_resume(models, toy, tmp_p
 
 
 def test_ctrl_c_in_train_names_the_checkpoint_and_the_resume_command(toy, tmp_path, capsys, monkeypatch):
-    import connectorlab.training.loop as loop
+    from helpers import write_config
 
-    from conftest import write_config
+    import connectorlab.training.loop as loop
 
     interrupt_on_call(monkeypatch, loop, "save_checkpoint", after=1)
     cfg = write_config(toy, tmp_path / "run", **{"pretrain.max_steps": 6})
@@ -295,11 +294,11 @@ def test_ctrl_c_in_train_names_the_checkpoint_and_the_resume_command(toy, tmp_pa
 
 def test_ctrl_c_in_a_study_counts_the_finished_cells(toy, tmp_path, capsys, monkeypatch):
     import yaml
-    from test_trust_study import plan_data
+    from helpers import plan_data
 
-    import connectorlab.study.runner as runner
+    import connectorlab.study.executors as executors
 
-    interrupt_on_call(monkeypatch, runner, "run_cell")
+    interrupt_on_call(monkeypatch, executors, "run_cell")
     plan = tmp_path / "plan.yaml"
     plan.write_text(yaml.safe_dump(plan_data(toy, tmp_path / "study", toy / "probe" / "test.tsv")))
     code, _, err = cli(capsys, monkeypatch, "study", "run", plan)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers import main_in_process as cli
+from helpers import plan_data
 
 from connectorlab.evaluation.registry import load_benchmark
 from connectorlab.evaluation.runner import evaluate
@@ -18,21 +20,6 @@ from connectorlab.study.plan import StudyPlan
 from connectorlab.study.report import write_report
 from connectorlab.study.runner import run_study
 
-from conftest import main_in_process as cli
-
-
-def plan_data(toy: Path, out: Path, test_tsv: Path, **benchmark) -> dict:
-    probe = toy / "probe"
-    return {
-        "name": "edges", "output_dir": str(out),
-        "model": {"vision": str(toy / "models/vision"), "llm": str(toy / "models/llm"), "select_layer": -1,
-                  "template": "plain_v1", "max_length": 512},
-        "pretrain": {"data": str(probe / "pretrain.json"), "global_batch": 8, "micro_batch": 8, "max_steps": 1},
-        "finetune": {"data": str(probe / "finetune.json"), "global_batch": 8, "micro_batch": 8, "max_steps": 1},
-        "grid": {"connectors": ["avgpool"], "resolutions": [32], "tokens": [4]},
-        "benchmarks": [{"name": "probe", "data": str(test_tsv), "max_new_tokens": 4, **benchmark}],
-    }
-
 
 def edit_answers(tsv: Path) -> None:
     df = pd.read_csv(tsv, sep="\t", dtype=str, keep_default_na=False)
@@ -40,6 +27,7 @@ def edit_answers(tsv: Path) -> None:
     df.to_csv(tsv, sep="\t", index=False)
 
 
+@pytest.mark.slow
 @pytest.fixture
 def study(toy, tmp_path):
     tsv = tmp_path / "test.tsv"
@@ -74,7 +62,7 @@ def test_a_changed_benchmark_is_evaluated_again_and_an_unchanged_one_is_kept(stu
     assert "re-evaluating probe (data_fingerprint: sha256:" in caplog.text
     now = results(out)
     assert now["data_fingerprint"] != first["data_fingerprint"] and now["resumed_predictions"] == 0
-    report = Path(write_report(out)["report"]).read_text()
+    report = Path(write_report(out).report).read_text()
     assert "## Benchmark data" in report and now["data_fingerprint"] in report and str(tsv) in report
 
 
@@ -90,7 +78,7 @@ def test_eval_resume_compares_the_data_content_not_its_path(toy, tmp_path):
     first = run(tsv)
     moved = tmp_path / "same.tsv"
     shutil.copy(tsv, moved)
-    assert run(moved)["resumed_predictions"] == first["items"]  # same content at another path: reused
+    assert run(moved).resumed_predictions == first.items  # same content at another path: reused
     edit_answers(tsv)
     with pytest.raises(ValueError, match="holds predictions of another run .*data_fingerprint: sha256:"):
         run(tsv)
@@ -148,8 +136,7 @@ def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy,
 
     import yaml
     from filelock import FileLock
-
-    from conftest import ROOT
+    from helpers import ROOT
 
     data = plan_data(toy, tmp_path / "study", toy / "probe" / "test.tsv")
     data["grid"] = {"connectors": ["avgpool", "mlp"], "resolutions": [32], "tokens": [4]}
@@ -215,17 +202,17 @@ def cell_file(study: Path, connector: str, name: str) -> Path:
 
 def test_a_failed_reference_cell_is_named_and_nothing_is_judged_against_it(two_cells, tmp_path):
     study = relocate(two_cells, tmp_path / "s")
-    before = Path(write_report(study)["report"]).read_text()
+    before = Path(write_report(study).report).read_text()
     assert "## The paper's findings" in before and "## Recommendation" in before
     mlp = cell_file(study, "mlp", "cell.json")
     state = json.loads(mlp.read_text())
     mlp.write_text(json.dumps({**state, "status": "failed", "error": "RuntimeError: out of memory\\nmore"}))
     result = write_report(study)
-    report = Path(result["report"]).read_text()
+    report = Path(result.report).read_text()
     assert "## Failed cells (1)" in report and "- mlp-32px-s0: RuntimeError: out of memory" in report
     assert "cannot be compared with `mlp`" in report and "avgpool-4t-32px-s0" in report.split("## Failed cells")[1]
     assert "## The paper's findings" not in report and "## Recommendation" not in report
-    assert result["recommendation"] is None and result["comparisons"] == []
+    assert result.recommendation is None and result.comparisons == []
     with pytest.raises(ValueError, match="--benchmark 'mme': the study has no such benchmark \\(it has probe\\)"):
         from connectorlab.study.recommend import Recommendation
 
@@ -256,12 +243,12 @@ def test_a_cell_whose_answers_name_no_option_is_unreliable_and_judged_nowhere(tw
     result["scores"]["extraction_failures"] = result["scores"]["rows"]  # every answer an extraction failure
     path.write_text(json.dumps(result))
     out = write_report(study)
-    report = Path(out["report"]).read_text()
+    report = Path(out.report).read_text()
     assert "| mlp-32px-s0 (unreliable) |" in report and "| 100.0 |" in report
     assert "- mlp-32px-s0 on probe: judged in no finding, comparison or recommendation" in report
-    assert "## The paper's findings" not in report and out["comparisons"] == []
-    assert out["recommendation"] is None or out["recommendation"]["best"] != "mlp-32px-s0"
-    df = pd.read_csv(out["results"])
+    assert "## The paper's findings" not in report and out.comparisons == []
+    assert out.recommendation is None or out.recommendation["best"] != "mlp-32px-s0"
+    df = pd.read_csv(out.results)
     assert set(df[df.cell == "mlp-32px-s0"].extraction_failure_rate) == {1.0}
 
 
@@ -319,14 +306,14 @@ def test_cells_removed_from_the_plan_are_named_and_kept_out_unless_asked(two_cel
     flat = " ".join(out.split())
     assert code == 0 and "1 cell(s) outside the plan now (kept on disk, not counted above): avgpool-4t-32px-s0 (done)" in flat
     assert "1 done" in flat
-    report = Path(write_report(study)["report"]).read_text()
+    report = Path(write_report(study).report).read_text()
     assert "1 finished cell(s) are outside the plan now: avgpool-4t-32px-s0" in report
     assert "| avgpool-4t-32px-s0 |" not in report
-    report = Path(write_report(study, include_orphans=True)["report"]).read_text()
+    report = Path(write_report(study, include_orphans=True).report).read_text()
     assert "| avgpool-4t-32px-s0 |" in report
     data["grid"] = {"connectors": ["mlp", "avgpool"], "resolutions": [32], "tokens": [4]}  # back in the plan
     run_study(StudyPlan.from_dict(data), show_progress=False)
-    assert "outside the plan" not in Path(write_report(study)["report"]).read_text()
+    assert "outside the plan" not in Path(write_report(study).report).read_text()
 
 
 @pytest.mark.parametrize(("grid", "message"), [

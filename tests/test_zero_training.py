@@ -8,10 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, finish, launch, run_cli, run_until_checkpoint, torchrun, write_config
 from safetensors.torch import load_file
-from test_sharded_training import run_until_checkpoint
-
-from conftest import ROOT, finish, launch, run_cli, torchrun, write_config
 
 pytest.importorskip("deepspeed")
 pytestmark = pytest.mark.slow

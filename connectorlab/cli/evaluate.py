@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from ..errors import MissingPathError
-from . import app, console, errors, on_interrupt, setup_logging
+from .app import app, console, errors, on_interrupt, setup_logging
 
 score_app = typer.Typer(no_args_is_help=True, help="Score predictions made by connectorlab or another toolkit.")
 app.add_typer(score_app, name="score")
@@ -46,6 +46,7 @@ def eval_command(
     """Run a saved model on a benchmark with LLaVA's prompts; an interrupted run resumes where it stopped. Under
     `accelerate launch -m connectorlab eval ...` the batches are dealt out to the processes (same answers)."""
     from ..evaluation.registry import BENCHMARKS, load_benchmark
+    from ..evaluation.result import RESULTS
     from ..evaluation.runner import evaluate
     from ..language.processor import MultimodalProcessor
     from ..model.mllm import MultimodalLM
@@ -72,22 +73,21 @@ def eval_command(
     result = evaluate(mllm, bench, out, batch_size, max_new_tokens, blind, {"model": str(model)},
                       workers=image_workers, overwrite=overwrite, state=state)
     if not state.is_main_process:  # the main process reports; every process exits with the same code
-        complete = result["scores"].get("complete", True) or allow_incomplete
-        raise typer.Exit(0 if complete else INCOMPLETE_EXIT)
-    if result["resumed_predictions"]:
-        console.print(f"[yellow]reused {result['resumed_predictions']} predictions already in {out / 'predictions.jsonl'}"
-                      f" (same model content {result['model_fingerprint'][:19]}..., data and settings); answered "
-                      f"{result['answered_now']} now[/yellow]", highlight=False)
+        raise typer.Exit(0 if result.complete or allow_incomplete else INCOMPLETE_EXIT)
+    if result.resumed_predictions:
+        console.print(f"[yellow]reused {result.resumed_predictions} predictions already in {out / 'predictions.jsonl'}"
+                      f" (same model content {result.identity['model_fingerprint'][:19]}..., data and settings); answered "
+                      f"{result.answered_now} now[/yellow]", highlight=False)
     if bench.skips.total:
         console.print(f"[yellow]{bench.skips.summary()}[/yellow]")
-    unanswered = result["skipped_prompts"]
+    unanswered = result.skipped_prompts
     for reason, n in unanswered["by_reason"].items():
         console.print(f"[yellow]not answered: {n} question(s), {reason} (first: "
                       f"{'; '.join(unanswered['examples'].get(reason, [])[:3])}); a re-run tries them again[/yellow]",
                       highlight=False)
-    show(benchmark, result["scores"])
-    console.print(f"results: {out / 'results.json'}")
-    exit_if_incomplete(result["scores"], allow_incomplete)
+    show(benchmark, result.scores)
+    console.print(f"results: {out / RESULTS}")
+    exit_if_incomplete(result.scores, allow_incomplete)
 
 
 def saved_predictions(out: Path) -> str:

@@ -7,7 +7,7 @@ import typer
 
 from ..api import EXPORT_FORMATS
 from ..api import export as export_model
-from . import app, console
+from .app import app, console
 
 OVERWRITE = typer.Option(False, help="replace a non-empty --out that is not an earlier output of this command")
 import_app = typer.Typer(no_args_is_help=True, help="Bring a released checkpoint into connectorlab's layout.")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from . import app, console
+from .app import app, console
 
 probe_app = typer.Typer(no_args_is_help=True, help="The generated granularity probe.")
 app.add_typer(probe_app, name="probe")
@@ -74,19 +74,19 @@ def quickstart(
     from ..probe.generate import ProbeParams
     from ..study.quickstart import QuickstartConfig
     from ..study.quickstart import quickstart as run
-    from . import setup_logging
+    from .app import setup_logging
     from .study import exit_if_failed
 
     setup_logging()
     import logging
 
     logging.getLogger("connectorlab").setLevel(logging.WARNING)  # the progress bars tell the story
-    from . import on_interrupt
+    from .app import on_interrupt
     from .study import saved_cells
 
     on_interrupt(f"quick start in {out}", lambda: saved_cells(out))
     difficulty = {k: v for k, v in (("object_scale", object_scale), ("clutter", clutter)) if v is not None}
     result = run(QuickstartConfig(out=str(out), seed=seed, seeds=seeds, full=full,
                                   probe=ProbeParams(seed=seed, **difficulty)))
-    console.print(f"report: {result.report['report']}\nresults: {result.report['results']}")
+    console.print(f"report: {result.report.report}\nresults: {result.report.results}")
     exit_if_failed(result.run.failed, "a re-run of the quick start tries them again")

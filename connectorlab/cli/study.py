@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from . import app, console, on_interrupt
+from .app import app, console, on_interrupt
 
 study_app = typer.Typer(no_args_is_help=True, help="The connector study: a grid of cells from one plan file.")
 app.add_typer(study_app, name="study")
@@ -29,8 +29,9 @@ def study_plan(
 ):
     """Expand and validate a plan without running anything: cells, visual tokens (Q), connector parameters and
     forward FLOPs per image, and which cells share a stage-1 run; with --estimate, what each costs."""
-    from ..study.plan import StudyPlan, describe_cells, expand
+    from ..study.plan import StudyPlan, expand
     from ..study.plan import check_paths as check
+    from ..study.sizes import describe_cells
 
     study = StudyPlan.from_file(plan)
     cells = expand(study, out)
@@ -38,16 +39,16 @@ def study_plan(
         check(study, cells)
     rows = describe_cells(study, cells)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
     table = Table(title=f"{study.name}: {len(rows)} cells from {plan}")
     for col in ("cell", "Q", "params M", "GFLOP", "id", "stage 1"):
         table.add_column(col, justify="left" if col in ("cell", "id", "stage 1") else "right", no_wrap=True)
     for r in rows:
-        table.add_row(r["cell"], str(r["visual_tokens"]), f"{r['parameters'] / 1e6:.2f}", f"{r['flops'] / 1e9:.2f}",
-                      r["cell_id"][:6], r["pretrain_key"][:6])
+        table.add_row(r.cell, str(r.visual_tokens), f"{r.parameters / 1e6:.2f}", f"{r.flops / 1e9:.2f}", r.cell_id[:6],
+                      r.pretrain_key[:6])
     console.print(table)
-    stage1 = len({r["pretrain_key"] for r in rows})
+    stage1 = len({r.pretrain_key for r in rows})
     fixed = sorted({c.connector for c in cells if c.tokens is None} & {e.name for e in study.grid.connectors
                                                                         if not e.takes_budget})
     console.print(f"{len(rows)} cells, {stage1} distinct stage-1 runs, {len(study.benchmarks)} benchmark(s) "
@@ -94,16 +95,14 @@ def study_run(
 ):
     """Train and evaluate every cell on the plan's engine, resuming finished work; then write the report."""
     from ..study.plan import StudyPlan
-    from ..study.report import write_report
     from ..study.runner import run_study
-    from . import setup_logging
+    from .app import setup_logging
 
     setup_logging()
     study = StudyPlan.from_file(plan)
     on_interrupt(f"study run of {plan}", lambda: saved_cells(out or Path(study.output_dir)))
     result = run_study(study, out, retry_failed=retry_failed, eval_batch=eval_batch)
-    report = write_report(result.folder)
-    console.print(f"report: {report['report']}\nresults: {report['results']}")
+    console.print(f"report: {result.report.report}\nresults: {result.report.results}")
     exit_if_failed(result.failed, "--retry-failed runs them again")
 
 
@@ -139,15 +138,15 @@ def study_status(out: Path = typer.Argument(..., exists=True, file_okay=False, h
     for entry, state in states:
         status = state.status if state else "pending"
         if status == "running" and not live:  # no process holds the study: it was killed or stopped mid-cell
-            since = time.strftime("%Y-%m-%d %H:%M", time.localtime((Path(entry["folder"]) / CELL_STATE).stat().st_mtime))
+            since = time.strftime("%Y-%m-%d %H:%M", time.localtime((entry.folder / CELL_STATE).stat().st_mtime))
             status = f"interrupted (since {since})"
         counts[status.split(" (")[0]] = counts.get(status.split(" (")[0], 0) + 1
         fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-        table.add_row(entry["label"], status, fmt(state and state.pretrain_s), fmt(state and state.finetune_s),
+        table.add_row(entry.label, status, fmt(state and state.pretrain_s), fmt(state and state.finetune_s),
                       fmt(state and state.eval_s), (state.error or "") if state else "")
     console.print(table)
     console.print(", ".join(f"{n} {s}" for s, n in sorted(counts.items())), highlight=False)
-    orphans = [(e["label"], s.status) for e, s in study_states(out, orphans=True) if e["orphan"] and s]
+    orphans = [(e.label, s.status) for e, s in study_states(out, orphans=True) if e.orphan and s]
     if orphans:
         console.print(f"{len(orphans)} cell(s) outside the plan now (kept on disk, not counted above): "
                       + ", ".join(f"{label} ({status})" for label, status in orphans), highlight=False)
@@ -188,5 +187,4 @@ def study_report(
         rec = Recommendation(benchmark, **({"weights": parsed} if parsed else {}), max_visual_tokens=max_tokens,
                              max_train_s=max_train_s)
     report = write_report(out, rec, include_orphans)
-    console.print(f"{report['cells']} finished cells, {report['rows']} rows\nreport: {report['report']}\n"
-                  f"results: {report['results']}")
+    console.print(f"{report.cells} finished cells, {report.rows} rows\nreport: {report.report}\nresults: {report.results}")

@@ -28,6 +28,7 @@ from ..utils.distributed import main_process_lock, on_main, process_state
 from ..utils.io import atomic_write_json, atomic_write_text, fingerprint_folder, parse_jsonl, read_complete_jsonl
 from ..utils.progress import progress_bar
 from .base import Benchmark, data_fingerprint
+from .result import RESULTS, EvalResult
 
 log = logging.getLogger("connectorlab.eval")
 
@@ -37,7 +38,7 @@ def read_predictions(path: Path) -> dict[str, str]:
     return {rec["key"]: rec["prediction"] for rec in read_complete_jsonl(path)}
 
 
-RUN_FILES = ("run.json", "predictions.jsonl", "records.jsonl", "results.json")
+RUN_FILES = ("run.json", "predictions.jsonl", "records.jsonl", RESULTS)
 SHARD_GLOB = "predictions.rank*.jsonl"
 
 
@@ -101,7 +102,7 @@ def claim_folder(out: Path, info: dict, overwrite: bool) -> None:
 
 def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size: int = 8, max_new_tokens: int = 128,
              blind: bool = False, run_info: dict | None = None, show_progress: bool = True, workers: int = 4,
-             overwrite: bool = False, state: PartialState | None = None) -> dict:
+             overwrite: bool = False, state: PartialState | None = None) -> EvalResult:
     """Predictions already in `out` from the same run (same model content, data and settings) are reused and
     counted in `resumed_predictions`; another run's are refused. Under several processes (`state`, default the
     launch's), each answers every N-th batch and every process returns the same result."""
@@ -115,7 +116,7 @@ def evaluate(model: MultimodalLM, bench: Benchmark, out: str | Path, batch_size:
         on_main(state, lambda: claim_folder(out, info, overwrite))
         result = _evaluate(model, bench, out, info, batch_size, max_new_tokens, blind, show_progress, workers, state)
         state.wait_for_everyone()
-        return result if state.is_main_process else json.loads((out / "results.json").read_text())
+        return result if state.is_main_process else EvalResult.read(out)
 
 
 class UnreadableImages:
@@ -152,7 +153,7 @@ def distinct_images(chunk: list, guard: UnreadableImages) -> tuple[list, list[in
 
 
 def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batch_size: int, max_new_tokens: int,
-              blind: bool, show_progress: bool, workers: int, state: PartialState) -> dict | None:
+              blind: bool, show_progress: bool, workers: int, state: PartialState) -> EvalResult | None:
     pred_path = out / "predictions.jsonl"
     preds = {rec["key"]: rec["prediction"] for rec in parse_jsonl(pred_path.read_text(), pred_path)} \
         if pred_path.exists() else {}  # complete: the main process merged and trimmed it
@@ -218,8 +219,7 @@ def _evaluate(model: MultimodalLM, bench: Benchmark, out: Path, info: dict, batc
         json.dumps({"key": it.key, "prompt": it.prompt, "prediction": preds.get(it.key), **it.meta}, default=str) + "\n"
         for it in bench.items))
     answered = len(todo) - skips.counts["unreadable_image"]
-    result = {**info, "items": len(bench.items), "answered_now": answered, "resumed_predictions": resumed, "processes": world,
-              "skipped_items": bench.skips.to_dict(), "skipped_prompts": skips.to_dict(), "eval_seconds": elapsed,
-              "scores": scores}
-    atomic_write_json(out / "results.json", result)
+    result = EvalResult(scores, len(bench.items), answered, resumed, world, elapsed, bench.skips.to_dict(), skips.to_dict(),
+                        info, out)
+    atomic_write_json(out / RESULTS, result.to_dict())
     return result

@@ -164,6 +164,11 @@ class MultimodalLM(nn.Module):
             attention = self.vision.patch_attention(pixel_values)
         return self.reduction(out, self.connector.grid, attention)
 
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The visual tokens the LM receives, [batch, num_output_tokens, llm_dim]: transformers' name for the seam
+        (LlavaForConditionalGeneration.get_image_features), so that probing code written for it reads ours."""
+        return self.encode_images(pixel_values)
+
     def set_reduction(self, reduction: Reduction | None) -> None:
         """Training-free token reduction of a preserving connector's output at inference (`connectorlab.reduction`);
         None removes it. `<image>` then expands to the reduced count."""

@@ -14,6 +14,7 @@ from ..model.config import ModelConfig
 from ..model.shape import ModelShape
 from ..training.config import STAGES
 from .estimate import Sizes, StageCost, Workload, gpu_hours, peak_flops, stage_cost
+from .folder import CellSize
 from .plan import Cell, StudyPlan
 
 MEASURED_RECORDS = 1000  # records tokenized to measure a stage's mean lengths
@@ -59,19 +60,19 @@ def measure(data: Path, model: ModelConfig) -> Workload:
     return Workload(text / max(1, len(sample)), answer / max(1, len(sample)), len(records))
 
 
-def cell_costs(plan: StudyPlan, cells: list[Cell], rows: list[dict], processes: int, on_gpu: bool = True) -> list[CellCost]:
+def cell_costs(plan: StudyPlan, cells: list[Cell], rows: list[CellSize], processes: int, on_gpu: bool = True) -> list[CellCost]:
     """`rows` are `describe_cells`' (visual tokens, connector parameters and FLOPs of each cell)."""
     out, works = [], {}
     for cell, row in zip(cells, rows, strict=True):
         model: ModelConfig = cell.config.model
         shape = plan.shape or ModelShape.read(model)
-        sizes = Sizes.of(shape, shape.grid(model), row["parameters"])
+        sizes = Sizes.of(shape, shape.grid(model), row.parameters)
         stages = {}
         for stage in STAGES:
             key = (stage, cell.config.stage(stage).data)
             if key not in works:
                 works[key] = workload(plan, cell, stage)
-            stages[stage] = stage_cost(cell.config, stage, sizes, row["flops"], row["visual_tokens"], processes,
+            stages[stage] = stage_cost(cell.config, stage, sizes, row.flops, row.visual_tokens, processes,
                                        works[key], on_gpu)
         out.append(CellCost(cell.label, cell.pretrain_key, stages))
     return out

@@ -3,7 +3,6 @@ stage, one per benchmark) with the plan's Accelerate config and process count. B
 train` and `connectorlab eval` code; the study only reads the typed stage results and results.json back."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from ..connectors import CONNECTORS
+from ..evaluation.result import EvalResult
 from ..reduction import Reduction
 from ..training.config import TrainConfig
 from ..training.feature_cache import FeatureCache
@@ -70,11 +70,11 @@ def launch(cmd: list[str], what: str) -> None:
 
 
 def evaluate_launched(execution: Execution, model: Path, spec: BenchmarkSpec, target: Path, batch_size: int,
-                      blind: bool, reduction: Reduction | None = None, overwrite: bool = False) -> dict:
+                      blind: bool, reduction: Reduction | None = None, overwrite: bool = False) -> EvalResult:
     """One benchmark evaluated under `accelerate launch`; resumable like an in-process evaluation (same run identity)."""
     launch(eval_command(execution, model, spec, target, batch_size, blind, reduction, overwrite),
            f"eval {spec.name} into {target}")
-    return json.loads((target / "results.json").read_text())
+    return EvalResult.read(target)
 
 
 def run_stage_launched(cfg: TrainConfig, stage: str, execution: Execution) -> StageResult:

@@ -116,6 +116,48 @@ def finetune_config(cell: Cell, pretrained_connector: Path) -> TrainConfig:
 
 
 
+@dataclass(frozen=True)
+class CellSize:
+    """A cell's size as `study plan` measures it on the meta device (saved in study.json beside its identity)."""
+    cell: str
+    cell_id: str
+    connector: str
+    family: str  # preserving | compressing (or training-free for a reduction of a cell's output)
+    resolution: int
+    tokens_axis: int | None  # the grid's token budget (None: the connector has no num_tokens option)
+    compression: float | None
+    seed: int
+    variant: str | None
+    visual_tokens: int
+    parameters: int
+    flops: float | None  # connector forward FLOPs per image
+    pretrain_key: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def setting(self) -> tuple:
+        """Where a cell meets its reference cell: resolution, seed and fine-tuning variant."""
+        return self.resolution, self.seed, self.variant
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CellSize:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{"compression": None, "variant": None, "options": {}, "cell_id": "", "pretrain_key": "",
+                      **{k: v for k, v in data.items() if k in known}})
+
+
+@dataclass(frozen=True)
+class CellEntry:
+    """A cell as study.json lists it."""
+    label: str
+    folder: Path
+    size: CellSize | None  # None in an index written before sizes were recorded
+    orphan: bool = False  # a cell of an earlier run that the plan no longer has
+
+
 @dataclass
 class CellState:
     label: str
@@ -148,12 +190,12 @@ class CellState:
         atomic_write_json(folder / CELL_STATE, dataclasses.asdict(self))
 
 
-def study_states(out: str | Path, orphans: bool = False) -> list[tuple[dict, CellState | None]]:
+def study_states(out: str | Path, orphans: bool = False) -> list[tuple[CellEntry, CellState | None]]:
     """(entry of study.json, state) per cell of the plan, for `study status` and the report; with `orphans`, then the
     cells outside the plan (their entries marked `orphan`)."""
     index = StudyFolder(out).read_index()
     entries = [(label, entry, False) for label, entry in index.cells.items()]
     if orphans:
         entries += [(label, entry, True) for label, entry in index.orphans.items()]
-    return [({"label": label, **entry, "orphan": orphan}, CellState.read(Path(entry["folder"])))
-            for label, entry, orphan in entries]
+    return [(CellEntry(label, Path(entry["folder"]), CellSize.from_dict(entry["size"]) if "size" in entry else None, orphan),
+             CellState.read(Path(entry["folder"]))) for label, entry, orphan in entries]

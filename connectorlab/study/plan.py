@@ -458,29 +458,6 @@ def expand(plan: StudyPlan, out: str | Path | None = None) -> list[Cell]:
     return cells
 
 
-def describe_cells(plan: StudyPlan, cells: list[Cell]) -> list[dict[str, Any]]:
-    """Visual tokens, connector parameters and forward FLOPs per image of each cell, measured on the meta device."""
-    from ..connectors.describe import describe
-
-    rows = []
-    for cell in cells:
-        model: ModelConfig = cell.config.model
-        shape = plan.shape or ModelShape.read(model)
-        try:
-            info = describe(cell.connector, shape.vision_dim, shape.llm_dim, shape.grid(model), **cell.options)
-            for reduction in cell.reductions:
-                reduction.check(shape.grid(model), info["family"])
-        except ValueError as err:
-            raise ConfigError(f"{plan.source}: cell {cell.label}: {err}") from None
-        rows.append({"cell": cell.label, "cell_id": cell.cell_id[:12], "connector": cell.connector, "family": info["family"],
-                     "resolution": model.image_size or shape.native_image_size, "tokens_axis": cell.tokens,
-                     "compression": cell.compression,
-                     "seed": cell.seed, "variant": cell.variant, "visual_tokens": info["output_tokens"],
-                     "parameters": info["parameters"], "flops": info["flops"], "pretrain_key": cell.pretrain_key[:12],
-                     "options": cell.options})
-    return rows
-
-
 def _local(value: str) -> bool:
     """A path on this machine, as opposed to a Hub id (`owner/name`), which is looked up in the cache when loaded."""
     return value.startswith(("/", ".", "~")) or value.count("/") != 1 or Path(value).exists()

@@ -27,7 +27,7 @@ from ..utils.progress import progress_bar
 from ..utils.validation import NON_NEGATIVE_INT, POSITIVE_INT, check_ranges
 from .budget import budget_label, tokens_for_ratio
 from .plan import StudyPlan
-from .report import ABOUT, write_report
+from .report import ABOUT, ReportPaths
 from .runner import StudyRun, run_study
 
 BUILTIN_PLAN = Path(__file__).with_name("plans") / "quickstart.yaml"
@@ -156,7 +156,7 @@ def about(qc: QuickstartConfig, plan: StudyPlan) -> str:
 @dataclass
 class QuickstartResult:
     run: StudyRun
-    report: dict
+    report: ReportPaths
 
 
 def quickstart(qc: QuickstartConfig = QuickstartConfig(), show_progress: bool = True) -> QuickstartResult:
@@ -170,4 +170,4 @@ def quickstart(qc: QuickstartConfig = QuickstartConfig(), show_progress: bool = 
     plan = quickstart_plan(qc, probe, vision, llm)
     atomic_write_text(out / ABOUT, about(qc, plan))
     run = run_study(plan, out, retry_failed=True, show_progress=show_progress, eval_batch=qc.eval_batch)
-    return QuickstartResult(run, write_report(out))
+    return QuickstartResult(run, run.report)

@@ -41,20 +41,20 @@ def _unit_weights(scores: dict, weights: dict[str, float]) -> dict[str, float]:
     return {k: w / total / len(keys) for keys, w in per_type.values() for k in keys}
 
 
-def recommend(cells: list[dict], rec: Recommendation) -> dict | None:
+def recommend(cells: list, rec: Recommendation) -> dict | None:
     """cells: the report's finished cells (entry, state, scores). None when fewer than one cell fits the budget."""
     fits = []
     for cell in cells:
-        scores = cell["scores"].get(rec.benchmark)
-        size, state = cell["entry"]["size"], cell["state"]
+        scores = cell.scores.get(rec.benchmark)
+        size, state = cell.size, cell.state
         train_s = (state.pretrain_s or 0) + (state.finetune_s or 0)
-        if scores is None or (rec.max_visual_tokens and size["visual_tokens"] > rec.max_visual_tokens) \
+        if scores is None or (rec.max_visual_tokens and size.visual_tokens > rec.max_visual_tokens) \
                 or (rec.max_train_s and train_s > rec.max_train_s):
             continue
         weights = _unit_weights(scores, rec.weights)
         correct = {k: bool(ok) for k, _, ok in scores.get("units", [])}
-        fits.append({"cell": cell["entry"]["label"], "weights": weights, "correct": correct, "train_s": train_s,
-                     "visual_tokens": size["visual_tokens"],
+        fits.append({"cell": cell.label, "weights": weights, "correct": correct, "train_s": train_s,
+                     "visual_tokens": size.visual_tokens,
                      "score": sum(w * correct[k] for k, w in weights.items())})
     if not fits:
         return None

@@ -8,8 +8,8 @@ fine-tuning variant).
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,28 +19,25 @@ from ..errors import InputError
 from ..evaluation.paired import holm, mcnemar_exact
 from ..evaluation.stats import wilson
 from ..evaluation.task_types import TYPES, load_mapping
-from ..training.config import STAGES
 from ..utils.io import atomic_write_text
 from .figures import figures
 from .findings import ALPHA, TRAINING_FREE, budgets, findings, sanity
 from .folder import BLIND_SUFFIX as BLIND
-from .folder import EvalKey, StudyFolder, StudyIndex, study_states
+from .folder import StudyFolder, StudyIndex, study_states
 from .projection import projection_section
 from .quality import (
-    DATA_KEYS,
     UNRELIABLE_EXTRACTION,
     data_section,
     extraction_failure_rate,
     failed_cells,
     failed_section,
     reliable_only,
-    setting,
     unreliable,
     unreliable_section,
 )
 from .recommend import Recommendation, recommend
 from .recommend import sentence as sentence_for
-from .timing import median_ms, read_timing
+from .results import CellResult, load_cells
 
 COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression", "seed", "variant", "benchmark", "level",
            "name", "n", "accuracy", "ci_low", "ci_high", "chance", "blind_accuracy", "visual_tokens", "connector_parameters",
@@ -50,60 +47,18 @@ COLUMNS = ["cell", "connector", "family", "resolution", "tokens", "compression",
 ABOUT = "about.md"  # a study folder's own description (the quick start writes one), placed under the report's title
 
 
-def load_cells(out: Path, orphans: bool = False) -> list[dict]:
-    """Finished cells with their scores per evaluation (benchmark or benchmark_blind); each training-free reduction of
-    a cell's output becomes a cell of its own (family `training-free`, the budget as its tokens, the trained cell's
-    times and blind baseline)."""
-    cells = []
-    timing = read_timing(out)
-    for entry, state in study_states(out, orphans):
-        if state is None or state.status != "done":
-            continue
-        results = {name: json.loads(Path(path).read_text()) for name, path in state.evaluations.items()}
-        scores = {name: r["scores"] for name, r in results.items()}
-        data = {name: {k: r.get(k) for k in DATA_KEYS} for name, r in results.items()}
-        timed = timing.get(entry["label"], {})
-        rounds = {s: timed[s] for s in STAGES if s in timed} if timed.get("cell_id") == state.cell_id else {}
-        steps = {s: median_ms(rounds, s) for s in rounds}
-        cells.append({"entry": entry, "state": state, "steps": steps, "rounds": rounds, "data": data,
-                      "scores": {k: v for k, v in scores.items() if EvalKey.parse(k).reduction is None}})
-        reduced: dict[str, dict] = defaultdict(dict)
-        for name, value in scores.items():
-            key = EvalKey.parse(name)
-            if key.reduction is not None:
-                reduced[key.reduction][key.benchmark] = value
-        for label, by_bench in sorted(reduced.items()):
-            blinds = {b: str(EvalKey(b, blind=True)) for b in by_bench}
-            blind = {name: scores[name] for name in blinds.values() if name in scores}
-            cells.append({"entry": reduced_entry(entry, label), "state": state, "steps": steps, "rounds": {},
-                          "scores": {**by_bench, **blind}, "data": {}})
-    return cells
-
-
-def reduced_entry(entry: dict, label: str) -> dict:
-    """`mlp-48px-s0` reduced by `random-9` -> `mlp+random-9t-48px-s0`, a training-free cell of 9 visual tokens."""
-    method, tokens = label.rsplit("-", 1)
-    size = entry["size"]
-    name = f"{size['connector']}+{method}"
-    return {**entry, "label": name + f"-{tokens}t" + entry["label"].removeprefix(size["connector"]),
-            "size": {**size, "connector": name, "family": TRAINING_FREE, "tokens_axis": int(tokens),
-                     "visual_tokens": int(tokens)}}
-
-
-def _rows(cell: dict) -> list[dict]:
-    entry, state, size = cell["entry"], cell["state"], cell["entry"]["size"]
-    base = {"cell": entry["label"], "connector": size["connector"], "family": size["family"],
-            "resolution": size["resolution"], "tokens": size["tokens_axis"], "compression": size.get("compression"),
-            "seed": size["seed"],
-            "variant": size.get("variant"),
-            "visual_tokens": size["visual_tokens"], "connector_parameters": size["parameters"],
-            "connector_flops": size["flops"], "pretrain_s": state.pretrain_s, "finetune_s": state.finetune_s,
-            "pretrain_step_ms": cell["steps"].get("pretrain"), "finetune_step_ms": cell["steps"].get("finetune"),
+def _rows(cell: CellResult) -> list[dict]:
+    state, size = cell.state, cell.size
+    base = {"cell": cell.label, "connector": size.connector, "family": size.family, "resolution": size.resolution,
+            "tokens": size.tokens_axis, "compression": size.compression, "seed": size.seed, "variant": size.variant,
+            "visual_tokens": size.visual_tokens, "connector_parameters": size.parameters, "connector_flops": size.flops,
+            "pretrain_s": state.pretrain_s, "finetune_s": state.finetune_s,
+            "pretrain_step_ms": cell.steps.get("pretrain"), "finetune_step_ms": cell.steps.get("finetune"),
             "pretrain_peak_mb": state.pretrain_peak_mb, "finetune_peak_mb": state.finetune_peak_mb,
             "pretrain_flops_per_sample": state.pretrain_flops_per_sample,
             "finetune_flops_per_sample": state.finetune_flops_per_sample}
     rows = []
-    for bench, scores in cell["scores"].items():
+    for bench, scores in cell.scores.items():
         base["extraction_failure_rate"] = extraction_failure_rate(scores)
         for ttype in TYPES:
             t = (scores.get("task_types") or {}).get(ttype)
@@ -134,28 +89,27 @@ def _correct_by_unit(scores: dict, subtasks: set[str]) -> dict[str, bool]:
     return {key: bool(ok) for key, sub, ok in scores.get("units", []) if sub in subtasks}
 
 
-def comparisons(cells: list[dict], reference: str | None) -> list[dict]:
+def comparisons(cells: list[CellResult], reference: str | None) -> list[dict]:
     """Each cell against the reference connector's cell at the same resolution, seed and fine-tuning variant."""
     if not reference:
         return []
-    where = lambda size: (size["resolution"], size["seed"], size.get("variant"))  # noqa: E731
-    refs = {where(c["entry"]["size"]): c for c in cells if c["entry"]["size"]["connector"] == reference}
+    refs = {c.size.setting: c for c in cells if c.size.connector == reference}
     found = []
     for cell in cells:
-        size = cell["entry"]["size"]
-        ref = refs.get(where(size))
+        size = cell.size
+        ref = refs.get(size.setting)
         if ref is None or ref is cell:
             continue
-        for bench, scores in cell["scores"].items():
-            if bench.endswith(BLIND) or bench not in ref["scores"]:
+        for bench, scores in cell.scores.items():
+            if bench.endswith(BLIND) or bench not in ref.scores:
                 continue
             for ttype in TYPES:
                 subs = set((scores.get("task_types") or {}).get(ttype, {}).get("subtasks") or [])
-                a, b = _correct_by_unit(scores, subs), _correct_by_unit(ref["scores"][bench], subs)
+                a, b = _correct_by_unit(scores, subs), _correct_by_unit(ref.scores[bench], subs)
                 if not a.keys() & b.keys():
                     continue
                 test = mcnemar_exact(a, b)
-                found.append({"cell": cell["entry"]["label"], "reference": ref["entry"]["label"], "benchmark": bench,
+                found.append({"cell": cell.label, "reference": ref.label, "benchmark": bench,
                               "task_type": ttype, "n": test.n, "difference": test.difference,
                               "cell_only": test.a_only, "reference_only": test.b_only, "p_value": test.p_value})
     for row, p in zip(found, holm([r["p_value"] for r in found]), strict=True):
@@ -180,7 +134,20 @@ def check_benchmark(rec: Recommendation | None, meta: StudyIndex, tt: pd.DataFra
         raise InputError(f"--benchmark {rec.benchmark!r}: the study has no such benchmark (it has {', '.join(known)})")
 
 
-def write_report(out: str | Path, recommendation: Recommendation | None = None, include_orphans: bool = False) -> dict:
+@dataclass
+class ReportPaths:
+    """What `write_report` wrote and the numbers it summarised."""
+    report: Path  # report.md
+    results: Path  # results.csv
+    figures: list[Path]
+    cells: int  # finished cells reported, training-free reductions included
+    rows: int  # rows of results.csv
+    comparisons: list[dict] = field(default_factory=list)  # the paired tests, Holm-adjusted
+    recommendation: dict | None = None
+
+
+def write_report(out: str | Path, recommendation: Recommendation | None = None,
+                 include_orphans: bool = False) -> ReportPaths:
     """`recommendation` overrides the plan's `recommend:` (default: the first benchmark, equal task-type weights).
     Failed cells are named; a failed reference cell, or a reference whose answers could not be read, leaves the
     findings, comparisons and recommendation unjudged rather than judged on what is left."""
@@ -188,13 +155,13 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
     cells = load_cells(out, include_orphans)  # first: it names a folder that is not a study
     meta = StudyFolder(out).read_index()
     failed = failed_cells(out)
-    orphaned_cells = [e["label"] for e, s in study_states(out, orphans=True) if e["orphan"] and s and s.status == "done"]
+    orphaned_cells = [e.label for e, s in study_states(out, orphans=True) if e.orphan and s and s.status == "done"]
     reference = meta.reference_connector
-    reference_failed = [e for e, _ in failed if e["size"]["connector"] == reference]
-    orphaned = {setting(e["size"]) for e in reference_failed}  # settings whose reference cell failed
+    reference_failed = [e for e, _ in failed if e.size.connector == reference]
+    orphaned = {e.size.setting for e in reference_failed}  # settings whose reference cell failed
     limit = meta.unreliable_extraction
     bad = unreliable(cells, limit)
-    judged = [c for c in reliable_only(cells, bad) if setting(c["entry"]["size"]) not in orphaned]
+    judged = [c for c in reliable_only(cells, bad) if c.size.setting not in orphaned]
     df = with_blind(pd.DataFrame([r for c in cells for r in _rows(c)], columns=COLUMNS))
     check_benchmark(recommendation, meta, df)
     atomic_write_text(out / "results.csv", df.to_csv(index=False))
@@ -202,7 +169,7 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
     lines = [f"# Study report: {meta.name}", ""]
     if (out / ABOUT).is_file():
         lines += [(out / ABOUT).read_text().strip(), ""]
-    trained = sum(c["entry"]["size"]["family"] != TRAINING_FREE for c in cells)
+    trained = sum(c.size.family != TRAINING_FREE for c in cells)
     reduced = len(cells) - trained
     lines += [f"{trained} finished cells of {len(meta.cells)}"
               + (f", and {reduced} training-free reductions of their outputs." if reduced else "."), ""]
@@ -211,15 +178,16 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
                   + ("included below, as `--include-orphans` asks)." if include_orphans else
                      "left out of the tables; `study report --include-orphans` puts them in)."), ""]
     lines += failed_section(failed, reference_failed, reference,
-                            [c["entry"]["label"] for c in cells if setting(c["entry"]["size"]) in orphaned])
+                            [c.label for c in cells if c.size.setting in orphaned])
     tt = df[df.level == "task_type"]
     lines += data_section(cells)
     lines += tables_section(tt, limit)
     lines += unreliable_section(bad, limit)
-    kept = {c["entry"]["label"] for c in judged}
-    judged_tt = tt[[c in kept and (c, b) not in bad for c, b in zip(tt.cell, tt.benchmark.str.removesuffix(BLIND),
-                                                                    strict=True)]]
-    rounds = {c["entry"]["label"]: c["rounds"] for c in cells if c["rounds"]}
+    kept = {c.label for c in judged}
+    judged_rows = pd.Series([c in kept and (c, b) not in bad for c, b in zip(tt.cell, tt.benchmark.str.removesuffix(BLIND),
+                                                                        strict=True)], index=tt.index, dtype=bool)
+    judged_tt = tt[judged_rows]  # a boolean Series: an empty list would select no columns (a study with no benchmark)
+    rounds = {c.label: c.rounds for c in cells if c.rounds}
     lines += findings_section(judged_tt, reference, rounds)
     if comps:
         lines += [f"## Paired comparisons against `{meta.reference_connector}` (exact McNemar, Holm over "
@@ -235,13 +203,13 @@ def write_report(out: str | Path, recommendation: Recommendation | None = None, 
     if meta.reference_results:
         lines += reference_section(Path(meta.reference_results))
     if cells:
-        lines += projection_section(sorted({c["entry"]["size"]["connector"] for c in cells
-                                            if c["entry"]["size"]["family"] != TRAINING_FREE}))
+        lines += projection_section(sorted({c.size.connector for c in cells
+                                            if c.size.family != TRAINING_FREE}))
     pngs = figures(df, out)
     lines += ["## Figures", "", *[f"![{name}]({name})" for name in pngs], ""] if pngs else []
     atomic_write_text(out / "report.md", "\n".join(lines))
-    return {"cells": len(cells), "rows": len(df), "comparisons": comps, "recommendation": picked,
-            "report": str(out / "report.md"), "results": str(out / "results.csv")}
+    return ReportPaths(out / "report.md", out / "results.csv", [out / name for name in pngs], len(cells), len(df), comps,
+                       picked)
 
 
 def tables_section(tt: pd.DataFrame, limit: float = UNRELIABLE_EXTRACTION) -> list[str]:
