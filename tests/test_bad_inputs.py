@@ -50,7 +50,6 @@ def truncated_copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.slow
 @pytest.fixture(scope="module")
 def truncated_data(toy):
     """The toy probe's pre-training data with one record pointing at a truncated image."""
@@ -74,6 +73,7 @@ def test_truncated_image_is_skipped_and_counted(toy, truncated_data, tmp_path, c
     assert json.loads((tmp_path / "run/pretrain/summary.json").read_text())["skipped"]["total"] == 1
 
 
+@pytest.mark.slow
 def test_truncated_image_is_skipped_alike_by_two_processes(toy, truncated_data, tmp_path):
     out = tmp_path / "ddp"
     cfg = write_config(toy, out, **{"pretrain.data": str(truncated_data), "cache_features": True})
@@ -234,6 +234,7 @@ def small_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_really_full_disk_is_named_and_the_run_resumes_once_there_is_room(toy, small_disk):
     cfg = config(toy, small_disk / "run", **{"checkpoint_every": 1, "pretrain.image_workers": 0})
     with pytest.raises(DiskFullError, match="no space left on the disk of .*small_disk/run/pretrain/checkpoints"):
@@ -271,6 +272,7 @@ def test_a_checkpoint_cannot_run_code_on_resume(toy, tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_two_trainings_into_one_folder_do_not_run_together(toy, tmp_path):
     out = tmp_path / "run"
     with exclusive(out, "training run"), pytest.raises(BusyError, match="is in use by another training run"):

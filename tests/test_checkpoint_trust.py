@@ -45,7 +45,6 @@ def losses(run: Path) -> list[float]:
 EXTRA = {"pretrain.epochs": 2, "pretrain.micro_batch": 4, "checkpoint_every": 4, "keep_checkpoints": 2}
 
 
-@pytest.mark.slow
 @pytest.fixture(scope="module")
 def reference(toy, tmp_path_factory):
     root = tmp_path_factory.mktemp("ckpt")
@@ -64,6 +63,7 @@ def test_every_checkpoint_has_a_manifest_of_its_files(reference):
             assert listed == manifest(ckpt)["files"] and "state.json" in listed
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", DAMAGE)
 @pytest.mark.parametrize("kind", ["single", "fsdp"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, toy, tmp_path, kind, damage):
@@ -94,6 +94,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(reference, toy
     assert losses(run) == losses(reference[kind])
 
 
+@pytest.mark.slow
 def test_with_every_checkpoint_damaged_one_line_names_the_file(reference, toy, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(reference["single"], run)
@@ -111,6 +112,7 @@ def nan_weights(ckpt: Path) -> None:
     (ckpt / MANIFEST).write_text(json.dumps(manifest(ckpt)))  # a valid checkpoint of a diverged model
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_non_finite_loss_stops_training_on_every_process(toy, tmp_path, processes):
     run = tmp_path / "run"

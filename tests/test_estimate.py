@@ -11,7 +11,6 @@ from helpers import ROOT, main_in_process, run_cli, write_config
 PLAN_7B = ROOT / "configs/studies/paper_7b_accelerate.yaml"
 
 
-@pytest.mark.slow
 @pytest.fixture(scope="module")
 def costs():
     from connectorlab.study.cost import cell_costs
@@ -55,6 +54,7 @@ def test_sharding_engines_hold_less_per_process_and_checkpointing_less_activatio
     assert c_abs["finetune"].flops_per_sample < mlp["finetune"].flops_per_sample
 
 
+@pytest.mark.slow
 def test_the_estimate_counts_the_parameters_a_training_run_trains(toy, tmp_path):
     """Shape formulas (no model built) against the summary of a real run of the same configuration."""
     from connectorlab.connectors.describe import describe

@@ -79,7 +79,6 @@ def test_mmbench_sample_tsv_loads_real_images_and_llava_prompt(shared_data):
 
 # ---- extraction ----------------------------------------------------------------------------------
 
-@pytest.mark.slow
 @pytest.mark.parametrize("output,expected", [
     ("A.", "A"), ("(B)", "B"), ("The answer is C.", "C"), ("Answer: D", "D"), ("a blue bus", "B"),
     ("A train", "D"), ("I think A is wrong, so B", None), ("B", "B"), ("E", None), ("", None),
@@ -173,6 +172,7 @@ def test_blind_baseline_drops_the_image(fixtures, tiny_model, tmp_path):
     assert result.identity["blind"] and result.scores["subtask_details"]["count"]["questions"] == 4
 
 
+@pytest.mark.slow
 def test_eval_cli_runs_a_saved_model(fixtures, tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "model")
     res = cli("eval", "--model", str(tmp_path / "model"), "--benchmark", "mmbench", "--data", str(fixtures / "mmb.tsv"),
@@ -182,6 +182,7 @@ def test_eval_cli_runs_a_saved_model(fixtures, tiny_model, tmp_path):
     assert json.loads((tmp_path / "ev/results.json").read_text())["scores"]["questions"] == 3
 
 
+@pytest.mark.slow
 def test_eval_sharded_over_two_processes_gives_the_in_process_answers(fixtures, tiny_model, tmp_path):
     """`accelerate launch -m connectorlab eval` with 2 CPU processes: the batches are dealt out, each process appends
     its own file, and the merged predictions are those of one process."""
@@ -219,6 +220,7 @@ def test_a_stopped_sharded_evaluation_resumes_with_another_process_count(fixture
     assert again.scores == full.scores and not list(out.glob("predictions.rank*"))
 
 
+@pytest.mark.slow
 def test_seed_prediction_files(fixtures, tmp_path):
     answers = tmp_path / "answers.jsonl"
     answers.write_text("\n".join(json.dumps({"question_id": str(100 + i), "prompt": "p", "text": t})

@@ -67,7 +67,6 @@ def seed_parquet(folder, path):
     return to_parquet(records, features, path)
 
 
-@pytest.mark.slow
 @pytest.fixture(scope="module")
 def pairs(fixtures, tmp_path_factory):  # noqa: F811
     root = tmp_path_factory.mktemp("hub")
@@ -100,6 +99,7 @@ def test_hub_rows_score_as_the_release_files(pairs, name):
         assert a.get(key) == b.get(key), key
 
 
+@pytest.mark.slow
 def test_eval_cli_reads_a_hub_parquet(fixtures, tiny_model, tmp_path):  # noqa: F811
     tiny_model.save_pretrained(tmp_path / "model")
     data = mme_parquet(fixtures / "MME", tmp_path / "mme.parquet")

@@ -24,7 +24,6 @@ def cli(*args):
     return subprocess.run([sys.executable, "-m", "connectorlab", *args], cwd=ROOT, capture_output=True, text=True)
 
 
-@pytest.mark.slow
 @pytest.fixture(scope="module")
 def exported(tiny_dir, tmp_path_factory):
     """connectorlab models (mlp with GELU, mlp with SiLU, linear) saved, and their llava-hf exports."""
@@ -114,6 +113,7 @@ def test_import_of_a_llava_hf_checkpoint_gives_its_logits(tiny_dir, tmp_path):
     torch.testing.assert_close(last_logits(model, image), theirs, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_an_imported_model_is_evaluated_end_to_end(exported, tmp_path):
     from connectorlab.probe.generate import ProbeParams, generate
 
@@ -127,6 +127,7 @@ def test_an_imported_model_is_evaluated_end_to_end(exported, tmp_path):
     assert json.loads((tmp_path / "eval/results.json").read_text())["scores"]["questions"] == 22  # 11 questions per probe image
 
 
+@pytest.mark.slow
 def test_bad_input_is_named(exported, tiny_dir, tmp_path):
     torch.manual_seed(0)
     pooled = MultimodalLM.build(ModelConfig(vision=str(tiny_dir / "clip"), llm=str(tiny_dir / "llm"), connector="avgpool",
@@ -142,6 +143,7 @@ def test_bad_input_is_named(exported, tiny_dir, tmp_path):
     assert res.returncode == 2 and "not a llava-hf checkpoint" in res.stderr and "'llama'" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("separate_projector", [False, True], ids=["projector-in-weights", "mm_projector.bin"])
 def test_import_of_the_original_llava_layout_gives_the_same_model(tiny_dir, tmp_path, separate_projector):
     """A LLaVA-release folder made from the tiny LM: config.json with the mm_* keys, the projector inside the weights
@@ -180,6 +182,7 @@ def test_import_of_the_original_llava_layout_gives_the_same_model(tiny_dir, tmp_
         torch.testing.assert_close(last_logits(imported, image), last_logits(reference, image), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_a_folder_that_is_not_a_llava_release_is_named(tiny_dir, tmp_path):
     res = cli("import", "llava", str(tiny_dir / "llm"), "--out", str(tmp_path / "x"))
     assert res.returncode == 2 and "not a LLaVA release (config.json lacks mm_vision_tower, mm_projector_type)" in res.stderr
@@ -234,12 +237,14 @@ def remote(tiny_dir, tmp_path_factory):
     return {models[r["folder"]][0]: (models[r["folder"]][1], r) for r in results}
 
 
+@pytest.mark.slow
 def test_every_connector_exports_with_remote_code(remote):
     from connectorlab.connectors import CONNECTORS
 
     assert sorted(remote) == sorted(CONNECTORS.names())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["linear", "mlp", "avgpool", "qformer", "perceiver", "cross_attn", "c_abstractor",
                                   "d_abstractor", "ldp", "ldpv2", "pixel_shuffle", "tokenpacker"])
 def test_the_remote_code_export_answers_like_connectorlab(remote, name):

@@ -43,7 +43,6 @@ def write_folder(folder, name: str, weights: dict | None = None, bin_name: str =
     return folder
 
 
-@pytest.mark.slow
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory):
     g = golden("model.json")
@@ -80,11 +79,13 @@ def test_imported_llava_answers_as_llava_does(layouts, folder, entry):
     assert got == [w["text"] for w in want]
 
 
+@pytest.mark.slow
 def test_a_stage1_output_without_its_base_is_refused_with_the_fix(layouts, tmp_path):
     res = cli("import", "llava", str(layouts["pretrain"]), "--vision", str(layouts["vision"]), "--out", str(tmp_path / "x"))
     assert res.returncode != 0 and "--model-base" in res.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("folder", "entry"), [("full", "mmbench"), ("pretrain", "mmbench_pretrain_with_base")])
 def test_connectorlab_eval_answers_mmbench_as_llavas_script(layouts, tmp_path, folder, entry):
     """LLaVA's model_vqa_mmbench (--single-pred-prompt, greedy) on the real MMBench rows, against `connectorlab eval`."""
@@ -109,6 +110,7 @@ class Payload:
         return (print, ("pickled code ran",))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("folder", "file"), [("pretrain", "mm_projector.bin"), ("full", "pytorch_model.bin")])
 def test_a_pickle_that_holds_more_than_tensors_is_refused_in_one_line(layouts, tmp_path, folder, file):
     import pickle

@@ -280,6 +280,7 @@ def tiny_study(tmp_path_factory):
     return out, qc, quickstart(qc, show_progress=False)
 
 
+@pytest.mark.slow
 def test_quickstart_writes_results_figures_and_report(tiny_study):
     out, _, result = tiny_study
     assert not result.run.failed and result.report.cells == 10 + 2 * 2 * 2  # + linear and mlp reduced two ways
@@ -305,6 +306,7 @@ def test_quickstart_writes_results_figures_and_report(tiny_study):
     assert "compressing connectors trained at the same budget" in report
 
 
+@pytest.mark.slow
 def test_quickstart_is_a_study_folder(tiny_study):
     out, _, result = tiny_study
     states = study_states(out)
@@ -316,6 +318,7 @@ def test_quickstart_is_a_study_folder(tiny_study):
     assert len(list((out / "pretrain").glob("*/pretrain/summary.json"))) == 10
 
 
+@pytest.mark.slow
 def test_quickstart_rerun_skips_finished_cells(tiny_study):
     out, qc, result = tiny_study
     stamps = {p: p.stat().st_mtime_ns for p in (out / "cells").glob("*/cell.json")}
@@ -327,6 +330,7 @@ def test_quickstart_rerun_skips_finished_cells(tiny_study):
     assert pd.read_csv(out / "results.csv")[fields].equals(pd.read_csv(pd.io.common.StringIO(before))[fields])
 
 
+@pytest.mark.slow
 def test_quickstart_refuses_a_folder_made_with_other_settings(tiny_study):
     out, qc, _ = tiny_study
     other = dataclasses.replace(qc, probe=dataclasses.replace(qc.probe, clutter=qc.probe.clutter + 1))
@@ -339,6 +343,7 @@ def test_plan_placeholders_keep_their_type():
         {"a": [7], "b": "/p/x.json", "c": 3}
 
 
+@pytest.mark.slow
 def test_quickstart_with_several_seeds_reports_the_spread(tmp_path):
     plan = builtin_plan()
     plan["grid"].update(connectors=["mlp", "avgpool"], resolutions=[32])

@@ -15,7 +15,6 @@ from connectorlab.utils.validation import ConfigError
 PAPER_PLANS = sorted((ROOT / "configs/studies").glob("paper_7b_*.yaml"))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", PAPER_PLANS, ids=lambda p: p.name)
 def test_paper_grid_expands_without_weights(path):
     plan = StudyPlan.from_file(path)
@@ -44,6 +43,7 @@ def test_the_cpu_example_plan_expands_on_the_readme_presets(toy, tmp_path):
     assert rows["mlp-64px-s0"].visual_tokens == 64 and rows["avgpool-16t-64px-s0"].visual_tokens == 16
 
 
+@pytest.mark.slow
 def test_a_missing_checkpoint_folder_is_named_with_its_key(tmp_path):
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump({"model": {"vision": str(tmp_path / "nothing"), "llm": str(tmp_path / "nothing")},
@@ -53,6 +53,7 @@ def test_a_missing_checkpoint_folder_is_named_with_its_key(tmp_path):
     assert res.returncode == 2 and f"model.vision = '{tmp_path / 'nothing'}': no such file or folder" in res.stderr
 
 
+@pytest.mark.slow
 def test_study_plan_cli_prints_the_grid():
     res = subprocess.run([sys.executable, "-m", "connectorlab", "study", "plan", str(PAPER_PLANS[0]), "--json",
                           "--no-check-paths"],

@@ -1,6 +1,7 @@
 """`study run` on the local engine, its status and report, and the paired statistics behind the report."""
 import json
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -309,10 +310,12 @@ def _fake_cell(label, tokens, fine_right, coarse_right, n=200, coarse_from_end=F
     scores = {"units": units, "task_types": {"fine": {"subtasks": ["fine_sub"]}, "coarse": {"subtasks": ["coarse_sub"]},
                                              "reasoning": {"subtasks": []}}}
 
-    class State:
-        pretrain_s, finetune_s = 10.0, 20.0
+    from connectorlab.study.folder import CellEntry, CellSize, CellState
+    from connectorlab.study.results import CellResult
 
-    return {"entry": {"label": label, "size": {"visual_tokens": tokens}}, "state": State(), "scores": {"b": scores}}
+    size = CellSize(label, "", "mlp", "preserving", 336, None, None, 0, None, tokens, 0, None, "")
+    state = CellState(label, "", "done", pretrain_s=10.0, finetune_s=20.0)
+    return CellResult(CellEntry(label, Path("."), size), state, {"b": scores})
 
 
 def test_recommendation_picks_the_best_within_budget_and_says_when_the_margin_is_noise():

@@ -60,6 +60,7 @@ def test_eager_attention_trains_like_sdpa(toy, tmp_path):
     torch.testing.assert_close(torch.tensor(losses(eager.folder)), torch.tensor(losses(sdpa.folder)), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_connector_trains_like_eager_and_keeps_its_weight_names(toy, tmp_path):
     eager = run_stage(config(toy, tmp_path / "eager"), "pretrain")
     compiled = run_stage(config(toy, tmp_path / "compiled", compile_connector=True), "pretrain")

@@ -27,7 +27,6 @@ def edit_answers(tsv: Path) -> None:
     df.to_csv(tsv, sep="\t", index=False)
 
 
-@pytest.mark.slow
 @pytest.fixture
 def study(toy, tmp_path):
     tsv = tmp_path / "test.tsv"
@@ -127,6 +126,7 @@ def spawned_workers(parent: int) -> list[int]:
     return [int(p) for p in kids if "spawn_main" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_workers_die_with_a_killed_parent_and_a_new_run_waits_for_live_ones(toy, tmp_path):
     import os
@@ -279,6 +279,7 @@ def test_every_missing_path_of_a_plan_is_named_at_once_before_anything_runs(toy,
     assert all("lmms-lab" not in m for m in missing_paths(StudyPlan.from_dict(data), expand(StudyPlan.from_dict(data))))
 
 
+@pytest.mark.slow
 def test_settings_that_change_no_number_are_not_a_cells_identity(two_cells, toy, tmp_path):
     from connectorlab.study.plan import expand
 

@@ -18,8 +18,8 @@ def close_process_group(finished: bool) -> None:
     """A launched worker must take its process group down before the interpreter exits: gloo's threads left running
     at exit abort the process ("terminate called without an active exception"), which fails a finished launch.
     After a finished command the processes first meet at a barrier, so that none tears its connections down while
-    another is still printing or releasing a lock (CI saw the abort once with the group destroyed but no barrier);
-    after an error the others may never arrive, so there is no barrier then. A DeepSpeed worker whose command
+    another is still printing or releasing a lock; after an error the others may never arrive, so there is no barrier
+    then (docs/notes.md has the history). A DeepSpeed worker whose command
     finished leaves at once after the barrier instead (`exit_launched_worker`)."""
     dist = sys.modules.get("torch.distributed")  # a command that never imported torch has no group to close
     if dist is not None and dist.is_available() and dist.is_initialized():
@@ -32,8 +32,8 @@ def close_process_group(finished: bool) -> None:
 
 def exit_launched_worker() -> None:
     """Its results written and its files closed, a launched DeepSpeed worker leaves without tearing the group down:
-    DeepSpeed's communication threads abort an orderly shutdown now and then (about 1 launch in 20, more often
-    after `destroy_process_group`), which would turn a finished run into a failed one."""
+    DeepSpeed's communication threads abort an orderly shutdown now and then (docs/notes.md), which would turn a
+    finished run into a failed one."""
     import logging
 
     for handler in logging.getLogger().handlers:

@@ -147,8 +147,8 @@ def pretrain_groups(cells: list[Cell]) -> list[list[Cell]]:
 def longest_first(plan: StudyPlan, groups: list[list[Cell]], sizes: dict[str, CellSize]) -> list[list[Cell]]:
     """The groups in the order the workers take them: the costliest first, so that no long cell starts while the
     other workers run out of work. A cell's cost is estimated by its evaluations, then its visual tokens, then its
-    connector's FLOPs (`sizes`: `describe_cells` by label); the quick start's measured cells follow that order (mlp
-    74-90 s with five evaluations, c_abstractor 59-62 s, avgpool 54-57 s)."""
+    connector's FLOPs (`sizes`: `describe_cells` by label), the order the quick start's measured cell times follow
+    (docs/notes.md)."""
     def cost(group: list[Cell]) -> tuple:
         return tuple(sum(x) for x in zip(*[(len(evaluations(plan, c)), sizes[c.label].visual_tokens,
                                             sizes[c.label].flops or 0) for c in group], strict=True))
