@@ -29,7 +29,8 @@ def compare(reference: Path, new: Path) -> dict:
         x, y = a.loc[both, col], b.loc[both, col]
         same = (x == y) | (x.isna() & y.isna())
         if not same.all():
-            differing[col] = [{"row": str(i), "reference": x[i], "new": y[i]} for i in same[~same].index[:10]]
+            differing[col] = {"rows": int((~same).sum()),
+                              "first": [{"row": str(i), "reference": x[i], "new": y[i]} for i in same[~same].index[:10]]}
     return {"reference": str(reference), "new": str(new), "rows_compared": len(both), "columns": COMPARED,
             "only_in_reference": only_a, "only_in_new": only_b, "differing": differing,
             "identical": not (only_a or only_b or differing)}
@@ -40,12 +41,14 @@ def main() -> None:
     ap.add_argument("reference", type=Path)
     ap.add_argument("new", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--reference-commit", help="the commit that wrote the reference folder, recorded in the JSON")
     args = ap.parse_args()
     result = compare(args.reference, args.new)
+    result["reference_commit"] = args.reference_commit
     result["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(json.dumps({k: result[k] for k in ("rows_compared", "identical", "only_in_reference", "only_in_new")}))
-    for col, rows in result["differing"].items():
-        print(f"{col}: {len(rows)}+ rows differ, e.g. {rows[0]}")
+    for col, d in result["differing"].items():
+        print(f"{col}: {d['rows']} rows differ, e.g. {d['first'][0]}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
