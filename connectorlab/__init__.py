@@ -4,12 +4,15 @@ The library API, loaded on first use (so that `import connectorlab` and `connect
 
     from connectorlab import TrainConfig, train, load, load_benchmark, evaluate
     cfg = TrainConfig.from_file("configs/tiny_cpu.yaml")
-    result = train(cfg, ["pretrain", "finetune"])["finetune"]
-    model = load(result.artifact)
-    scores = evaluate(model, load_benchmark("mmbench", "runs/toy/test.tsv"), "runs/eval")
+    finetuned = train(cfg, ["pretrain", "finetune"])["finetune"]          # StageResult
+    model = load(finetuned.artifact)
+    result = evaluate(model, load_benchmark("probe", "runs/toy/test.tsv"), "runs/eval")   # EvalResult
 
     from connectorlab import plan_study, run_study, write_report, quickstart
-    plan, cells = plan_study("configs/studies/quickstart.yaml")
+    plan, cells = plan_study("configs/studies/probe_cpu.yaml")
+    run = run_study(plan)                                                  # StudyRun; run.report is a ReportPaths
+
+docs/library.md has the whole API.
 """
 from __future__ import annotations
 

@@ -97,7 +97,8 @@ def tiny_model(tiny_dir):
 
 
 # ---- the `slow` marker is earned, not guessed: a test that starts a process (a launch, the CLI in a subprocess, a
-# worker pool) and is not marked `slow` fails (CONNECTORLAB_RECORD_SPAWNS=FILE lists them instead), so that `pytest -m "not slow"` stays the in-process fast loop.
+# worker pool) and is not marked `slow` fails (CONNECTORLAB_RECORD_SPAWNS=FILE lists them instead), so that
+# `pytest -m "not slow"` stays the in-process fast loop.
 _SPAWNED = [0]
 
 

@@ -244,3 +244,19 @@ def test_predictions_table_needs_answers(tmp_path):
                                                                                             index=False)
     with pytest.raises(ValueError, match="--questions"):
         predictions_table(tmp_path / "p.tsv")
+
+
+def test_every_registered_benchmark_loads_scores_and_renders(fixtures, toy):
+    """The registry is the one table the runner, CLI and study use: each entry's loader, scorer and summary agree."""
+    from connectorlab.evaluation.registry import BENCHMARKS, load_benchmark
+
+    data = {"mmbench": fixtures / "mmb.tsv", "mme": fixtures / "MME", "seedbench": fixtures / "seed/seed.json",
+            "probe": toy / "probe/test.tsv"}
+    assert set(BENCHMARKS) == set(data)
+    for name, entry in BENCHMARKS.items():
+        bench = load_benchmark(name, data[name])
+        assert bench.items and entry.max_new_tokens >= 1
+        scores = bench.score({it.key: "A" for it in bench.items})
+        summary = entry.render(scores)
+        assert summary.rows and all(len(row) == len(summary.columns) for row in summary.rows), name
+    assert load_benchmark("probe", data["probe"]).score({})["task_section"] == "probe"  # its own task types

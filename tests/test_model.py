@@ -103,3 +103,13 @@ def test_siglip_and_chatml(tiny_dir):
                                            template="chatml"))
     ids, mask, labels, pixels = batch_of(model)
     assert torch.isfinite(model(ids, mask, labels, pixel_values=pixels).loss)
+
+
+def test_get_image_features_is_what_the_lm_receives(tiny_dir):
+    """transformers' seam name: [batch, the connector's token count, the LM's width], the tokens `<image>` expands to."""
+    model = build(tiny_dir, "avgpool", connector_options={"num_tokens": 4}).eval()
+    pixels = torch.randn(2, 3, model.vision.image_size, model.vision.image_size)
+    with torch.no_grad():
+        features = model.get_image_features(pixels)
+        assert features.shape == (2, 4, model.lm_head.weight.shape[1])
+        assert torch.equal(features, model.encode_images(pixels))
