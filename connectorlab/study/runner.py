@@ -17,7 +17,7 @@ from ..training.run_folder import differences
 from ..utils.io import exclusive
 from ..utils.progress import progress_bar
 from .cell import cell_folder, cell_line, evaluations
-from .executors import CellWork, Executor, executor_for
+from .executors import CellWork, Executor, Pool, executor_for
 from .folder import CellSize, CellState, StudyFolder, StudyIndex
 from .plan import Cell, StudyPlan, check_paths, expand
 from .pool import check_no_workers, thread_count, torch_threads, worker_count
@@ -88,7 +88,9 @@ def run_study(plan: StudyPlan, out: str | Path | None = None, retry_failed: bool
         write_index(plan, out, cells, sizes, workers)
         executor = executor_for(CellWork(plan, out, retry_failed, eval_batch), workers, threads)
         with progress_bar(show_progress) as bar, torch_threads(threads if workers == 1 else None):
-            states = run_cells(executor, groups, len(cells), workers, bar, show_progress)
+            # worker processes take the costliest groups first; one process goes through the plan in its order
+            order = groups if isinstance(executor, Pool) else [[c] for c in cells]
+            states = run_cells(executor, order, len(cells), workers, bar, show_progress)
             if plan.timing.rounds and plan.execution.engine == "local":
                 from .timing import time_cells  # paired step timing, after the cells, in fresh processes
 
